@@ -1,0 +1,10 @@
+//! pgshift-core: the Ansible-free library that the pgshift modules and the agent share.
+//!
+//! Everything that touches PostgreSQL's files, processes or protocol lives here once, so a
+//! module binary stays a thin shell (parse params, call `core`, report) and the agent reuses the
+//! same code paths (e.g. fencing edits pg_hba.conf through [`hba`]).
+
+pub mod atomic;
+pub mod datadir;
+pub mod hba;
+pub mod pg;

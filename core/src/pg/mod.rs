@@ -1,0 +1,10 @@
+//! Connections to PostgreSQL: libpq-compatible options and `sslmode`, peer authentication as
+//! the right operating-system user, and a small blocking client for modules.
+
+mod client;
+mod options;
+mod peer;
+mod tls;
+
+pub use client::{Client, PgError};
+pub use options::{ConnectOptions, SslMode};
