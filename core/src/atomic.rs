@@ -22,7 +22,11 @@ pub struct Ownership {
 impl Ownership {
     pub fn of(path: &Path) -> io::Result<Ownership> {
         let m = fs::metadata(path)?;
-        Ok(Ownership { uid: m.uid(), gid: m.gid(), mode: m.mode() & 0o7777 })
+        Ok(Ownership {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+        })
     }
 }
 
@@ -43,11 +47,19 @@ pub fn write_atomic(path: &Path, contents: &[u8], ownership: Option<Ownership>) 
     let tmp = temp_path(path);
     let result = (|| {
         // 0600 until the final mode is set, so a secret is never briefly world-readable.
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(contents)?;
         if Uid::effective().is_root() || own.uid == Uid::effective().as_raw() {
-            fchown(f.as_raw_fd(), Some(Uid::from_raw(own.uid)), Some(Gid::from_raw(own.gid)))
-                .map_err(io::Error::from)?;
+            fchown(
+                f.as_raw_fd(),
+                Some(Uid::from_raw(own.uid)),
+                Some(Gid::from_raw(own.gid)),
+            )
+            .map_err(io::Error::from)?;
         }
         f.set_permissions(fs::Permissions::from_mode(own.mode))?;
         f.sync_all()?;
@@ -106,7 +118,11 @@ mod tests {
         write_atomic(&p, b"new", None).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new");
         assert_eq!(Ownership::of(&p).unwrap().mode, 0o640);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -131,7 +147,11 @@ mod tests {
         let p = dir.path().join("pg_hba.conf");
         fs::write(&p, "rules").unwrap();
         let b = backup(&p).unwrap();
-        assert!(b.file_name().unwrap().to_string_lossy().starts_with("pg_hba.conf."));
+        assert!(b
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pg_hba.conf."));
         assert!(b.to_string_lossy().ends_with('~'));
         assert_eq!(fs::read(b).unwrap(), b"rules");
     }

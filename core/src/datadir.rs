@@ -19,7 +19,11 @@ pub enum DataDirError {
     #[error("no PostgreSQL server is running on {0}")]
     NotRunning(PathBuf),
     #[error("cannot signal the postmaster (pid {pid}) of {path}: {reason}")]
-    Signal { pid: i32, path: PathBuf, reason: String },
+    Signal {
+        pid: i32,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 /// The lines of `postmaster.pid` we use (PostgreSQL 10+ layout).
@@ -38,17 +42,29 @@ pub struct PostmasterPid {
 
 impl PostmasterPid {
     pub fn parse(path: &Path, text: &str) -> Result<PostmasterPid, DataDirError> {
-        let bad = |reason: &str| DataDirError::Malformed { path: path.to_path_buf(), reason: reason.to_string() };
+        let bad = |reason: &str| DataDirError::Malformed {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
         let lines: Vec<&str> = text.lines().collect();
         if lines.len() < 4 {
             return Err(bad("fewer than 4 lines"));
         }
         let non_empty = |i: usize| lines.get(i).map(|s| s.trim()).filter(|s| !s.is_empty());
         Ok(PostmasterPid {
-            pid: lines[0].trim().parse().map_err(|_| bad("line 1 is not a pid"))?,
+            pid: lines[0]
+                .trim()
+                .parse()
+                .map_err(|_| bad("line 1 is not a pid"))?,
             data_directory: PathBuf::from(lines[1].trim()),
-            start_time: lines[2].trim().parse().map_err(|_| bad("line 3 is not a start time"))?,
-            port: lines[3].trim().parse().map_err(|_| bad("line 4 is not a port"))?,
+            start_time: lines[2]
+                .trim()
+                .parse()
+                .map_err(|_| bad("line 3 is not a start time"))?,
+            port: lines[3]
+                .trim()
+                .parse()
+                .map_err(|_| bad("line 4 is not a port"))?,
             socket_dir: non_empty(4).map(PathBuf::from),
             listen_address: non_empty(5).map(str::to_string),
             status: non_empty(7).map(str::to_string),
@@ -80,7 +96,11 @@ impl DataDir {
 
     /// Major version from `PG_VERSION` (e.g. 15).
     pub fn major_version(&self) -> Option<u32> {
-        fs::read_to_string(self.path.join("PG_VERSION")).ok()?.trim().parse().ok()
+        fs::read_to_string(self.path.join("PG_VERSION"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// uid/gid owning the directory: the operating-system user the server runs as.
@@ -108,16 +128,22 @@ impl DataDir {
         if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
             return false;
         }
-        match (fs::canonicalize(format!("/proc/{pid}/cwd")), fs::canonicalize(&self.path)) {
+        match (
+            fs::canonicalize(format!("/proc/{pid}/cwd")),
+            fs::canonicalize(&self.path),
+        ) {
             (Ok(cwd), Ok(dir)) => cwd == dir,
             // Without access to /proc (another user), fall back to the process name.
-            _ => fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"),
+            _ => fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres"),
         }
     }
 
     /// SIGHUP to the postmaster: re-read postgresql.conf, pg_hba.conf, pg_ident.conf, certificates.
     pub fn reload(&self) -> Result<PostmasterPid, DataDirError> {
-        let pm = self.postmaster()?.ok_or_else(|| DataDirError::NotRunning(self.path.clone()))?;
+        let pm = self
+            .postmaster()?
+            .ok_or_else(|| DataDirError::NotRunning(self.path.clone()))?;
         kill(Pid::from_raw(pm.pid), Signal::SIGHUP).map_err(|e| DataDirError::Signal {
             pid: pm.pid,
             path: self.path.clone(),
@@ -132,7 +158,9 @@ fn conf_value(conf: &str, key: &str) -> Option<String> {
     let mut found = None;
     for line in conf.lines() {
         let line = line.trim_start();
-        let Some(rest) = line.strip_prefix(key) else { continue };
+        let Some(rest) = line.strip_prefix(key) else {
+            continue;
+        };
         // The name must end here: `port` must not match `ports`. The `=` is optional.
         if !rest.starts_with(|c: char| c == '=' || c.is_whitespace()) {
             continue;
@@ -155,7 +183,10 @@ fn conf_value(conf: &str, key: &str) -> Option<String> {
             }
             v
         } else {
-            rest.split(|c: char| c.is_whitespace() || c == '#').next().unwrap_or("").to_string()
+            rest.split(|c: char| c.is_whitespace() || c == '#')
+                .next()
+                .unwrap_or("")
+                .to_string()
         });
     }
     found
@@ -171,7 +202,10 @@ mod tests {
         let pm = PostmasterPid::parse(Path::new("x"), text).unwrap();
         assert_eq!(pm.pid, 4242);
         assert_eq!(pm.port, 5433);
-        assert_eq!(pm.socket_dir.as_deref(), Some(Path::new("/var/run/postgresql")));
+        assert_eq!(
+            pm.socket_dir.as_deref(),
+            Some(Path::new("/var/run/postgresql"))
+        );
         assert_eq!(pm.listen_address.as_deref(), Some("*"));
         assert_eq!(pm.status.as_deref(), Some("ready"));
         assert!(PostmasterPid::parse(Path::new("x"), "12\n").is_err());
@@ -181,9 +215,18 @@ mod tests {
     #[test]
     fn reads_data_directory_from_postgresql_conf() {
         let conf = "#data_directory = '/nope'\ndata_directory = '/var/lib/postgresql/15/main'\t\t# use data in another directory\n";
-        assert_eq!(conf_value(conf, "data_directory").as_deref(), Some("/var/lib/postgresql/15/main"));
-        assert_eq!(conf_value("data_directory='/a''b'\n", "data_directory").as_deref(), Some("/a'b"));
-        assert_eq!(conf_value("port 5433 # x\n", "port").as_deref(), Some("5433"));
+        assert_eq!(
+            conf_value(conf, "data_directory").as_deref(),
+            Some("/var/lib/postgresql/15/main")
+        );
+        assert_eq!(
+            conf_value("data_directory='/a''b'\n", "data_directory").as_deref(),
+            Some("/a'b")
+        );
+        assert_eq!(
+            conf_value("port 5433 # x\n", "port").as_deref(),
+            Some("5433")
+        );
         assert_eq!(conf_value("ports = 1\n", "port"), None);
     }
 
@@ -191,8 +234,15 @@ mod tests {
     fn stale_pid_file_means_not_running() {
         let dir = tempfile::tempdir().unwrap();
         // pid 1 exists but does not work in this directory.
-        fs::write(dir.path().join("postmaster.pid"), "1\n/x\n1\n5432\n\n\n\nready\n").unwrap();
+        fs::write(
+            dir.path().join("postmaster.pid"),
+            "1\n/x\n1\n5432\n\n\n\nready\n",
+        )
+        .unwrap();
         assert_eq!(DataDir::new(dir.path()).postmaster().unwrap(), None);
-        assert!(matches!(DataDir::new(dir.path()).reload(), Err(DataDirError::NotRunning(_))));
+        assert!(matches!(
+            DataDir::new(dir.path()).reload(),
+            Err(DataDirError::NotRunning(_))
+        ));
     }
 }

@@ -1,1 +1,24 @@
+//! pgshift.cluster's Ansible binary modules: the protocol runtime and the modules.
+//! One multi-call binary serves every module name (see `main.rs`).
 
+pub mod args;
+pub mod login;
+pub mod pg_hba_rule;
+pub mod protocol;
+
+use serde_json::{Map, Value};
+
+/// Runs the module `name` on the raw args-file object.
+pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
+    let (mut ctx, user) = protocol::split_internal(raw);
+    if ctx.module.is_empty() {
+        ctx.module = name.to_string();
+    }
+    match ctx.module.as_str() {
+        "pg_hba_rule" => protocol::execute::<pg_hba_rule::PgHbaRule>(ctx, user),
+        other => protocol::failed(
+            format!("pgshift: unknown module {other:?}; this binary provides: pg_hba_rule"),
+            Map::new(),
+        ),
+    }
+}

@@ -1,1 +1,61 @@
-fn main(){}
+//! The multi-call module binary. Ansible copies it under each module's name and runs
+//! `<name> <args-file>`; the module name comes from `_ansible_module_name` or argv[0].
+
+use std::panic;
+use std::path::Path;
+
+use pgshift_modules::{dispatch, protocol};
+use serde_json::{Map, Value};
+
+fn main() {
+    // Panics are reported as one failed JSON object below, never as text on stdout.
+    panic::set_hook(Box::new(|_| {}));
+    let argv: Vec<String> = std::env::args().collect();
+    let name = argv
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string()
+        })
+        .unwrap_or_default();
+    let out = panic::catch_unwind(|| run(&name, argv.get(1))).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        protocol::failed(
+            format!("internal error in {name} (a bug, please report it): {why}"),
+            Map::new(),
+        )
+    });
+    let failed = out.get("failed").and_then(Value::as_bool).unwrap_or(false);
+    println!("{}", protocol::render(out));
+    std::process::exit(i32::from(failed));
+}
+
+fn run(name: &str, args_file: Option<&String>) -> Map<String, Value> {
+    let Some(path) = args_file else {
+        return protocol::failed(
+            format!("usage: {name} <args-file> (this is an Ansible module)"),
+            Map::new(),
+        );
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return protocol::failed(
+                format!("cannot read the arguments file {path}: {e}"),
+                Map::new(),
+            )
+        }
+    };
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(raw)) => dispatch(name, raw),
+        Ok(_) => protocol::failed("the arguments file must hold a JSON object", Map::new()),
+        Err(e) => protocol::failed(format!("the arguments file is not JSON: {e}"), Map::new()),
+    }
+}

@@ -1,1 +1,195 @@
+//! Throw-away PostgreSQL servers for tests and the demo: `initdb` into a fresh directory,
+//! start on a free port with the socket in that directory, stop and remove on drop.
+//!
+//! PostgreSQL refuses to run as root, so under root the server runs as `postgres` (the
+//! directory is handed to it) and local connections use `peer`, exactly like a Debian host.
 
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use nix::unistd::{chown, Uid, User};
+
+pub struct PgServer {
+    pub root: PathBuf,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub bin: PathBuf,
+    run_as: Option<User>,
+    keep: bool,
+}
+
+/// Where the PostgreSQL 15 server binaries are (override with PGSHIFT_PG_BIN).
+pub fn pg_bin() -> PathBuf {
+    std::env::var_os("PGSHIFT_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+impl PgServer {
+    /// initdb + start with the given extra postgresql.conf lines. Panics with the server's own
+    /// output on failure: this is test setup.
+    pub fn start(extra_conf: &[&str]) -> PgServer {
+        let root = tempfile::Builder::new()
+            .prefix("pgshift-pg-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        PgServer::start_in(&root, extra_conf, false)
+    }
+
+    /// Starts in `root` (created if missing); `keep` leaves the server running after drop.
+    pub fn start_in(root: &Path, extra_conf: &[&str], keep: bool) -> PgServer {
+        let run_as = if Uid::effective().is_root() {
+            Some(
+                User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .expect("running as root needs a postgres user (Debian package postgresql-15)"),
+            )
+        } else {
+            None
+        };
+        let data_dir = root.join("data");
+        let socket_dir = root.join("run");
+        fs::create_dir_all(&socket_dir).expect("mkdir");
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        if let Some(u) = &run_as {
+            chown(root, Some(u.uid), Some(u.gid)).expect("chown");
+            chown(&socket_dir, Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let server = PgServer {
+            root: root.to_path_buf(),
+            data_dir,
+            socket_dir,
+            port: free_port(),
+            bin: pg_bin(),
+            run_as,
+            keep,
+        };
+        let local_auth = if server.run_as.is_some() {
+            "peer"
+        } else {
+            "trust"
+        };
+        server.run_checked(
+            Command::new(server.bin.join("initdb"))
+                .args(["--no-sync", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+                .arg(format!("--auth-local={local_auth}"))
+                .arg("--auth-host=scram-sha-256")
+                .arg("-D")
+                .arg(&server.data_dir),
+        );
+        let mut conf = format!(
+            "port = {}\nunix_socket_directories = '{}'\nlisten_addresses = '127.0.0.1'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 16MB\nmax_connections = 20\nlog_min_messages = warning\n",
+            server.port,
+            server.socket_dir.display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = server.data_dir.join("postgresql.conf");
+        let mut base = fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        base.push_str(&conf);
+        fs::write(&conf_path, base).expect("write postgresql.conf");
+        server.run_checked(
+            Command::new(server.bin.join("pg_ctl"))
+                .args(["start", "-w", "-t", "30", "-s", "-D"])
+                .arg(&server.data_dir)
+                .arg("-l")
+                .arg(server.log_path()),
+        );
+        server
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("server.log")
+    }
+
+    pub fn hba_path(&self) -> PathBuf {
+        self.data_dir.join("pg_hba.conf")
+    }
+
+    /// Runs psql as the superuser over the socket; returns stdout (unaligned, tuples only).
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.run_checked(
+            Command::new(self.bin.join("psql"))
+                .args([
+                    "-X",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-h",
+                ])
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-c", sql]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
+    /// Runs a command as the server's user, panicking with its output on failure.
+    pub fn run_checked(&self, cmd: &mut Command) -> Output {
+        if let Some(u) = &self.run_as {
+            cmd.uid(u.uid.as_raw())
+                .gid(u.gid.as_raw())
+                .env("HOME", &self.root);
+        }
+        cmd.stdin(Stdio::null())
+            .env_remove("PGPASSWORD")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT");
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        if !out.status.success() {
+            let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+            panic!(
+                "{cmd:?} failed: {}\nstdout: {}\nstderr: {}\nserver log:\n{log}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    pub fn stop(&self) {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.args(["stop", "-m", "immediate", "-w", "-s", "-D"])
+            .arg(&self.data_dir);
+        if let Some(u) = &self.run_as {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let _ = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.stop();
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}

@@ -10,7 +10,11 @@ pub enum Address {
     SameHost,
     SameNet,
     /// `addr/prefix`, or the two-column `addr netmask` form (kept so it renders as written).
-    Net { addr: IpAddr, prefix: u8, netmask_form: bool },
+    Net {
+        addr: IpAddr,
+        prefix: u8,
+        netmask_form: bool,
+    },
     /// A host name, or a `.suffix` matching every name under a domain.
     Host(String),
 }
@@ -32,30 +36,48 @@ impl Address {
                 .parse()
                 .map_err(|_| format!("'{ip}' is not an IPv4 or IPv6 address"))?;
             let prefix = parse_prefix(len, &addr)?;
-            return Ok(Address::Net { addr, prefix, netmask_form: false });
+            return Ok(Address::Net {
+                addr,
+                prefix,
+                netmask_form: false,
+            });
         }
         if let Ok(addr) = s.parse::<IpAddr>() {
-            return Ok(Address::Net { addr, prefix: max_prefix(&addr), netmask_form: false });
+            return Ok(Address::Net {
+                addr,
+                prefix: max_prefix(&addr),
+                netmask_form: false,
+            });
         }
         if let Some((ip, mask)) = s.split_once(char::is_whitespace) {
             let addr: IpAddr = ip
                 .parse()
                 .map_err(|_| format!("'{ip}' is not an IPv4 or IPv6 address"))?;
             let prefix = netmask_prefix(mask.trim(), &addr)?;
-            return Ok(Address::Net { addr, prefix, netmask_form: true });
+            return Ok(Address::Net {
+                addr,
+                prefix,
+                netmask_form: true,
+            });
         }
         if valid_hostname(s) {
             Ok(Address::Host(s.to_string()))
         } else {
-            Err("expected a CIDR network (10.0.0.0/8), an IP address, a host name, \
+            Err(
+                "expected a CIDR network (10.0.0.0/8), an IP address, a host name, \
                  a .domain suffix, all, samehost or samenet"
-                .into())
+                    .into(),
+            )
         }
     }
 
     /// Parses the file's ADDRESS field (and the netmask field when the address is a bare IP).
     /// Returns the address and whether a netmask field was consumed.
-    pub(crate) fn parse_file(value: &str, quoted: bool, next: Option<&str>) -> Result<(Address, bool), String> {
+    pub(crate) fn parse_file(
+        value: &str,
+        quoted: bool,
+        next: Option<&str>,
+    ) -> Result<(Address, bool), String> {
         if !quoted {
             match value {
                 "all" => return Ok((Address::All, false)),
@@ -65,14 +87,30 @@ impl Address {
             }
         }
         if let Some((ip, len)) = value.split_once('/') {
-            let addr: IpAddr = ip.parse().map_err(|_| format!("invalid IP address \"{ip}\""))?;
+            let addr: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("invalid IP address \"{ip}\""))?;
             let prefix = parse_prefix(len, &addr)?;
-            return Ok((Address::Net { addr, prefix, netmask_form: false }, false));
+            return Ok((
+                Address::Net {
+                    addr,
+                    prefix,
+                    netmask_form: false,
+                },
+                false,
+            ));
         }
         if let Ok(addr) = value.parse::<IpAddr>() {
             let mask = next.ok_or("end-of-line before netmask specification")?;
             let prefix = netmask_prefix(mask, &addr)?;
-            return Ok((Address::Net { addr, prefix, netmask_form: true }, true));
+            return Ok((
+                Address::Net {
+                    addr,
+                    prefix,
+                    netmask_form: true,
+                },
+                true,
+            ));
         }
         Ok((Address::Host(value.to_string()), false))
     }
@@ -83,8 +121,16 @@ impl Address {
             Address::All => "all".into(),
             Address::SameHost => "samehost".into(),
             Address::SameNet => "samenet".into(),
-            Address::Net { addr, prefix, netmask_form: false } => format!("{addr}/{prefix}"),
-            Address::Net { addr, prefix, netmask_form: true } => {
+            Address::Net {
+                addr,
+                prefix,
+                netmask_form: false,
+            } => format!("{addr}/{prefix}"),
+            Address::Net {
+                addr,
+                prefix,
+                netmask_form: true,
+            } => {
                 format!("{addr}  {}", prefix_to_netmask(addr, *prefix))
             }
             Address::Host(h) => h.clone(),
@@ -187,12 +233,20 @@ fn from_bits(template: &IpAddr, b: u128) -> IpAddr {
 }
 
 fn mask(a: &IpAddr, prefix: u8) -> IpAddr {
-    let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+    let m = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix))
+    };
     from_bits(a, bits(a) & m)
 }
 
 fn prefix_to_netmask(addr: &IpAddr, prefix: u8) -> IpAddr {
-    let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+    let m = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix))
+    };
     from_bits(addr, m)
 }
 
@@ -204,7 +258,9 @@ fn valid_hostname(s: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -226,7 +282,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_addresses() {
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/x", "300.1.1.1/8", "bad host", "-x.com", ""] {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/x",
+            "300.1.1.1/8",
+            "bad host",
+            "-x.com",
+            "",
+        ] {
             assert!(Address::parse_user(bad).is_err(), "{bad}");
         }
     }

@@ -22,7 +22,10 @@ impl Selector {
     pub fn matches(&self, r: &Rule) -> bool {
         let probe = Rule {
             conn_type: self.conn_type.unwrap_or(r.conn_type),
-            databases: self.databases.clone().unwrap_or_else(|| r.databases.clone()),
+            databases: self
+                .databases
+                .clone()
+                .unwrap_or_else(|| r.databases.clone()),
             users: self.users.clone().unwrap_or_else(|| r.users.clone()),
             address: match &self.address {
                 Some(a) => Some(a.clone()),
@@ -37,7 +40,8 @@ impl Selector {
 
     fn describe(&self) -> String {
         let names = |t: &Option<Vec<Token>>| {
-            t.as_ref().map(|v| v.iter().map(Token::render).collect::<Vec<_>>().join(","))
+            t.as_ref()
+                .map(|v| v.iter().map(Token::render).collect::<Vec<_>>().join(","))
         };
         let parts = [
             self.conn_type.map(|t| format!("type={}", t.as_str())),
@@ -62,9 +66,14 @@ pub enum Position {
 
 #[derive(Debug, Clone)]
 pub enum Change {
-    Present { rule: Rule, position: Position },
+    Present {
+        rule: Rule,
+        position: Position,
+    },
     /// Removes every rule with this rule's identity (its method/options are ignored).
-    Absent { rule: Rule },
+    Absent {
+        rule: Rule,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +104,9 @@ pub struct RuleOutcome {
 impl HbaFile {
     /// Index of the first record holding a rule with `rule`'s identity.
     pub fn find(&self, rule: &Rule) -> Option<usize> {
-        self.rules().find(|(_, r)| r.same_identity(rule)).map(|(i, _)| i)
+        self.rules()
+            .find(|(_, r)| r.same_identity(rule))
+            .map(|(i, _)| i)
     }
 
     pub fn apply(&mut self, change: &Change) -> Result<RuleOutcome, HbaError> {
@@ -105,8 +116,17 @@ impl HbaFile {
         }
     }
 
-    fn ensure_present(&mut self, rule: &Rule, position: &Position) -> Result<RuleOutcome, HbaError> {
-        let outcome = |action| Ok(RuleOutcome { rule: rule.clone(), action });
+    fn ensure_present(
+        &mut self,
+        rule: &Rule,
+        position: &Position,
+    ) -> Result<RuleOutcome, HbaError> {
+        let outcome = |action| {
+            Ok(RuleOutcome {
+                rule: rule.clone(),
+                action,
+            })
+        };
         if let Some(i) = self.find(rule) {
             if self.records[i].rule().is_some_and(|r| r.same_content(rule)) {
                 return outcome(RuleAction::Unchanged);
@@ -121,22 +141,39 @@ impl HbaFile {
 
     fn ensure_absent(&mut self, rule: &Rule) -> RuleOutcome {
         let before = self.records.len();
-        self.records.retain(|r| !r.rule().is_some_and(|r| r.same_identity(rule)));
-        let action = if self.records.len() < before { RuleAction::Removed } else { RuleAction::Unchanged };
-        RuleOutcome { rule: rule.clone(), action }
+        self.records
+            .retain(|r| !r.rule().is_some_and(|r| r.same_identity(rule)));
+        let action = if self.records.len() < before {
+            RuleAction::Removed
+        } else {
+            RuleAction::Unchanged
+        };
+        RuleOutcome {
+            rule: rule.clone(),
+            action,
+        }
     }
 
     fn insertion_point(&self, position: &Position) -> Result<usize, HbaError> {
         let rules: Vec<usize> = self.rules().map(|(i, _)| i).collect();
         let matching = |sel: &Selector| -> Result<Vec<usize>, HbaError> {
-            let m: Vec<usize> = self.rules().filter(|(_, r)| sel.matches(r)).map(|(i, _)| i).collect();
+            let m: Vec<usize> = self
+                .rules()
+                .filter(|(_, r)| sel.matches(r))
+                .map(|(i, _)| i)
+                .collect();
             if m.is_empty() {
-                return Err(HbaError::Plan(format!("anchor ({}) matches no rule in the file", sel.describe())));
+                return Err(HbaError::Plan(format!(
+                    "anchor ({}) matches no rule in the file",
+                    sel.describe()
+                )));
             }
             Ok(m)
         };
         Ok(match position {
-            Position::First => rules.first().map_or(self.records.len(), |&i| self.block_start(i)),
+            Position::First => rules
+                .first()
+                .map_or(self.records.len(), |&i| self.block_start(i)),
             Position::Last => rules.last().map_or(self.records.len(), |&i| i + 1),
             Position::Before(sel) => self.block_start(matching(sel)?[0]),
             Position::After(sel) => matching(sel)?.last().copied().unwrap_or_default() + 1,
@@ -174,7 +211,10 @@ impl HbaFile {
             .filter(|r| !matches!(r.kind, RecordKind::Blank | RecordKind::Comment))
             .collect();
         let already = current.len() == rules.len()
-            && current.iter().zip(rules).all(|(r, want)| r.rule().is_some_and(|r| r.same_content(want)));
+            && current
+                .iter()
+                .zip(rules)
+                .all(|(r, want)| r.rule().is_some_and(|r| r.same_content(want)));
         let mut outcomes = Vec::new();
         for want in rules {
             let action = match self.find(want).map(|i| &self.records[i]) {
@@ -182,11 +222,17 @@ impl HbaFile {
                 Some(_) => RuleAction::Updated,
                 None => RuleAction::Added,
             };
-            outcomes.push(RuleOutcome { rule: want.clone(), action });
+            outcomes.push(RuleOutcome {
+                rule: want.clone(),
+                action,
+            });
         }
         for (_, old) in self.rules() {
             if !rules.iter().any(|w| w.same_identity(old)) {
-                outcomes.push(RuleOutcome { rule: old.clone(), action: RuleAction::Removed });
+                outcomes.push(RuleOutcome {
+                    rule: old.clone(),
+                    action: RuleAction::Removed,
+                });
             }
         }
         if already {
@@ -210,9 +256,15 @@ impl HbaFile {
     /// Warnings about `rule` as it stands in the file: an earlier rule that already matches
     /// every connection it would (so it is never used), and later duplicates it hides.
     pub fn warnings_for(&self, rule: &Rule) -> Vec<String> {
-        let Some(at) = self.find(rule) else { return Vec::new() };
+        let Some(at) = self.find(rule) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        if let Some((i, _)) = self.rules().take_while(|&(i, _)| i < at).find(|(_, r)| covers(r, rule)) {
+        if let Some((i, _)) = self
+            .rules()
+            .take_while(|&(i, _)| i < at)
+            .find(|(_, r)| covers(r, rule))
+        {
             out.push(format!(
                 "rule `{}` (line {}) will never be used: line {} (`{}`) already matches every connection it would",
                 rule,
@@ -221,7 +273,10 @@ impl HbaFile {
                 self.records[i].text().trim()
             ));
         }
-        for (i, _) in self.rules().filter(|&(i, r)| i > at && r.same_identity(rule)) {
+        for (i, _) in self
+            .rules()
+            .filter(|&(i, r)| i > at && r.same_identity(rule))
+        {
             out.push(format!(
                 "line {} (`{}`) has the same type, databases, users and address as line {} and is never used",
                 self.line_of(i),
@@ -255,11 +310,21 @@ mod tests {
 
     fn sel(line: &str) -> Selector {
         let r = rule(line);
-        Selector { conn_type: Some(r.conn_type), databases: Some(r.databases), users: Some(r.users), address: r.address }
+        Selector {
+            conn_type: Some(r.conn_type),
+            databases: Some(r.databases),
+            users: Some(r.users),
+            address: r.address,
+        }
     }
 
     fn present(f: &mut HbaFile, line: &str, position: Position) -> RuleAction {
-        f.apply(&Change::Present { rule: rule(line), position }).unwrap().action
+        f.apply(&Change::Present {
+            rule: rule(line),
+            position,
+        })
+        .unwrap()
+        .action
     }
 
     fn text(f: &HbaFile) -> String {
@@ -276,10 +341,20 @@ mod tests {
             ("# only comments\n", Position::First),
         ] {
             let mut f = HbaFile::parse(base.as_bytes());
-            assert_eq!(present(&mut f, "host app app 10.0.0.0/8 scram-sha-256", pos.clone()), RuleAction::Added);
+            assert_eq!(
+                present(&mut f, "host app app 10.0.0.0/8 scram-sha-256", pos.clone()),
+                RuleAction::Added
+            );
             assert_ne!(text(&f), base);
-            assert_eq!(present(&mut f, "host app app 10.0.0.0/8 scram-sha-256", pos), RuleAction::Unchanged);
-            let out = f.apply(&Change::Absent { rule: rule("host app app 10.0.0.0/8 md5") }).unwrap();
+            assert_eq!(
+                present(&mut f, "host app app 10.0.0.0/8 scram-sha-256", pos),
+                RuleAction::Unchanged
+            );
+            let out = f
+                .apply(&Change::Absent {
+                    rule: rule("host app app 10.0.0.0/8 md5"),
+                })
+                .unwrap();
             assert_eq!(out.action, RuleAction::Removed);
             assert_eq!(text(&f), base);
         }
@@ -289,19 +364,44 @@ mod tests {
     fn positions() {
         let mut f = HbaFile::parse(BASE.as_bytes());
         present(&mut f, "host a a 10.0.0.1/32 md5", Position::First);
-        present(&mut f, "host b b 10.0.0.2/32 md5", Position::Before(sel("host all all 127.0.0.1/32 x")));
-        present(&mut f, "host c c 10.0.0.3/32 md5", Position::After(sel("host all all 127.0.0.1/32 x")));
+        present(
+            &mut f,
+            "host b b 10.0.0.2/32 md5",
+            Position::Before(sel("host all all 127.0.0.1/32 x")),
+        );
+        present(
+            &mut f,
+            "host c c 10.0.0.3/32 md5",
+            Position::After(sel("host all all 127.0.0.1/32 x")),
+        );
         present(&mut f, "host d d 10.0.0.4/32 md5", Position::Last);
-        let lines: Vec<String> = text(&f).lines().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect();
+        let lines: Vec<String> = text(&f)
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect();
         assert_eq!(
             lines,
             [
-                "# header", "# more", "", "host a", "# admin", "local all", "", "host b", "# IPv4",
-                "host all", "host c", "host replication", "host d"
+                "# header",
+                "# more",
+                "",
+                "host a",
+                "# admin",
+                "local all",
+                "",
+                "host b",
+                "# IPv4",
+                "host all",
+                "host c",
+                "host replication",
+                "host d"
             ]
         );
         let err = f
-            .apply(&Change::Present { rule: rule("host e e 10.0.0.5/32 md5"), position: Position::After(sel("host nope nope 1.1.1.1/32 x")) })
+            .apply(&Change::Present {
+                rule: rule("host e e 10.0.0.5/32 md5"),
+                position: Position::After(sel("host nope nope 1.1.1.1/32 x")),
+            })
             .unwrap_err();
         assert!(err.to_string().contains("matches no rule"), "{err}");
     }
@@ -309,12 +409,21 @@ mod tests {
     #[test]
     fn update_in_place_touches_one_line() {
         let mut f = HbaFile::parse(BASE.as_bytes());
-        assert_eq!(present(&mut f, "host all all 127.0.0.1/32 md5 # legacy", Position::First), RuleAction::Updated);
+        assert_eq!(
+            present(
+                &mut f,
+                "host all all 127.0.0.1/32 md5 # legacy",
+                Position::First
+            ),
+            RuleAction::Updated
+        );
         let before: Vec<&str> = BASE.lines().collect();
         let t = text(&f);
         let after: Vec<&str> = t.lines().collect();
         assert_eq!(before.len(), after.len());
-        let diff: Vec<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
+        let diff: Vec<usize> = (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .collect();
         assert_eq!(diff, [7]);
         assert!(after[7].ends_with("md5 # legacy"));
     }
@@ -322,17 +431,31 @@ mod tests {
     #[test]
     fn exclusive_keeps_header_and_is_idempotent() {
         let mut f = HbaFile::parse(BASE.as_bytes());
-        let want = [rule("local all postgres peer"), rule("host app app 10.0.0.0/8 scram-sha-256")];
+        let want = [
+            rule("local all postgres peer"),
+            rule("host app app 10.0.0.0/8 scram-sha-256"),
+        ];
         let out = f.set_exclusive(&want).unwrap();
         let actions: Vec<_> = out.iter().map(|o| o.action).collect();
-        assert_eq!(actions, [RuleAction::Unchanged, RuleAction::Added, RuleAction::Removed, RuleAction::Removed]);
+        assert_eq!(
+            actions,
+            [
+                RuleAction::Unchanged,
+                RuleAction::Added,
+                RuleAction::Removed,
+                RuleAction::Removed
+            ]
+        );
         let first = text(&f);
-        assert!(first.starts_with("# header\n# more header\n\n# admin\nlocal   all             postgres"));
+        assert!(first
+            .starts_with("# header\n# more header\n\n# admin\nlocal   all             postgres"));
         assert_eq!(first.matches('\n').count(), 6);
         let mut again = HbaFile::parse(first.as_bytes());
         again.set_exclusive(&want).unwrap();
         assert_eq!(text(&again), first);
-        assert!(f.set_exclusive(&[want[1].clone(), want[1].clone()]).is_err());
+        assert!(f
+            .set_exclusive(&[want[1].clone(), want[1].clone()])
+            .is_err());
     }
 
     #[test]

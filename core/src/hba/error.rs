@@ -5,13 +5,25 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HbaError {
     #[error("invalid {field} {value:?}: {reason}")]
-    Invalid { field: &'static str, value: String, reason: String },
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("{0}")]
     Plan(String),
 }
 
 impl HbaError {
-    pub(crate) fn invalid(field: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
-        HbaError::Invalid { field, value: value.into(), reason: reason.into() }
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        HbaError::Invalid {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -25,7 +25,10 @@ impl Record {
     pub fn from_rule(rule: Rule) -> Record {
         let mut raw = rule.render().into_bytes();
         raw.push(b'\n');
-        Record { raw, kind: RecordKind::Rule(rule) }
+        Record {
+            raw,
+            kind: RecordKind::Rule(rule),
+        }
     }
 
     pub fn rule(&self) -> Option<&Rule> {
@@ -41,7 +44,9 @@ impl Record {
 
     /// The record as text, without its line terminator, for messages.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.raw).trim_end_matches(['\n', '\r']).to_string()
+        String::from_utf8_lossy(&self.raw)
+            .trim_end_matches(['\n', '\r'])
+            .to_string()
     }
 
     fn lines(&self) -> usize {
@@ -78,11 +83,18 @@ impl HbaFile {
             let kind = classify(&raw);
             records.push(Record { raw, kind });
         }
-        HbaFile { records, final_newline }
+        HbaFile {
+            records,
+            final_newline,
+        }
     }
 
     pub fn render(&self) -> Vec<u8> {
-        let mut out: Vec<u8> = self.records.iter().flat_map(|r| r.raw.iter().copied()).collect();
+        let mut out: Vec<u8> = self
+            .records
+            .iter()
+            .flat_map(|r| r.raw.iter().copied())
+            .collect();
         if !self.final_newline && out.ends_with(b"\n") {
             out.pop();
         }
@@ -91,7 +103,10 @@ impl HbaFile {
 
     /// 1-based number of the first physical line of record `index`.
     pub fn line_of(&self, index: usize) -> usize {
-        1 + self.records[..index].iter().map(Record::lines).sum::<usize>()
+        1 + self.records[..index]
+            .iter()
+            .map(Record::lines)
+            .sum::<usize>()
     }
 
     /// Index of the record that contains physical line `line` (1-based).
@@ -107,11 +122,16 @@ impl HbaFile {
     }
 
     pub fn rules(&self) -> impl Iterator<Item = (usize, &Rule)> {
-        self.records.iter().enumerate().filter_map(|(i, r)| r.rule().map(|rule| (i, rule)))
+        self.records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.rule().map(|rule| (i, rule)))
     }
 
     pub fn has_includes(&self) -> bool {
-        self.records.iter().any(|r| matches!(r.kind, RecordKind::Include))
+        self.records
+            .iter()
+            .any(|r| matches!(r.kind, RecordKind::Include))
     }
 }
 
@@ -140,7 +160,11 @@ fn classify(raw: &[u8]) -> RecordKind {
     let line = logical_line(raw);
     let t = tokenize(&line);
     let Some(first) = t.fields.first() else {
-        return if t.comment.is_some() { RecordKind::Comment } else { RecordKind::Blank };
+        return if t.comment.is_some() {
+            RecordKind::Comment
+        } else {
+            RecordKind::Blank
+        };
     };
     if first.len() == 1
         && !first[0].quoted
@@ -174,8 +198,20 @@ mod tests {
 
     #[test]
     fn round_trips_bytes() {
-        for text in [DEBIAN, "", "\n", "no newline at end", "a\r\nb\r\n", "x \\\ny\n", "trailing \\"] {
-            assert_eq!(HbaFile::parse(text.as_bytes()).render(), text.as_bytes(), "{text:?}");
+        for text in [
+            DEBIAN,
+            "",
+            "\n",
+            "no newline at end",
+            "a\r\nb\r\n",
+            "x \\\ny\n",
+            "trailing \\",
+        ] {
+            assert_eq!(
+                HbaFile::parse(text.as_bytes()).render(),
+                text.as_bytes(),
+                "{text:?}"
+            );
         }
         let bin = b"host all \xff\xfe 1.2.3.4/32 md5\n";
         assert_eq!(HbaFile::parse(bin).render(), bin);

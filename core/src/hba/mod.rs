@@ -17,6 +17,6 @@ pub use address::Address;
 pub use edit::{Change, Position, RuleAction, RuleOutcome, Selector};
 pub use error::HbaError;
 pub use file::{HbaFile, Record, RecordKind};
-pub use rule::{ConnType, Rule, ServerVersion};
+pub use rule::{parse_names, ConnType, Rule, ServerVersion};
 pub use shadow::covers;
 pub use token::{tokenize, Token, Tokenized};

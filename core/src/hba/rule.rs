@@ -54,8 +54,18 @@ pub struct ServerVersion(pub u32);
 
 /// Methods of PostgreSQL 15 that a Linux build knows (`sspi` and `bsd` are compiled out).
 const METHODS: &[&str] = &[
-    "trust", "reject", "scram-sha-256", "md5", "password", "gss", "ident", "peer", "pam", "ldap",
-    "radius", "cert",
+    "trust",
+    "reject",
+    "scram-sha-256",
+    "md5",
+    "password",
+    "gss",
+    "ident",
+    "peer",
+    "pam",
+    "ldap",
+    "radius",
+    "cert",
 ];
 
 /// Options each method accepts (hba.c `parse_hba_auth_opt`); `clientcert`/`clientname` are
@@ -67,11 +77,25 @@ fn method_options(method: &str) -> &'static [&'static str] {
         "gss" => &["map", "include_realm", "krb_realm"],
         "pam" => &["pamservice", "pam_use_hostname"],
         "ldap" => &[
-            "ldapserver", "ldapport", "ldapscheme", "ldaptls", "ldapprefix", "ldapsuffix",
-            "ldapbasedn", "ldapbinddn", "ldapbindpasswd", "ldapsearchattribute",
-            "ldapsearchfilter", "ldapurl",
+            "ldapserver",
+            "ldapport",
+            "ldapscheme",
+            "ldaptls",
+            "ldapprefix",
+            "ldapsuffix",
+            "ldapbasedn",
+            "ldapbinddn",
+            "ldapbindpasswd",
+            "ldapsearchattribute",
+            "ldapsearchfilter",
+            "ldapurl",
         ],
-        "radius" => &["radiusservers", "radiussecrets", "radiusidentifiers", "radiusports"],
+        "radius" => &[
+            "radiusservers",
+            "radiussecrets",
+            "radiusidentifiers",
+            "radiusports",
+        ],
         _ => &[],
     }
 }
@@ -90,7 +114,10 @@ pub struct Rule {
 
 impl Rule {
     /// Builds a rule from a tokenized line. Errors use PostgreSQL's wording where it has one.
-    pub(crate) fn from_fields(fields: &[Vec<Token>], comment: Option<String>) -> Result<Rule, String> {
+    pub(crate) fn from_fields(
+        fields: &[Vec<Token>],
+        comment: Option<String>,
+    ) -> Result<Rule, String> {
         let mut it = fields.iter();
         let single = |f: Option<&Vec<Token>>, what: &str| -> Result<Token, String> {
             match f {
@@ -103,13 +130,22 @@ impl Rule {
         let conn_type = ConnType::parse(&t.value)
             .filter(|_| !t.quoted)
             .ok_or_else(|| format!("invalid connection type \"{}\"", t.value))?;
-        let databases = it.next().ok_or("end-of-line before database specification")?.clone();
-        let users = it.next().ok_or("end-of-line before role specification")?.clone();
+        let databases = it
+            .next()
+            .ok_or("end-of-line before database specification")?
+            .clone();
+        let users = it
+            .next()
+            .ok_or("end-of-line before role specification")?
+            .clone();
         let mut address = None;
         if conn_type != ConnType::Local {
             let a = single(it.next(), "host address")?;
             let rest: Vec<&Vec<Token>> = it.clone().collect();
-            let next = rest.first().and_then(|f| f.first()).map(|t| t.value.as_str());
+            let next = rest
+                .first()
+                .and_then(|f| f.first())
+                .map(|t| t.value.as_str());
             let (addr, used_mask) = Address::parse_file(&a.value, a.quoted, next)?;
             if used_mask {
                 single(it.next(), "netmask")?;
@@ -120,14 +156,24 @@ impl Rule {
         let mut options = Vec::new();
         for field in it {
             for tok in field {
-                let (k, v) = tok
-                    .value
-                    .split_once('=')
-                    .ok_or_else(|| format!("authentication option not in name=value format: {}", tok.value))?;
+                let (k, v) = tok.value.split_once('=').ok_or_else(|| {
+                    format!(
+                        "authentication option not in name=value format: {}",
+                        tok.value
+                    )
+                })?;
                 options.push((k.to_string(), v.to_string()));
             }
         }
-        Ok(Rule { conn_type, databases, users, address, method, options, comment })
+        Ok(Rule {
+            conn_type,
+            databases,
+            users,
+            address,
+            method,
+            options,
+            comment,
+        })
     }
 
     /// Checks everything PostgreSQL 15 checks when it loads the line, plus our own input rules
@@ -138,10 +184,18 @@ impl Rule {
         check_names("users", &self.users, server)?;
         match (&self.address, self.conn_type) {
             (Some(a), ConnType::Local) => {
-                return Err(HbaError::invalid("address", a.render(), "local rules take no address"))
+                return Err(HbaError::invalid(
+                    "address",
+                    a.render(),
+                    "local rules take no address",
+                ))
             }
             (None, t) if t != ConnType::Local => {
-                return Err(HbaError::invalid("address", "", format!("{ty} rules need an address")))
+                return Err(HbaError::invalid(
+                    "address",
+                    "",
+                    format!("{ty} rules need an address"),
+                ))
             }
             _ => {}
         }
@@ -156,21 +210,41 @@ impl Rule {
         }
         let local = self.conn_type == ConnType::Local;
         if local && m == "gss" {
-            return Err(HbaError::invalid("method", m, "gssapi authentication is not supported on local sockets"));
+            return Err(HbaError::invalid(
+                "method",
+                m,
+                "gssapi authentication is not supported on local sockets",
+            ));
         }
         if !local && m == "peer" {
-            return Err(HbaError::invalid("method", m, "peer authentication is only supported on local sockets"));
+            return Err(HbaError::invalid(
+                "method",
+                m,
+                "peer authentication is only supported on local sockets",
+            ));
         }
         if m == "cert" && self.conn_type != ConnType::HostSsl {
-            return Err(HbaError::invalid("method", m, "cert authentication is only supported on hostssl connections"));
+            return Err(HbaError::invalid(
+                "method",
+                m,
+                "cert authentication is only supported on hostssl connections",
+            ));
         }
         if self.conn_type == ConnType::HostGssEnc && !["gss", "trust", "reject"].contains(&m) {
-            return Err(HbaError::invalid("method", m, "GSSAPI encryption only supports gss, trust, or reject authentication"));
+            return Err(HbaError::invalid(
+                "method",
+                m,
+                "GSSAPI encryption only supports gss, trust, or reject authentication",
+            ));
         }
         self.validate_options()?;
         if let Some(c) = &self.comment {
             if c.contains('\n') || c.contains('\r') {
-                return Err(HbaError::invalid("comment", c.clone(), "must be a single line"));
+                return Err(HbaError::invalid(
+                    "comment",
+                    c.clone(),
+                    "must be a single line",
+                ));
             }
         }
         Ok(())
@@ -182,16 +256,28 @@ impl Rule {
         for (k, v) in &self.options {
             let opt = || format!("{k}={v}");
             if seen.contains(&k) {
-                return Err(HbaError::invalid("options", opt(), format!("option {k} given twice")));
+                return Err(HbaError::invalid(
+                    "options",
+                    opt(),
+                    format!("option {k} given twice"),
+                ));
             }
             seen.push(k);
             if v.contains('\n') || v.contains('\r') {
-                return Err(HbaError::invalid("options", opt(), "values must be a single line"));
+                return Err(HbaError::invalid(
+                    "options",
+                    opt(),
+                    "values must be a single line",
+                ));
             }
             match k.as_str() {
                 "clientcert" => {
                     if self.conn_type != ConnType::HostSsl {
-                        return Err(HbaError::invalid("options", opt(), "clientcert can only be configured for \"hostssl\" rows"));
+                        return Err(HbaError::invalid(
+                            "options",
+                            opt(),
+                            "clientcert can only be configured for \"hostssl\" rows",
+                        ));
                     }
                     match v.as_str() {
                         "verify-full" => {}
@@ -204,17 +290,28 @@ impl Rule {
                 }
                 "clientname" => {
                     if self.conn_type != ConnType::HostSsl {
-                        return Err(HbaError::invalid("options", opt(), "clientname can only be configured for \"hostssl\" rows"));
+                        return Err(HbaError::invalid(
+                            "options",
+                            opt(),
+                            "clientname can only be configured for \"hostssl\" rows",
+                        ));
                     }
                     if v != "CN" && v != "DN" {
-                        return Err(HbaError::invalid("options", opt(), "clientname must be CN or DN"));
+                        return Err(HbaError::invalid(
+                            "options",
+                            opt(),
+                            "clientname must be CN or DN",
+                        ));
                     }
                 }
-                name if method_options(m).contains(&name) => check_option_value(name, v).map_err(|r| HbaError::invalid("options", opt(), r))?,
+                name if method_options(m).contains(&name) => check_option_value(name, v)
+                    .map_err(|r| HbaError::invalid("options", opt(), r))?,
                 name => {
                     let allowed = method_options(m);
                     let reason = if allowed.is_empty() {
-                        format!("method {m} takes no options besides clientcert/clientname on hostssl")
+                        format!(
+                            "method {m} takes no options besides clientcert/clientname on hostssl"
+                        )
                     } else {
                         format!("method {m} accepts {}", allowed.join(", "))
                     };
@@ -225,18 +322,51 @@ impl Rule {
         let has = |k: &str| self.options.iter().any(|(n, _)| n == k);
         if m == "ldap" {
             if !has("ldapserver") && !has("ldapurl") {
-                return Err(HbaError::invalid("options", "", "ldap needs ldapserver or ldapurl"));
+                return Err(HbaError::invalid(
+                    "options",
+                    "",
+                    "ldap needs ldapserver or ldapurl",
+                ));
             }
             let simple = has("ldapprefix") || has("ldapsuffix");
-            let search = ["ldapbasedn", "ldapbinddn", "ldapbindpasswd", "ldapsearchattribute", "ldapsearchfilter"]
-                .iter()
-                .any(|k| has(k));
+            let search = [
+                "ldapbasedn",
+                "ldapbinddn",
+                "ldapbindpasswd",
+                "ldapsearchattribute",
+                "ldapsearchfilter",
+            ]
+            .iter()
+            .any(|k| has(k));
             if simple && search {
                 return Err(HbaError::invalid("options", "", "cannot mix ldapprefix/ldapsuffix with ldapbasedn, ldapbinddn, ldapbindpasswd, ldapsearchattribute, ldapsearchfilter"));
             }
         }
-        if m == "radius" && (!has("radiusservers") || !has("radiussecrets")) {
-            return Err(HbaError::invalid("options", "", "radius needs radiusservers and radiussecrets"));
+        if m == "radius" {
+            if !has("radiusservers") || !has("radiussecrets") {
+                return Err(HbaError::invalid(
+                    "options",
+                    "",
+                    "radius needs radiusservers and radiussecrets",
+                ));
+            }
+            // hba.c verify_option_list_length: each list has 1 entry or one per server.
+            let count = |k: &str| {
+                self.options
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.split(',').count())
+            };
+            let servers = count("radiusservers").unwrap_or(1);
+            for k in ["radiussecrets", "radiusidentifiers", "radiusports"] {
+                if let Some(n) = count(k).filter(|&n| n != 1 && n != servers) {
+                    return Err(HbaError::invalid(
+                        "options",
+                        k,
+                        format!("{n} values, but it needs 1 or one per server ({servers})"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -260,7 +390,10 @@ impl Rule {
         let mut b = other.options.clone();
         a.sort();
         b.sort();
-        self.same_identity(other) && self.method == other.method && a == b && self.comment == other.comment
+        self.same_identity(other)
+            && self.method == other.method
+            && a == b
+            && self.comment == other.comment
     }
 
     /// Uses 16+ syntax (regular expressions in names) that PostgreSQL 15 would read differently.
@@ -275,11 +408,23 @@ impl Rule {
         pad(&mut line, self.conn_type.as_str(), 8);
         pad(&mut line, &list(&self.databases), 16);
         pad(&mut line, &list(&self.users), 16);
-        pad(&mut line, &self.address.as_ref().map(Address::render).unwrap_or_default(), 24);
+        pad(
+            &mut line,
+            &self
+                .address
+                .as_ref()
+                .map(Address::render)
+                .unwrap_or_default(),
+            24,
+        );
         line.push_str(&self.method);
         for (k, v) in &self.options {
             line.push(' ');
-            let value = Token { value: v.clone(), quoted: false }.render();
+            let value = Token {
+                value: v.clone(),
+                quoted: false,
+            }
+            .render();
             line.push_str(&format!("{k}={value}"));
         }
         if let Some(c) = &self.comment {
@@ -316,19 +461,39 @@ fn is_regex(t: &Token) -> bool {
     !t.quoted && t.value.starts_with('/')
 }
 
-fn check_names(field: &'static str, names: &[Token], server: Option<ServerVersion>) -> Result<(), HbaError> {
+fn check_names(
+    field: &'static str,
+    names: &[Token],
+    server: Option<ServerVersion>,
+) -> Result<(), HbaError> {
     if names.is_empty() {
-        return Err(HbaError::invalid(field, "", "at least one name is needed (or all)"));
+        return Err(HbaError::invalid(
+            field,
+            "",
+            "at least one name is needed (or all)",
+        ));
     }
     for t in names {
         if t.value.is_empty() {
-            return Err(HbaError::invalid(field, t.render(), "names must not be empty"));
+            return Err(HbaError::invalid(
+                field,
+                t.render(),
+                "names must not be empty",
+            ));
         }
         if t.value.contains('\n') || t.value.contains('\r') {
-            return Err(HbaError::invalid(field, t.value.clone(), "names must be a single line"));
+            return Err(HbaError::invalid(
+                field,
+                t.value.clone(),
+                "names must be a single line",
+            ));
         }
         if !t.quoted && (t.value == "+" || t.value == "@") {
-            return Err(HbaError::invalid(field, t.value.clone(), "a group (+) or file (@) needs a name"));
+            return Err(HbaError::invalid(
+                field,
+                t.value.clone(),
+                "a group (+) or file (@) needs a name",
+            ));
         }
         if is_regex(t) && server.is_some_and(|v| v.0 < 16) {
             return Err(HbaError::invalid(
@@ -346,8 +511,12 @@ fn check_option_value(name: &str, v: &str) -> Result<(), String> {
         "pam_use_hostname" | "ldaptls" | "include_realm" if v != "0" && v != "1" => {
             Err(format!("{name} must be 1 or 0"))
         }
-        "ldapport" if v.parse::<u16>().map_or(true, |p| p == 0) => Err("ldapport must be a port number".into()),
-        "ldapscheme" if v != "ldap" && v != "ldaps" => Err("ldapscheme must be ldap or ldaps".into()),
+        "ldapport" if v.parse::<u16>().map_or(true, |p| p == 0) => {
+            Err("ldapport must be a port number".into())
+        }
+        "ldapscheme" if v != "ldap" && v != "ldaps" => {
+            Err("ldapscheme must be ldap or ldaps".into())
+        }
         _ if v.is_empty() => Err(format!("{name} needs a value")),
         _ => Ok(()),
     }
@@ -355,16 +524,23 @@ fn check_option_value(name: &str, v: &str) -> Result<(), String> {
 
 /// Parses a list of names the way PostgreSQL reads one field: `a,b`, `"x y"`, keywords.
 /// Used for user input so the rules for quoting are the same as in the file.
-pub(crate) fn parse_name_list(field: &'static str, items: &[String]) -> Result<Vec<Token>, HbaError> {
+pub fn parse_names(field: &'static str, items: &[String]) -> Result<Vec<Token>, HbaError> {
     let mut out = Vec::new();
     for item in items {
         let t = tokenize(item);
         if t.fields.len() != 1 || t.comment.is_some() {
             // A plain name with blanks or '#': take it literally, quoted.
             if item.trim().is_empty() {
-                return Err(HbaError::invalid(field, item.clone(), "names must not be empty"));
+                return Err(HbaError::invalid(
+                    field,
+                    item.clone(),
+                    "names must not be empty",
+                ));
             }
-            out.push(Token { value: item.clone(), quoted: true });
+            out.push(Token {
+                value: item.clone(),
+                quoted: true,
+            });
             continue;
         }
         out.extend(t.fields.into_iter().flatten());
@@ -383,7 +559,8 @@ mod tests {
 
     #[test]
     fn parses_debian_lines() {
-        let r = rule("local   all             postgres                                peer").unwrap();
+        let r =
+            rule("local   all             postgres                                peer").unwrap();
         assert_eq!(r.conn_type, ConnType::Local);
         assert!(r.address.is_none());
         let r = rule("host replication all ::1/128 scram-sha-256 # repl").unwrap();
@@ -393,11 +570,24 @@ mod tests {
 
     #[test]
     fn parse_errors_use_postgres_wording() {
-        assert_eq!(rule("hosts all all 1.2.3.4/32 md5").unwrap_err(), "invalid connection type \"hosts\"");
-        assert_eq!(rule("host all all").unwrap_err(), "end-of-line before host address");
-        assert_eq!(rule("host all all 1.2.3.4/32").unwrap_err(), "end-of-line before authentication type");
-        assert!(rule("host all all 1.2.3.4/32 md5 foo").unwrap_err().contains("name=value"));
-        assert!(rule("host all all 1.2.3.4,1.2.3.5 md5").unwrap_err().contains("multiple values"));
+        assert_eq!(
+            rule("hosts all all 1.2.3.4/32 md5").unwrap_err(),
+            "invalid connection type \"hosts\""
+        );
+        assert_eq!(
+            rule("host all all").unwrap_err(),
+            "end-of-line before host address"
+        );
+        assert_eq!(
+            rule("host all all 1.2.3.4/32").unwrap_err(),
+            "end-of-line before authentication type"
+        );
+        assert!(rule("host all all 1.2.3.4/32 md5 foo")
+            .unwrap_err()
+            .contains("name=value"));
+        assert!(rule("host all all 1.2.3.4,1.2.3.5 md5")
+            .unwrap_err()
+            .contains("multiple values"));
     }
 
     #[test]
@@ -414,6 +604,7 @@ mod tests {
             "host all all 10.0.0.0/8 ldap ldapport=389",
             "host all all 10.0.0.0/8 ldap ldapserver=x ldapprefix=a ldapbasedn=b",
             "host all all 10.0.0.0/8 radius radiusservers=x",
+            "host all all 10.0.0.0/8 radius radiusservers=x radiussecrets=\"a,b\"",
             "hostgssenc all all 10.0.0.0/8 md5",
             "local all all gss",
             "host all all 10.0.0.0/8 sspi",
@@ -431,7 +622,10 @@ mod tests {
             "host replication repl 10.0.0.1 255.255.255.255 scram-sha-256",
         ];
         for line in good {
-            rule(line).unwrap().validate(None).unwrap_or_else(|e| panic!("{line}: {e}"));
+            rule(line)
+                .unwrap()
+                .validate(None)
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 
@@ -459,8 +653,14 @@ mod tests {
     #[test]
     fn render_layout_matches_sample_file() {
         let r = rule("local all postgres peer").unwrap();
-        assert_eq!(r.render(), "local   all             postgres                                peer");
+        assert_eq!(
+            r.render(),
+            "local   all             postgres                                peer"
+        );
         let r = rule("host all all 127.0.0.1/32 scram-sha-256").unwrap();
-        assert_eq!(r.render(), "host    all             all             127.0.0.1/32            scram-sha-256");
+        assert_eq!(
+            r.render(),
+            "host    all             all             127.0.0.1/32            scram-sha-256"
+        );
     }
 }

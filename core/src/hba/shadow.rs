@@ -41,16 +41,48 @@ mod tests {
     #[test]
     fn detects_dead_rules() {
         let cases = [
-            ("host all all 0.0.0.0/0 reject", "host app app 10.0.0.1/32 md5", true),
-            ("host all all 10.0.0.0/8 md5", "hostssl app app 10.1.0.0/16 cert", true),
-            ("hostssl all all 10.0.0.0/8 md5", "host app app 10.1.0.0/16 md5", false),
-            ("host all all 0.0.0.0/0 md5", "host replication repl 10.0.0.1/32 md5", false),
-            ("host replication all 10.0.0.0/8 md5", "host replication repl 10.0.0.1/32 md5", true),
-            ("host app,other all all md5", "host app x db.example.com md5", true),
-            ("host app +admins all md5", "host app alice 10.0.0.1/32 md5", false),
+            (
+                "host all all 0.0.0.0/0 reject",
+                "host app app 10.0.0.1/32 md5",
+                true,
+            ),
+            (
+                "host all all 10.0.0.0/8 md5",
+                "hostssl app app 10.1.0.0/16 cert",
+                true,
+            ),
+            (
+                "hostssl all all 10.0.0.0/8 md5",
+                "host app app 10.1.0.0/16 md5",
+                false,
+            ),
+            (
+                "host all all 0.0.0.0/0 md5",
+                "host replication repl 10.0.0.1/32 md5",
+                false,
+            ),
+            (
+                "host replication all 10.0.0.0/8 md5",
+                "host replication repl 10.0.0.1/32 md5",
+                true,
+            ),
+            (
+                "host app,other all all md5",
+                "host app x db.example.com md5",
+                true,
+            ),
+            (
+                "host app +admins all md5",
+                "host app alice 10.0.0.1/32 md5",
+                false,
+            ),
             ("local all all peer", "host all all 127.0.0.1/32 md5", false),
             ("local all all peer", "local app app md5", true),
-            ("host all all ::/0 md5", "host all all 10.0.0.1/32 md5", false),
+            (
+                "host all all ::/0 md5",
+                "host all all 10.0.0.1/32 md5",
+                false,
+            ),
         ];
         for (a, b, want) in cases {
             assert_eq!(covers(&rule(a), &rule(b)), want, "{a} ⊇ {b}");

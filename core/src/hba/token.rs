@@ -14,7 +14,10 @@ pub struct Token {
 
 impl Token {
     pub fn bare(value: &str) -> Token {
-        Token { value: value.to_string(), quoted: false }
+        Token {
+            value: value.to_string(),
+            quoted: false,
+        }
     }
 
     /// True when this token is the unquoted keyword `kw` (PostgreSQL compares case-sensitively).
@@ -27,8 +30,7 @@ impl Token {
     pub fn key(&self) -> (bool, &str) {
         const KEYWORDS: [&str; 5] = ["all", "sameuser", "samerole", "samegroup", "replication"];
         let special = !self.quoted
-            && (KEYWORDS.contains(&self.value.as_str())
-                || self.value.starts_with(['+', '@', '/']));
+            && (KEYWORDS.contains(&self.value.as_str()) || self.value.starts_with(['+', '@', '/']));
         (special, &self.value)
     }
 
@@ -73,7 +75,10 @@ struct RawToken {
 
 impl Cursor<'_> {
     fn next_token(&mut self) -> RawToken {
-        let mut out = RawToken { token: None, terminating_comma: false };
+        let mut out = RawToken {
+            token: None,
+            terminating_comma: false,
+        };
         if self.comment.is_some() {
             return out;
         }
@@ -113,7 +118,10 @@ impl Cursor<'_> {
             }
         }
         if saw_quote || !buf.is_empty() {
-            out.token = Some(Token { value: buf, quoted: initial_quote });
+            out.token = Some(Token {
+                value: buf,
+                quoted: initial_quote,
+            });
         }
         out
     }
@@ -121,7 +129,10 @@ impl Cursor<'_> {
 
 /// Splits one logical line (continuations already joined) into fields.
 pub fn tokenize(line: &str) -> Tokenized {
-    let mut cur = Cursor { chars: line.chars().peekable(), comment: None };
+    let mut cur = Cursor {
+        chars: line.chars().peekable(),
+        comment: None,
+    };
     let mut fields = Vec::new();
     loop {
         let mut field = Vec::new();
@@ -140,7 +151,10 @@ pub fn tokenize(line: &str) -> Tokenized {
         }
         fields.push(field);
     }
-    Tokenized { fields, comment: cur.comment.map(|c| c.trim().to_string()) }
+    Tokenized {
+        fields,
+        comment: cur.comment.map(|c| c.trim().to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -161,7 +175,11 @@ mod tests {
             values(&t),
             vec![
                 vec![("host".into(), false)],
-                vec![("db1".into(), false), ("db2".into(), false), ("db3".into(), false)],
+                vec![
+                    ("db1".into(), false),
+                    ("db2".into(), false),
+                    ("db3".into(), false)
+                ],
                 vec![("all".into(), false)],
                 vec![("10.0.0.0/8".into(), false)],
                 vec![("md5".into(), false)],
@@ -175,7 +193,11 @@ mod tests {
         let t = tokenize(r##"local "my db","a""b",x "#u" peer"##);
         assert_eq!(
             values(&t)[1],
-            vec![("my db".into(), true), ("a\"b".into(), true), ("x".into(), false)]
+            vec![
+                ("my db".into(), true),
+                ("a\"b".into(), true),
+                ("x".into(), false)
+            ]
         );
         assert_eq!(values(&t)[2], vec![("#u".into(), true)]);
         assert_eq!(t.comment, None);
@@ -204,7 +226,10 @@ mod tests {
     #[test]
     fn render_round_trips_through_tokenizer() {
         for v in ["plain", "with space", "a,b", "q\"uote", "#hash", "", "all"] {
-            let tok = Token { value: v.into(), quoted: v == "all" };
+            let tok = Token {
+                value: v.into(),
+                quoted: v == "all",
+            };
             let back = tokenize(&tok.render());
             assert_eq!(back.fields.len(), 1, "{v}");
             assert_eq!(back.fields[0].len(), 1, "{v}");

@@ -49,7 +49,10 @@ impl Client {
             cfg.password(pw);
         }
         let target = opts.describe();
-        let fail = |reason: String| PgError::Connect { target: target.clone(), reason };
+        let fail = |reason: String| PgError::Connect {
+            target: target.clone(),
+            reason,
+        };
         let inner = if opts.uses_socket() {
             let dir = match &opts.host {
                 Some(h) if h.starts_with('/') => PathBuf::from(h),
@@ -57,7 +60,9 @@ impl Client {
             };
             cfg.host_path(dir).ssl_mode(PgSslMode::Disable);
             let _as_user = EffectiveUser::become_named(&opts.user);
-            let (client, conn) = rt.block_on(cfg.connect(NoTls)).map_err(|e| fail(describe(&e)))?;
+            let (client, conn) = rt
+                .block_on(cfg.connect(NoTls))
+                .map_err(|e| fail(describe(&e)))?;
             rt.spawn(conn);
             client
         } else {
@@ -65,12 +70,18 @@ impl Client {
             match client_config(opts).map_err(PgError::Tls)? {
                 None => {
                     cfg.ssl_mode(PgSslMode::Disable);
-                    let (client, conn) = rt.block_on(cfg.connect(NoTls)).map_err(|e| fail(describe(&e)))?;
+                    let (client, conn) = rt
+                        .block_on(cfg.connect(NoTls))
+                        .map_err(|e| fail(describe(&e)))?;
                     rt.spawn(conn);
                     client
                 }
                 Some(tls) => {
-                    cfg.ssl_mode(if opts.ssl_mode == SslMode::Prefer { PgSslMode::Prefer } else { PgSslMode::Require });
+                    cfg.ssl_mode(if opts.ssl_mode == SslMode::Prefer {
+                        PgSslMode::Prefer
+                    } else {
+                        PgSslMode::Require
+                    });
                     let (client, conn) = rt
                         .block_on(cfg.connect(MakeRustlsConnect::new(tls)))
                         .map_err(|e| fail(describe(&e)))?;
@@ -82,20 +93,32 @@ impl Client {
         Ok(Client { rt, inner })
     }
 
-    pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, PgError> {
-        self.rt.block_on(self.inner.query(sql, params)).map_err(|e| PgError::Query(describe(&e)))
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, PgError> {
+        self.rt
+            .block_on(self.inner.query(sql, params))
+            .map_err(|e| PgError::Query(describe(&e)))
     }
 
     pub fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, PgError> {
-        self.rt.block_on(self.inner.query_one(sql, params)).map_err(|e| PgError::Query(describe(&e)))
+        self.rt
+            .block_on(self.inner.query_one(sql, params))
+            .map_err(|e| PgError::Query(describe(&e)))
     }
 
     pub fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
-        self.rt.block_on(self.inner.execute(sql, params)).map_err(|e| PgError::Query(describe(&e)))
+        self.rt
+            .block_on(self.inner.execute(sql, params))
+            .map_err(|e| PgError::Query(describe(&e)))
     }
 
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
-        self.rt.block_on(self.inner.batch_execute(sql)).map_err(|e| PgError::Query(describe(&e)))
+        self.rt
+            .block_on(self.inner.batch_execute(sql))
+            .map_err(|e| PgError::Query(describe(&e)))
     }
 }
 

@@ -78,7 +78,9 @@ impl Default for ConnectOptions {
 impl ConnectOptions {
     /// Socket directory when connecting locally (libpq's default on Debian).
     pub fn socket_dir(&self) -> PathBuf {
-        self.unix_socket.clone().unwrap_or_else(|| PathBuf::from("/var/run/postgresql"))
+        self.unix_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"))
     }
 
     /// True when the connection goes over a Unix socket: no host, or a host that is a path.
@@ -98,7 +100,12 @@ impl ConnectOptions {
             };
             format!("{}/.s.PGSQL.{} as {}", dir.display(), self.port, self.user)
         } else {
-            format!("{}:{} as {}", self.host.as_deref().unwrap_or_default(), self.port, self.user)
+            format!(
+                "{}:{} as {}",
+                self.host.as_deref().unwrap_or_default(),
+                self.port,
+                self.user
+            )
         }
     }
 }

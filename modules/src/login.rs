@@ -1,0 +1,92 @@
+//! The shared connection options (community.postgresql's names) and how they become
+//! [`ConnectOptions`], defaulting to the local server's socket when its data directory is known.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgshift_core::datadir::PostmasterPid;
+use pgshift_core::pg::ConnectOptions;
+use serde::Deserialize;
+
+use crate::args::{Arg, Default, Kind};
+
+pub const LOGIN_ARGS: &[Arg] = &[
+    Arg::new("login_host", Kind::Str).aliases(&["host", "login_hostname"]),
+    Arg::new("login_port", Kind::Int).aliases(&["port"]),
+    Arg::new("login_user", Kind::Str)
+        .default(Default::Str("postgres"))
+        .aliases(&["login"]),
+    Arg::new("login_password", Kind::Str).no_log(),
+    Arg::new("login_unix_socket", Kind::Path).aliases(&["unix_socket"]),
+    Arg::new("login_db", Kind::Str)
+        .default(Default::Str("postgres"))
+        .aliases(&["db", "login_database"]),
+    Arg::new("ssl_mode", Kind::Str)
+        .choices(&[
+            "allow",
+            "disable",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ])
+        .default(Default::Str("prefer"))
+        .aliases(&["sslmode"]),
+    Arg::new("ca_cert", Kind::Path).aliases(&["ssl_rootcert"]),
+    Arg::new("ssl_cert", Kind::Path),
+    Arg::new("ssl_key", Kind::Path),
+    Arg::new("connect_timeout", Kind::Int).default(Default::Int(10)),
+];
+
+#[derive(Debug, Clone, Deserialize, std::default::Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoginParams {
+    pub login_host: Option<String>,
+    pub login_port: Option<i64>,
+    pub login_user: Option<String>,
+    pub login_password: Option<String>,
+    pub login_unix_socket: Option<PathBuf>,
+    pub login_db: Option<String>,
+    pub ssl_mode: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub ssl_cert: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
+    pub connect_timeout: Option<i64>,
+}
+
+impl LoginParams {
+    /// Connection options; a running local server (`postmaster.pid`) supplies the socket
+    /// directory and port unless the user set them.
+    pub fn connect_options(&self, local: Option<&PostmasterPid>) -> Result<ConnectOptions, String> {
+        let mut o = ConnectOptions::default();
+        o.host = self.login_host.clone().filter(|h| !h.is_empty());
+        let port = match (self.login_port, local) {
+            (Some(p), _) => p,
+            (None, Some(pm)) => i64::from(pm.port),
+            (None, None) => 5432,
+        };
+        o.port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("login_port {port} is not a TCP port"))?;
+        o.user = self.login_user.clone().unwrap_or_else(|| "postgres".into());
+        o.password = self.login_password.clone();
+        o.unix_socket = self
+            .login_unix_socket
+            .clone()
+            .or_else(|| local.and_then(|pm| pm.socket_dir.clone()));
+        o.dbname = self.login_db.clone().unwrap_or_else(|| "postgres".into());
+        o.ssl_mode = self.ssl_mode.as_deref().unwrap_or("prefer").parse()?;
+        o.ca_cert = self.ca_cert.clone();
+        o.ssl_cert = self.ssl_cert.clone();
+        o.ssl_key = self.ssl_key.clone();
+        let t = self.connect_timeout.unwrap_or(10);
+        if t <= 0 {
+            return Err(format!(
+                "connect_timeout must be a positive number of seconds, got {t}"
+            ));
+        }
+        o.connect_timeout = Duration::from_secs(t as u64);
+        Ok(o)
+    }
+}
