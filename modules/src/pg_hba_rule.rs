@@ -219,7 +219,7 @@ impl Module for PgHbaRule {
                     login: &login,
                 };
                 server
-                    .verify_and_reload(ctx, &p.path, &file, &outcomes)
+                    .verify_and_reload(ctx, &p.path, &file)
                     .map_err(|e| restore(&p.path, original.as_deref(), Some(&server), e))?;
                 out.insert("reloaded".into(), true.into());
                 msg.push_str("; PostgreSQL reloaded and accepted every line");
@@ -340,22 +340,24 @@ fn build_change(
             return Err("state is present but all of the following are missing: method".into())
         }
     };
-    let options =
-        r.options
-            .iter()
-            .flatten()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
-                    Value::Number(n) => n.to_string(),
-                    other => return Err(format!(
+    let options = r
+        .options
+        .iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    return Err(format!(
                         "invalid options {k}={other}: values must be strings, numbers or booleans"
-                    )),
-                };
-                Ok((k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+                    ))
+                }
+            };
+            Ok((k.clone(), v))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let rule = Rule {
         conn_type,
         databases: names("databases", r.databases.as_deref())?,
@@ -493,7 +495,6 @@ impl Server<'_> {
         ctx: &mut Context,
         path: &Path,
         file: &HbaFile,
-        outcomes: &[RuleOutcome],
     ) -> Result<(), String> {
         let mut c = self.connect()?;
         let hba_file: String = c
@@ -507,26 +508,34 @@ impl Server<'_> {
                 path.display()
             ));
         }
-        let errors = c
-            // PostgreSQL 15 reports some rejections (e.g. RADIUS list lengths) only in its log,
-            // leaving a row with no type and no error: count those as rejections too.
+        // A row without a type is a line PostgreSQL could not load (15 sometimes gives no
+        // reason there, only in its log). A row with a type and an error loads but cannot
+        // match (e.g. hostssl while ssl = off): a warning, not a rejection.
+        let rows = c
             .query(
-                "SELECT line_number, coalesce(error, 'rejected without a reason here; see the server log') \
+                "SELECT line_number, type IS NOT NULL, coalesce(error, 'rejected without a reason here; see the server log') \
                  FROM pg_hba_file_rules WHERE error IS NOT NULL OR type IS NULL ORDER BY line_number",
                 &[],
             )
             .map_err(|e| e.to_string())?;
-        if let Some(row) = errors.first() {
-            let line: Option<i32> = row.get(0);
-            let error: String = row.get(1);
-            let line = line.unwrap_or_default();
-            let text = file
-                .record_at_line(line as usize)
+        let line_text = |line: i32| {
+            file.record_at_line(line as usize)
                 .map(|i| file.records[i].text())
-                .unwrap_or_default();
-            return Err(format!(
-                "PostgreSQL rejected line {line} (`{}`): {error}",
-                text.trim()
+                .unwrap_or_default()
+        };
+        for row in &rows {
+            let line: i32 = row.get::<_, Option<i32>>(0).unwrap_or_default();
+            let loads: bool = row.get(1);
+            let error: String = row.get(2);
+            if !loads {
+                return Err(format!(
+                    "PostgreSQL rejected line {line} (`{}`): {error}",
+                    line_text(line).trim()
+                ));
+            }
+            ctx.warn(format!(
+                "line {line} (`{}`): {error}",
+                line_text(line).trim()
             ));
         }
         let loaded: String = c
@@ -549,17 +558,6 @@ impl Server<'_> {
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
-        let ssl_on: String = c
-            .query_one("SELECT current_setting('ssl')", &[])
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if ssl_on == "off"
-            && outcomes
-                .iter()
-                .any(|o| o.action != RuleAction::Removed && o.rule.conn_type == ConnType::HostSsl)
-        {
-            ctx.warn("ssl is off on this server: hostssl rules match no connection until ssl = on");
         }
         Ok(())
     }

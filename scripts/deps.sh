@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need on a Debian 12 machine (as root), and
+# only what is missing: Debian packages, the Rust musl target, and the project-local .venv
+# with pinned ansible-core and molecule. Safe to run again; fast when nothing is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-all}"
+
+debian_packages() {
+    local need=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+    done
+    if ((${#need[@]})); then
+        echo "deps: installing Debian packages: ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+}
+
+rust() {
+    command -v cargo >/dev/null || { echo "deps: cargo is missing (install Rust with rustup)" >&2; exit 1; }
+    if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+        echo "deps: adding the x86_64-unknown-linux-musl target"
+        rustup target add x86_64-unknown-linux-musl || echo "deps: musl target unavailable; builds fall back to static glibc"
+    fi
+}
+
+venv() {
+    # Debian's python3 needs python3-venv for ensurepip.
+    python3 -c 'import ensurepip' 2>/dev/null || debian_packages python3-venv
+    if [[ ! -x .venv/bin/ansible-playbook ]] || ! cmp -s requirements.txt .venv/.requirements.txt; then
+        echo "deps: creating .venv with $(grep -v '^#' requirements.txt | tr '\n' ' ')"
+        rm -rf .venv
+        python3 -m venv .venv
+        .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+        cp requirements.txt .venv/.requirements.txt
+    fi
+}
+
+case "$what" in
+    build) rust ;;
+    all)
+        debian_packages postgresql-15 postgresql-client-15 gcc
+        rust
+        venv
+        ;;
+    *) echo "usage: $0 [all|build]" >&2; exit 2 ;;
+esac
