@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d /tmp/pgshift-demo.XXXXXX)
+chmod 755 "$work" # the server runs as postgres and must reach its directory
 scratch=target/debug/pgshift-scratch-pg
 cleanup() {
     "$scratch" stop "$work/pg" >/dev/null 2>&1 || true
@@ -12,16 +13,25 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+export ANSIBLE_COLLECTIONS_PATH="$work/collections" ANSIBLE_LOCALHOST_WARNING=false \
+    ANSIBLE_INVENTORY_UNPARSED_WARNING=false ANSIBLE_NOCOLOR=1
+
 echo "== installing the collection from dist/ into a scratch collections path"
 .venv/bin/ansible-galaxy collection install --force -p "$work/collections" dist/pgshift-cluster-*.tar.gz >/dev/null
 
 echo "== starting a throw-away PostgreSQL 15"
-eval "$("$scratch" start "$work/pg")"
+ssl=()
+# With Debian's snakeoil certificate the server has TLS on, so the hostssl rule below can match.
+if [[ -r /etc/ssl/private/ssl-cert-snakeoil.key && $(id -u) == 0 ]]; then
+    install -d -m 0755 "$work/tls"
+    install -m 0644 -o postgres /etc/ssl/certs/ssl-cert-snakeoil.pem "$work/tls/server.crt"
+    install -m 0600 -o postgres /etc/ssl/private/ssl-cert-snakeoil.key "$work/tls/server.key"
+    ssl=("ssl = on" "ssl_cert_file = '$work/tls/server.crt'" "ssl_key_file = '$work/tls/server.key'")
+fi
+eval "$("$scratch" start "$work/pg" "${ssl[@]}")"
 echo "   data directory $PGDATA, socket $PGHOST, port $PGPORT"
 
 echo "== applying pg_hba rules with ansible-playbook (then again: nothing to change)"
-export ANSIBLE_COLLECTIONS_PATH="$work/collections" ANSIBLE_LOCALHOST_WARNING=false \
-    ANSIBLE_INVENTORY_UNPARSED_WARNING=false ANSIBLE_NOCOLOR=1
 for run in first second; do
     .venv/bin/ansible-playbook -i localhost, -c local playbooks/demo/pg_hba.yml \
         -e "pgdata=$PGDATA" --diff | sed -n '/PLAY RECAP/,$p;/^TASK/p;/^[-+][a-z]/p' | sed "s/^/   [$run] /"

@@ -58,35 +58,38 @@ impl LoginParams {
     /// Connection options; a running local server (`postmaster.pid`) supplies the socket
     /// directory and port unless the user set them.
     pub fn connect_options(&self, local: Option<&PostmasterPid>) -> Result<ConnectOptions, String> {
-        let mut o = ConnectOptions::default();
-        o.host = self.login_host.clone().filter(|h| !h.is_empty());
         let port = match (self.login_port, local) {
             (Some(p), _) => p,
             (None, Some(pm)) => i64::from(pm.port),
             (None, None) => 5432,
         };
-        o.port = u16::try_from(port)
+        let port = u16::try_from(port)
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("login_port {port} is not a TCP port"))?;
-        o.user = self.login_user.clone().unwrap_or_else(|| "postgres".into());
-        o.password = self.login_password.clone();
-        o.unix_socket = self
-            .login_unix_socket
-            .clone()
-            .or_else(|| local.and_then(|pm| pm.socket_dir.clone()));
-        o.dbname = self.login_db.clone().unwrap_or_else(|| "postgres".into());
-        o.ssl_mode = self.ssl_mode.as_deref().unwrap_or("prefer").parse()?;
-        o.ca_cert = self.ca_cert.clone();
-        o.ssl_cert = self.ssl_cert.clone();
-        o.ssl_key = self.ssl_key.clone();
-        let t = self.connect_timeout.unwrap_or(10);
-        if t <= 0 {
+        let timeout = self.connect_timeout.unwrap_or(10);
+        if timeout <= 0 {
             return Err(format!(
-                "connect_timeout must be a positive number of seconds, got {t}"
+                "connect_timeout must be a positive number of seconds, got {timeout}"
             ));
         }
-        o.connect_timeout = Duration::from_secs(t as u64);
+        let o = ConnectOptions {
+            host: self.login_host.clone().filter(|h| !h.is_empty()),
+            port,
+            user: self.login_user.clone().unwrap_or_else(|| "postgres".into()),
+            password: self.login_password.clone(),
+            unix_socket: self
+                .login_unix_socket
+                .clone()
+                .or_else(|| local.and_then(|pm| pm.socket_dir.clone())),
+            dbname: self.login_db.clone().unwrap_or_else(|| "postgres".into()),
+            ssl_mode: self.ssl_mode.as_deref().unwrap_or("prefer").parse()?,
+            ca_cert: self.ca_cert.clone(),
+            ssl_cert: self.ssl_cert.clone(),
+            ssl_key: self.ssl_key.clone(),
+            connect_timeout: Duration::from_secs(timeout as u64),
+            application_name: "pgshift".into(),
+        };
         Ok(o)
     }
 }

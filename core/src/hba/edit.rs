@@ -135,6 +135,12 @@ impl HbaFile {
             return outcome(RuleAction::Updated);
         }
         let at = self.insertion_point(position)?;
+        if at > 0 && self.records[at - 1].dangles() {
+            return Err(HbaError::Plan(format!(
+                "line {} ends with a continuation backslash at the end of the file, so a rule written after it would be joined to it; remove the backslash first",
+                self.line_of(at - 1)
+            )));
+        }
         self.records.insert(at, Record::from_rule(rule.clone()));
         outcome(RuleAction::Added)
     }
@@ -238,18 +244,25 @@ impl HbaFile {
         if already {
             return Ok(outcomes);
         }
-        let header = self
+        let header: Vec<Record> = self
             .records
             .iter()
             .take_while(|r| matches!(r.kind, RecordKind::Blank | RecordKind::Comment))
-            .cloned();
+            .cloned()
+            .collect();
+        if let Some(last) = header.last().filter(|r| r.dangles() && !rules.is_empty()) {
+            return Err(HbaError::Plan(format!(
+                "the comment `{}` ends with a continuation backslash at the end of the file, so rules written after it would be joined to it; remove the backslash first",
+                last.text()
+            )));
+        }
         let body = rules.iter().map(|want| {
             self.rules()
-                .find(|(_, r)| r.same_content(want))
+                .find(|(i, r)| r.same_content(want) && !self.records[*i].dangles())
                 .map(|(i, _)| self.records[i].clone())
                 .unwrap_or_else(|| Record::from_rule(want.clone()))
         });
-        self.records = header.chain(body).collect();
+        self.records = header.into_iter().chain(body).collect();
         Ok(outcomes)
     }
 

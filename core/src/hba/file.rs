@@ -49,6 +49,12 @@ impl Record {
             .to_string()
     }
 
+    /// Ends in a continuation backslash (only possible at the end of the file): a line
+    /// written directly after it would be joined to it.
+    pub fn dangles(&self) -> bool {
+        continues(&self.raw)
+    }
+
     fn lines(&self) -> usize {
         self.raw.iter().filter(|&&b| b == b'\n').count()
     }
