@@ -47,7 +47,7 @@ demo: deps collection
 
 bench: deps collection
 	cargo build --release --locked -p pgshift-testkit
-	bench/pg_hba_rule.sh
+	$(VENV)/bin/python bench/pg_hba_rule.py
 
 clean:
 	cargo clean
