@@ -31,7 +31,8 @@ const TYPES: &[&str] = &[
 const POSITIONS: &[&str] = &["first", "last", "before", "after"];
 const STATES: &[&str] = &["present", "absent"];
 
-const ANCHOR: &[Arg] = &[
+/// The options that identify a rule; also what an `anchor` selects by.
+const IDENTITY: [Arg; 4] = [
     Arg::new("type", Kind::Str)
         .choices(TYPES)
         .aliases(&["contype"]),
@@ -39,16 +40,15 @@ const ANCHOR: &[Arg] = &[
     Arg::new("users", Kind::List).aliases(&["user"]),
     Arg::new("address", Kind::Str).aliases(&["source"]),
 ];
+const ANCHOR: &[Arg] = &IDENTITY;
 
 /// Options of one rule, shared by the top level and each `rules` item. Defaults are applied
 /// in code so that "not given" can be told apart (top-level rule fields conflict with `rules`).
 const RULE: &[Arg] = &[
-    Arg::new("type", Kind::Str)
-        .choices(TYPES)
-        .aliases(&["contype"]),
-    Arg::new("databases", Kind::List).aliases(&["database"]),
-    Arg::new("users", Kind::List).aliases(&["user"]),
-    Arg::new("address", Kind::Str).aliases(&["source"]),
+    IDENTITY[0],
+    IDENTITY[1],
+    IDENTITY[2],
+    IDENTITY[3],
     Arg::new("method", Kind::Str),
     Arg::new("options", Kind::Dict),
     Arg::new("comment", Kind::Str),
@@ -192,22 +192,33 @@ impl Module for PgHbaRule {
             return Ok(out);
         }
 
-        if p.backup && original.is_some() {
-            let b = atomic::backup(&p.path)
-                .map_err(|e| format!("cannot back up {}: {e}", p.path.display()))?;
-            out.insert("backup_file".into(), b.display().to_string().into());
-        }
         let ownership = match original {
             Some(_) => None,
             None => Some(new_file_ownership(&p.path, datadir.as_ref())?),
         };
+        let backup_file = match (p.backup, &original) {
+            (true, Some(_)) => Some(
+                atomic::backup(&p.path)
+                    .map_err(|e| format!("cannot back up {}: {e}", p.path.display()))?,
+            ),
+            _ => None,
+        };
+        // From here on, a failure puts the previous file back and drops the backup copy, so
+        // a failed task leaves the disk as it found it.
+        let undo = |server: Option<&Server>, reason: String| {
+            if let Some(b) = &backup_file {
+                let _ = std::fs::remove_file(b);
+            }
+            restore(&p.path, original.as_deref(), server, reason)
+        };
         atomic::write_atomic(&p.path, &after, ownership)
-            .map_err(|e| format!("cannot write {}: {e}", p.path.display()))?;
+            .map_err(|e| undo(None, format!("cannot write {}: {e}", p.path.display())))?;
+        if let Some(b) = &backup_file {
+            out.insert("backup_file".into(), b.display().to_string().into());
+        }
 
         let running = match (&datadir, p.reload) {
-            (Some(dd), true) => dd
-                .postmaster()
-                .map_err(|e| restore(&p.path, original.as_deref(), None, e.to_string()))?,
+            (Some(dd), true) => dd.postmaster().map_err(|e| undo(None, e.to_string()))?,
             _ => None,
         };
         let mut msg = format!("{}: {summary}", p.path.display());
@@ -220,7 +231,7 @@ impl Module for PgHbaRule {
                 };
                 server
                     .verify_and_reload(ctx, &p.path, &file)
-                    .map_err(|e| restore(&p.path, original.as_deref(), Some(&server), e))?;
+                    .map_err(|e| undo(Some(&server), e))?;
                 out.insert("reloaded".into(), true.into());
                 msg.push_str("; PostgreSQL reloaded and accepted every line");
             }

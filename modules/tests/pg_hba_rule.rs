@@ -62,7 +62,7 @@ fn postgres_rejection_restores_the_previous_file() {
     // Valid to our checks, rejected by PostgreSQL (it parses LDAP URLs with libldap).
     let out = run_module(json!({
         "path": s.hba_path(), "databases": "all", "users": "all", "address": "10.0.0.0/8",
-        "method": "ldap", "options": {"ldapurl": "nonsense"}
+        "method": "ldap", "options": {"ldapurl": "nonsense"}, "backup": true
     }));
     assert_eq!(out["failed"], true, "{out}");
     let msg = out["msg"].as_str().unwrap();
@@ -70,6 +70,16 @@ fn postgres_rejection_restores_the_previous_file() {
     assert!(msg.contains("could not parse LDAP URL"), "{msg}");
     assert!(msg.contains("restored"), "{msg}");
     assert_eq!(fs::read(s.hba_path()).unwrap(), original);
+    let leftovers: Vec<_> = fs::read_dir(&s.data_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("pg_hba.conf.") || n.starts_with(".pg_hba.conf"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "backup/temp files left: {leftovers:?}"
+    );
     assert_eq!(
         s.psql("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL"),
         "0"

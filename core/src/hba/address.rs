@@ -24,50 +24,29 @@ impl Address {
     /// /32 or /128), or a host name.
     pub fn parse_user(s: &str) -> Result<Address, String> {
         let s = s.trim();
-        match s {
-            "" => return Err("must not be empty".into()),
-            "all" => return Ok(Address::All),
-            "samehost" => return Ok(Address::SameHost),
-            "samenet" => return Ok(Address::SameNet),
-            _ => {}
-        }
-        if let Some((ip, len)) = s.split_once('/') {
-            let addr: IpAddr = ip
-                .parse()
-                .map_err(|_| format!("'{ip}' is not an IPv4 or IPv6 address"))?;
-            let prefix = parse_prefix(len, &addr)?;
-            return Ok(Address::Net {
-                addr,
-                prefix,
-                netmask_form: false,
-            });
+        if s.is_empty() {
+            return Err("must not be empty".into());
         }
         if let Ok(addr) = s.parse::<IpAddr>() {
-            return Ok(Address::Net {
-                addr,
-                prefix: max_prefix(&addr),
-                netmask_form: false,
-            });
-        }
-        if let Some((ip, mask)) = s.split_once(char::is_whitespace) {
-            let addr: IpAddr = ip
-                .parse()
-                .map_err(|_| format!("'{ip}' is not an IPv4 or IPv6 address"))?;
-            let prefix = netmask_prefix(mask.trim(), &addr)?;
+            let prefix = max_prefix(&addr);
             return Ok(Address::Net {
                 addr,
                 prefix,
-                netmask_form: true,
+                netmask_form: false,
             });
         }
-        if valid_hostname(s) {
-            Ok(Address::Host(s.to_string()))
-        } else {
-            Err(
+        // Everything else reads as it would in the file: keywords, CIDR, "addr netmask".
+        let (ip, mask) = match s.split_once(char::is_whitespace) {
+            Some((ip, mask)) => (ip, Some(mask.trim())),
+            None => (s, None),
+        };
+        match Address::parse_file(ip, false, mask)? {
+            (Address::Host(h), _) if mask.is_some() || !valid_hostname(&h) => Err(
                 "expected a CIDR network (10.0.0.0/8), an IP address, a host name, \
                  a .domain suffix, all, samehost or samenet"
                     .into(),
-            )
+            ),
+            (a, _) => Ok(a),
         }
     }
 
