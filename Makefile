@@ -51,4 +51,5 @@ bench: deps collection
 
 clean:
 	cargo clean
-	rm -rf dist bin $(VENV) plugins/modules/pg_hba_rule
+	rm -rf dist bin $(VENV)
+	find plugins/modules -type f ! -name "*.yml" -delete

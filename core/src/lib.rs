@@ -8,3 +8,4 @@ pub mod atomic;
 pub mod datadir;
 pub mod hba;
 pub mod pg;
+pub mod scram;

@@ -4,9 +4,13 @@
 pub mod args;
 pub mod login;
 pub mod pg_hba_rule;
+pub mod pg_replication_user;
 pub mod protocol;
 
 use serde_json::{Map, Value};
+
+/// Every module this binary provides (the build stages one copy under each name).
+pub const MODULES: &[&str] = &["pg_hba_rule", "pg_replication_user"];
 
 /// Runs the module `name` on the raw args-file object.
 pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
@@ -16,8 +20,14 @@ pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
     }
     match ctx.module.as_str() {
         "pg_hba_rule" => protocol::execute::<pg_hba_rule::PgHbaRule>(ctx, user),
+        "pg_replication_user" => {
+            protocol::execute::<pg_replication_user::PgReplicationUser>(ctx, user)
+        }
         other => protocol::failed(
-            format!("pgshift: unknown module {other:?}; this binary provides: pg_hba_rule"),
+            format!(
+                "pgshift: unknown module {other:?}; this binary provides: {}",
+                MODULES.join(", ")
+            ),
             Map::new(),
         ),
     }

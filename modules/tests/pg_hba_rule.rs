@@ -3,29 +3,14 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+
+mod common;
 
 use pgshift_testkit::PgServer;
 use serde_json::{json, Value};
 
 fn run_module(args: Value) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("args.json");
-    let mut args = args;
-    args["_ansible_module_name"] = json!("pg_hba_rule");
-    args["_ansible_diff"] = json!(true);
-    fs::write(&file, args.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pgshift-module"))
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "not one JSON object ({e}): {stdout:?} stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    common::run_module("pg_hba_rule", args)
 }
 
 fn load_time(s: &PgServer) -> String {

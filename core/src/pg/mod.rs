@@ -4,6 +4,7 @@
 mod client;
 mod options;
 mod peer;
+pub mod sql;
 mod tls;
 
 pub use client::{Client, PgError};
