@@ -26,6 +26,28 @@ pub enum DataDirError {
     },
 }
 
+/// What `pg_controldata` says about a data directory (with the server up or down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlData {
+    pub system_identifier: String,
+    /// e.g. `in production`, `in archive recovery`, `shut down`, `shut down in recovery`.
+    pub state: String,
+}
+
+impl ControlData {
+    pub fn parse(text: &str) -> Option<ControlData> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim_start_matches(':').trim().to_string())
+        };
+        Some(ControlData {
+            system_identifier: field("Database system identifier")?,
+            state: field("Database cluster state")?,
+        })
+    }
+}
+
 /// The lines of `postmaster.pid` we use (PostgreSQL 10+ layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostmasterPid {
@@ -91,7 +113,7 @@ impl DataDir {
             return Some(DataDir::new(dir));
         }
         let conf = fs::read_to_string(dir.join("postgresql.conf")).ok()?;
-        conf_value(&conf, "data_directory").map(DataDir::new)
+        crate::pgconf::conf_get(&conf, "data_directory").map(DataDir::new)
     }
 
     /// Major version from `PG_VERSION` (e.g. 15).
@@ -101,6 +123,59 @@ impl DataDir {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// Runs `pg_controldata` from `bin_dir` (C locale, so the labels are stable).
+    pub fn control_data(&self, bin_dir: &Path) -> Result<ControlData, DataDirError> {
+        let out = std::process::Command::new(bin_dir.join("pg_controldata"))
+            .arg("-D")
+            .arg(&self.path)
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|source| DataDirError::Read {
+                path: bin_dir.join("pg_controldata"),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ControlData::parse(&text).ok_or_else(|| DataDirError::Malformed {
+            path: self.path.join("global/pg_control"),
+            reason: format!(
+                "pg_controldata: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+
+    /// `(version, cluster)` when a Debian cluster configuration under `etc` (normally
+    /// /etc/postgresql) names this directory as its `data_directory`.
+    pub fn debian_cluster(&self, etc: &Path) -> Option<(String, String)> {
+        let want = fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        for version in fs::read_dir(etc).ok()?.flatten() {
+            for cluster in fs::read_dir(version.path()).into_iter().flatten().flatten() {
+                let Ok(conf) = fs::read_to_string(cluster.path().join("postgresql.conf")) else {
+                    continue;
+                };
+                let Some(dir) = crate::pgconf::conf_get(&conf, "data_directory") else {
+                    continue;
+                };
+                let dir = PathBuf::from(dir);
+                if fs::canonicalize(&dir).unwrap_or(dir) == want {
+                    return Some((
+                        version.file_name().to_string_lossy().to_string(),
+                        cluster.file_name().to_string_lossy().to_string(),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// True when the directory does not exist or has nothing in it.
+    pub fn is_missing_or_empty(&self) -> bool {
+        match fs::read_dir(&self.path) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
     }
 
     /// uid/gid owning the directory: the operating-system user the server runs as.
@@ -153,45 +228,6 @@ impl DataDir {
     }
 }
 
-/// The value of `key` in postgresql.conf text (last setting wins, as in PostgreSQL).
-fn conf_value(conf: &str, key: &str) -> Option<String> {
-    let mut found = None;
-    for line in conf.lines() {
-        let line = line.trim_start();
-        let Some(rest) = line.strip_prefix(key) else {
-            continue;
-        };
-        // The name must end here: `port` must not match `ports`. The `=` is optional.
-        if !rest.starts_with(|c: char| c == '=' || c.is_whitespace()) {
-            continue;
-        }
-        let rest = rest.trim_start();
-        let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
-        found = Some(if let Some(q) = rest.strip_prefix('\'') {
-            let mut v = String::new();
-            let mut chars = q.chars().peekable();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\'' if chars.peek() == Some(&'\'') => {
-                        chars.next();
-                        v.push('\'');
-                    }
-                    '\'' => break,
-                    '\\' => v.extend(chars.next()),
-                    c => v.push(c),
-                }
-            }
-            v
-        } else {
-            rest.split(|c: char| c.is_whitespace() || c == '#')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        });
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,21 +249,25 @@ mod tests {
     }
 
     #[test]
-    fn reads_data_directory_from_postgresql_conf() {
+    fn finds_data_directory_from_a_debian_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
         let conf = "#data_directory = '/nope'\ndata_directory = '/var/lib/postgresql/15/main'\t\t# use data in another directory\n";
-        assert_eq!(
-            conf_value(conf, "data_directory").as_deref(),
-            Some("/var/lib/postgresql/15/main")
-        );
-        assert_eq!(
-            conf_value("data_directory='/a''b'\n", "data_directory").as_deref(),
-            Some("/a'b")
-        );
-        assert_eq!(
-            conf_value("port 5433 # x\n", "port").as_deref(),
-            Some("5433")
-        );
-        assert_eq!(conf_value("ports = 1\n", "port"), None);
+        fs::write(dir.path().join("postgresql.conf"), conf).unwrap();
+        let dd = DataDir::for_config_file(&dir.path().join("pg_hba.conf")).unwrap();
+        assert_eq!(dd.path, PathBuf::from("/var/lib/postgresql/15/main"));
+        fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
+        let dd = DataDir::for_config_file(&dir.path().join("pg_hba.conf")).unwrap();
+        assert_eq!(dd.path, dir.path());
+        assert_eq!(dd.major_version(), Some(15));
+    }
+
+    #[test]
+    fn parses_control_data() {
+        let text = "pg_control version number:            1300\nDatabase system identifier:           7311234567890123456\nDatabase cluster state:               in archive recovery\n";
+        let cd = ControlData::parse(text).unwrap();
+        assert_eq!(cd.system_identifier, "7311234567890123456");
+        assert_eq!(cd.state, "in archive recovery");
+        assert!(ControlData::parse("garbage").is_none());
     }
 
     #[test]

@@ -8,4 +8,6 @@ pub mod atomic;
 pub mod datadir;
 pub mod hba;
 pub mod pg;
+pub mod pgconf;
+pub mod process;
 pub mod scram;

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod login;
+pub mod pg_basebackup_standby;
 pub mod pg_hba_rule;
 pub mod pg_replication_user;
 pub mod protocol;
@@ -10,7 +11,11 @@ pub mod protocol;
 use serde_json::{Map, Value};
 
 /// Every module this binary provides (the build stages one copy under each name).
-pub const MODULES: &[&str] = &["pg_hba_rule", "pg_replication_user"];
+pub const MODULES: &[&str] = &[
+    "pg_basebackup_standby",
+    "pg_hba_rule",
+    "pg_replication_user",
+];
 
 /// Runs the module `name` on the raw args-file object.
 pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
@@ -20,6 +25,9 @@ pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
     }
     match ctx.module.as_str() {
         "pg_hba_rule" => protocol::execute::<pg_hba_rule::PgHbaRule>(ctx, user),
+        "pg_basebackup_standby" => {
+            protocol::execute::<pg_basebackup_standby::PgBasebackupStandby>(ctx, user)
+        }
         "pg_replication_user" => {
             protocol::execute::<pg_replication_user::PgReplicationUser>(ctx, user)
         }

@@ -131,10 +131,15 @@ pub fn execute<M: Module>(mut ctx: Context, user: Map<String, Value>) -> Map<Str
     };
     remember_secrets(validated.secrets);
     let mut own = validated.params;
-    let login_map: Map<String, Value> = LOGIN_ARGS
-        .iter()
-        .filter_map(|a| own.remove_entry(a.name))
-        .collect();
+    // Modules without the login options may reuse their names (e.g. ssl_mode for a primary).
+    let login_map: Map<String, Value> = if M::LOGIN {
+        LOGIN_ARGS
+            .iter()
+            .filter_map(|a| own.remove_entry(a.name))
+            .collect()
+    } else {
+        Map::new()
+    };
     let login: LoginParams = match serde_json::from_value(Value::Object(login_map)) {
         Ok(l) => l,
         Err(e) => {

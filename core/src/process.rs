@@ -1,0 +1,135 @@
+//! Running PostgreSQL's own programs (pg_basebackup, psql, pg_ctl) as the cluster's owner,
+//! with secrets handed over in a private temporary passfile, never in argv or the environment.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::unistd::{chown, Uid, User};
+
+/// The operating-system user a cluster runs as.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl Owner {
+    pub fn lookup(name: &str) -> Result<Owner, String> {
+        match User::from_name(name) {
+            Ok(Some(u)) => Ok(Owner {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+            }),
+            Ok(None) => Err(format!(
+                "no operating-system user named {name:?} on this host"
+            )),
+            Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+        }
+    }
+}
+
+/// Runs `cmd` (stdin closed), as `owner` when we are root, and returns its output.
+pub fn run_as(cmd: &mut Command, owner: Option<&Owner>) -> io::Result<Output> {
+    if let Some(o) = owner.filter(|_| Uid::effective().is_root()) {
+        cmd.uid(o.uid)
+            .gid(o.gid)
+            .env("HOME", &o.home)
+            .env("USER", &o.name)
+            .env("LOGNAME", &o.name);
+        // A root cwd the owner cannot enter makes some tools fail; their home always works.
+        if o.home.is_dir() {
+            cmd.current_dir(&o.home);
+        } else {
+            cmd.current_dir("/");
+        }
+    }
+    // Keep libpq from picking up the caller's connection settings or passwords (but keep
+    // what the caller set on purpose, such as PGPASSFILE).
+    let set: Vec<std::ffi::OsString> = cmd
+        .get_envs()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k.to_owned())
+        .collect();
+    for var in [
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGSERVICE",
+        "PGSSLMODE",
+    ] {
+        if !set.iter().any(|k| k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.stdin(Stdio::null()).output()
+}
+
+/// Combined, trimmed stderr/stdout of a failed command, for error messages.
+pub fn output_text(out: &Output) -> String {
+    let mut s = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if s.is_empty() {
+        s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    s
+}
+
+/// A `.pgpass` with one wildcard entry, readable only by the owner, removed on drop. Set
+/// `PGPASSFILE` to [`TempPassfile::path`] so libpq programs find the password.
+pub struct TempPassfile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempPassfile {
+    pub fn new(password: &str, owner: Option<&Owner>) -> io::Result<TempPassfile> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pgshift-pass-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let guard = TempPassfile {
+            path: dir.join("pgpass"),
+            dir,
+        };
+        let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&guard.path)?;
+        writeln!(f, "*:*:*:*:{escaped}")?;
+        f.sync_all()?;
+        if let Some(o) = owner.filter(|_| Uid::effective().is_root()) {
+            for p in [&guard.dir, &guard.path] {
+                chown(p.as_path(), Some(o.uid.into()), Some(o.gid.into()))
+                    .map_err(io::Error::from)?;
+            }
+        }
+        Ok(guard)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempPassfile {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

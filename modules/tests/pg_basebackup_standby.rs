@@ -1,0 +1,306 @@
+//! pg_basebackup_standby with two real PostgreSQL 15 servers on this host: build, converge,
+//! stream, refuse what must be refused, and drop the slot on `absent`.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgshift_testkit::{free_port, PgServer};
+use serde_json::{json, Value};
+
+const PW: &str = "Standby-Repl-pw-77";
+
+struct Pair {
+    primary: PgServer,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        // The standby's copy of postgresql.conf includes host.conf for its own port/socket.
+        let primary =
+            PgServer::start(&["include_if_exists = 'host.conf'", "wal_keep_size = '64MB'"]);
+        primary.psql(&format!(
+            "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{PW}'"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        Pair { primary, dir }
+    }
+
+    fn standby_dir(&self) -> PathBuf {
+        self.dir.path().join("standby")
+    }
+
+    fn passfile(&self) -> PathBuf {
+        self.dir.path().join("pgpass")
+    }
+
+    fn args(&self, extra: Value) -> Value {
+        let mut a = json!({
+            "primary_host": "127.0.0.1",
+            "primary_port": self.primary.port,
+            "replication_user": "replicator",
+            "replication_password": PW,
+            "data_directory": self.standby_dir(),
+            "passfile": self.passfile(),
+            "slot_name": "standby_one",
+            "owner": owner(),
+            "wait_streaming": 30,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        a
+    }
+
+    fn run(&self, extra: Value) -> Value {
+        common::run_module("pg_basebackup_standby", self.args(extra))
+    }
+
+    /// Host-specific settings of the standby (port, socket), outside the copied config.
+    fn localize(&self) -> (u16, PathBuf) {
+        let port = free_port();
+        let sock = self.dir.path().join("run");
+        fs::create_dir_all(&sock).unwrap();
+        chown_to_owner(&sock);
+        fs::write(
+            self.standby_dir().join("host.conf"),
+            format!(
+                "port = {port}\nunix_socket_directories = '{}'\n",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        chown_to_owner(&self.standby_dir().join("host.conf"));
+        (port, sock)
+    }
+
+    fn standby_psql(&self, port: u16, sock: &Path, sql: &str) -> String {
+        let out = self.primary.run_checked(
+            std::process::Command::new(self.primary.bin.join("psql"))
+                .args(["-X", "-At", "-U", "postgres", "-d", "postgres", "-h"])
+                .arg(sock)
+                .args(["-p", &port.to_string(), "-c", sql]),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        if self.standby_dir().join("postmaster.pid").exists() {
+            let mut c = std::process::Command::new(self.primary.bin.join("pg_ctl"));
+            c.args(["stop", "-m", "immediate", "-D"])
+                .arg(self.standby_dir());
+            if nix::unistd::Uid::effective().is_root() {
+                use std::os::unix::process::CommandExt;
+                let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+                c.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
+            }
+            let _ = c.output();
+        }
+    }
+}
+
+fn owner() -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        "postgres".into()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+            .unwrap()
+            .unwrap()
+            .name
+    }
+}
+
+fn chown_to_owner(p: &Path) {
+    if nix::unistd::Uid::effective().is_root() {
+        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        nix::unistd::chown(p, Some(pg.uid), Some(pg.gid)).unwrap();
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn builds_streams_converges_and_drops_its_slot() {
+    let pair = Pair::new();
+    // Check mode on a missing directory: a plan, nothing done.
+    let out = pair.run(json!({"_ansible_check_mode": true}));
+    assert_eq!(out["changed"], true, "{out}");
+    assert!(!pair.standby_dir().exists());
+    assert_eq!(
+        pair.primary
+            .psql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+
+    let out = pair.run(json!({"start": false}));
+    assert_eq!(out["changed"], true, "{out}");
+    assert!(!out.to_string().contains(PW), "{out}");
+    assert!(pair.standby_dir().join("standby.signal").exists());
+    let auto = fs::read_to_string(pair.standby_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("primary_slot_name = 'standby_one'"), "{auto}");
+    assert!(auto.contains("application_name="), "{auto}");
+    assert!(!auto.contains(PW), "{auto}");
+    let pass = fs::read_to_string(pair.passfile()).unwrap();
+    assert_eq!(
+        pass,
+        format!(
+            "127.0.0.1:{}:replication:replicator:{PW}\n",
+            pair.primary.port
+        )
+    );
+    assert_eq!(
+        fs::metadata(pair.passfile()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        pair.primary
+            .psql("SELECT slot_name FROM pg_replication_slots"),
+        "standby_one"
+    );
+
+    let (port, sock) = pair.localize();
+    let out = pair.run(json!({}));
+    assert_eq!(out["changed"], true, "{out}");
+    assert_eq!(out["actions"], json!(["start PostgreSQL"]), "{out}");
+    assert_eq!(out["streaming"], true);
+    pair.primary
+        .psql("CREATE TABLE t (v text); INSERT INTO t VALUES ('hello from the primary')");
+    wait_for("the row on the standby", || {
+        pair.standby_psql(
+            port,
+            &sock,
+            "SELECT count(*) FROM pg_class WHERE relname = 't'",
+        ) == "1"
+            && pair.standby_psql(port, &sock, "SELECT v FROM t") == "hello from the primary"
+    });
+    assert_eq!(
+        pair.primary
+            .psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'standby_one'"),
+        "t"
+    );
+
+    let again = pair.run(json!({}));
+    assert_eq!(again["changed"], false, "{again}");
+
+    // absent: refused while the slot is in use, forced stops this standby and drops it.
+    let out = pair.run(json!({"state": "absent"}));
+    assert_eq!(out["failed"], true, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("in use"), "{out}");
+    let out = pair.run(json!({"state": "absent", "force": true}));
+    assert_eq!(out["changed"], true, "{out}");
+    assert_eq!(
+        pair.primary
+            .psql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    assert_eq!(pair.run(json!({"state": "absent"}))["changed"], false);
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_change_nothing() {
+    let pair = Pair::new();
+    let cases = [
+        (
+            json!({"replication_password": "wrong"}),
+            "password authentication failed",
+        ),
+        (
+            json!({"primary_host": "db-does-not-exist.invalid"}),
+            "cannot reach the primary",
+        ),
+        (json!({"slot_name": "Bad-Slot"}), "invalid slot_name"),
+        (
+            json!({"colour": "blue"}),
+            "Unsupported parameters for (pg_basebackup_standby) module: colour",
+        ),
+        (json!({"data_directory": "relative/dir"}), "absolute path"),
+    ];
+    for (extra, want) in cases {
+        let out = pair.run(extra.clone());
+        assert_eq!(out["failed"], true, "{extra}: {out}");
+        assert!(
+            out["msg"].as_str().unwrap().contains(want),
+            "{extra}: {}",
+            out["msg"]
+        );
+        assert!(!out.to_string().contains(PW));
+        assert!(!pair.standby_dir().exists(), "{extra}");
+        assert!(!pair.passfile().exists(), "{extra}");
+        assert_eq!(
+            pair.primary
+                .psql("SELECT count(*) FROM pg_replication_slots"),
+            "0",
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn occupied_directories_are_refused_and_a_live_primary_always() {
+    let pair = Pair::new();
+    // A directory holding another cluster.
+    let other = PgServer::start(&[]);
+    other.stop();
+    let out = pair.run(json!({"data_directory": other.data_dir}));
+    assert_eq!(out["failed"], true, "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("holds another cluster"),
+        "{out}"
+    );
+    assert!(other.data_dir.join("PG_VERSION").exists(), "untouched");
+    let out =
+        pair.run(json!({"data_directory": other.data_dir, "force_rebuild": true, "start": false}));
+    assert_eq!(out["changed"], true, "{out}");
+    let aside = PathBuf::from(out["moved_aside"].as_str().unwrap());
+    assert!(
+        aside.join("PG_VERSION").exists(),
+        "moved aside, never deleted"
+    );
+    assert!(
+        other.data_dir.join("standby.signal").exists(),
+        "rebuilt as a standby"
+    );
+    let _ = fs::remove_dir_all(&aside);
+
+    // A non-empty directory without a cluster.
+    fs::create_dir_all(pair.standby_dir()).unwrap();
+    fs::write(pair.standby_dir().join("notes.txt"), "mine").unwrap();
+    let out = pair.run(json!({}));
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("holds no PostgreSQL cluster"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(pair.standby_dir().join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    // The running primary's own directory: refused even with force_rebuild.
+    let out = pair.run(json!({"data_directory": pair.primary.data_dir, "force_rebuild": true}));
+    assert_eq!(out["failed"], true, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("running primary"),
+        "{out}"
+    );
+    assert_eq!(pair.primary.psql("SELECT pg_is_in_recovery()"), "f");
+    assert!(!pair.primary.data_dir.join("standby.signal").exists());
+}
