@@ -1,0 +1,268 @@
+"""The three-host lab (lab/lab): hosts, SSH, names, private mounts, faults, boot registry, clean-up.
+
+Needs root, iproute2, openssh-server and nftables (the Makefile installs them). The tests run in file order
+against one lab; the module fixture always runs `lab/lab down` at the end, also after a failure.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+LAB = ROOT / "lab" / "lab"
+STATE = ROOT / "lab" / "state"
+INVENTORY = ROOT / "lab" / "inventory.yml"
+VENV_BIN = ROOT / ".venv" / "bin"
+IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12", "aux": "10.77.0.13"}
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+    pytest.mark.skipif(
+        not (os.path.exists("/usr/sbin/sshd") and shutil.which("nft") and shutil.which("ip")),
+        reason="the lab needs openssh-server, nftables and iproute2",
+    ),
+]
+
+
+def lab(*args, timeout=60, env=None, check=True):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run(
+        [str(LAB), *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"lab/lab {' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+        )
+    return res
+
+
+def on(host, cmd, **kw):
+    """Runs cmd on host over SSH; returns the CompletedProcess (no check)."""
+    return lab("ssh", host, cmd, check=False, **kw)
+
+
+def out(host, cmd):
+    res = on(host, cmd)
+    assert res.returncode == 0, f"{host}: {cmd!r} exited {res.returncode}: {res.stderr}"
+    return res.stdout
+
+
+def netns_names():
+    res = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
+
+
+def status():
+    lines = lab("status").stdout.splitlines()
+    result = {}
+    for line in lines:
+        name, ip, state, ssh = line.split()
+        result[name] = (ip, state, ssh)
+    return result
+
+
+def init_pids():
+    return {h: (STATE / h / "init.pid").read_text().strip() for h in IPS}
+
+
+def tcp_ok(src, dst_host, port=22):
+    """True if src opens a TCP connection to dst_host:port (by name) and reads the SSH banner."""
+    res = on(src, f"timeout 1 bash -c 'exec 3<>/dev/tcp/{dst_host}/{port} && head -c 4 <&3'")
+    return res.returncode == 0 and res.stdout == "SSH-"
+
+
+@pytest.fixture(scope="module")
+def up():
+    try:
+        started = time.monotonic()
+        lab("up")
+        yield {"seconds": time.monotonic() - started}
+    finally:
+        lab("down", check=False)
+
+
+def test_up_writes_inventory_and_known_hosts(up):
+    assert up["seconds"] < 15
+    assert sorted(netns_names()) == ["pgshift-aux", "pgshift-db1", "pgshift-db2"]
+    assert {h: s for h, (_, s, _) in status().items()} == {"db1": "up", "db2": "up", "aux": "up"}
+    known = (STATE / "known_hosts").read_text()
+    for host, ip in IPS.items():
+        assert f"{host},{ip} ssh-ed25519 " in known
+    inventory_bin = VENV_BIN / "ansible-inventory"
+    if not inventory_bin.exists():
+        pytest.skip("no .venv ansible-inventory to parse the inventory")
+    res = subprocess.run(
+        [inventory_bin, "-i", INVENTORY, "--list"], capture_output=True, text=True, check=True, timeout=60
+    )
+    inv = json.loads(res.stdout)
+    assert inv["primary"]["hosts"] == ["db1"]
+    assert inv["standbys"]["hosts"] == ["db2"]
+    assert inv["repository"]["hosts"] == ["aux"]
+    assert inv["witness"]["hosts"] == ["aux"]
+    assert sorted(inv["etcd"]["hosts"]) == ["aux", "db1", "db2"]
+    hv = inv["_meta"]["hostvars"]
+    for host, ip in IPS.items():
+        assert hv[host]["ansible_host"] == ip
+        assert hv[host]["ansible_user"] == "root"
+        assert hv[host]["ansible_become_method"] == "su"
+        assert hv[host]["lab_hosts"] == IPS
+        assert f"UserKnownHostsFile={STATE}/known_hosts" in hv[host]["ansible_ssh_common_args"]
+        assert "StrictHostKeyChecking=yes" in hv[host]["ansible_ssh_common_args"]
+        assert hv[host]["ansible_ssh_private_key_file"] == str(STATE / "id_ed25519")
+
+
+def test_ssh_runs_in_the_host_and_passes_exit_status(up):
+    res = on("db1", "hostname; echo $((1+1))")
+    assert (res.returncode, res.stdout) == (0, "db1\n2\n")
+    assert on("db2", "exit 3").returncode == 3
+    assert out("aux", "hostname") == "aux\n"
+    assert out("db2", "cat /etc/hostname") == "db2\n"
+
+
+def test_hosts_reach_each_other_by_name(up):
+    started = time.monotonic()
+    assert out("db1", "getent hosts db2").split() == ["10.77.0.12", "db2"]
+    # no DNS in the lab: the AAAA lookup `getent hosts` makes must fail at once, not time out
+    assert time.monotonic() - started < 2
+    for src in IPS:
+        for dst in IPS:
+            if src != dst:
+                assert tcp_ok(src, dst), f"{src} cannot reach {dst}:22"
+    # sshd listens only on the host's own address
+    assert "10.77.0.11:22" in out("db1", "ss -Hltn")
+
+
+def test_private_mounts_and_runtime_dirs(up):
+    name = f"lab-test-{uuid.uuid4().hex}"
+    out("db1", f"echo private > /var/lib/postgresql/{name}")
+    assert out("db1", f"cat /var/lib/postgresql/{name}") == "private\n"
+    assert on("db2", f"test -e /var/lib/postgresql/{name}").returncode == 1
+    assert not os.path.exists(f"/var/lib/postgresql/{name}")
+    assert (STATE / "db1" / "disk" / "var" / "lib" / "postgresql" / name).exists()
+    # /run is a private tmpfs with the runtime dirs sshd and PostgreSQL need
+    assert out("db1", "findmnt -n -o FSTYPE /run") == "tmpfs\n"
+    assert out("db1", "stat -c '%U:%G %a' /run/sshd /run/postgresql /root") == (
+        "root:root 755\npostgres:postgres 2775\nroot:root 700\n"
+    )
+    out("db1", f"touch /run/{name}")
+    assert on("db2", f"test -e /run/{name}").returncode == 1
+    # each host has its own processes: pid 1 is the host's init
+    assert "_init db2" in out("db2", "cat /proc/1/cmdline | tr '\\0' ' '")
+
+
+def test_partition_cuts_peers_but_not_the_controller(up):
+    lab("partition", "db1")
+    try:
+        assert status()["db1"][1] == "partitioned"
+        assert out("db1", "hostname") == "db1\n"  # the controller still gets in
+        assert not tcp_ok("db1", "db2")
+        assert not tcp_ok("db2", "db1")
+        assert tcp_ok("db2", "aux")
+    finally:
+        lab("heal", "db1")
+    assert status()["db1"][1] == "up"
+    assert tcp_ok("db1", "db2")
+    assert tcp_ok("db2", "db1")
+
+
+def test_freeze_and_thaw(up):
+    lab("freeze", "db1")
+    try:
+        assert status()["db1"][1] == "frozen"
+        started = time.monotonic()
+        res = on("db1", "true", env={"LAB_SSH_TIMEOUT": "1"}, timeout=20)
+        assert res.returncode == 255
+        assert time.monotonic() - started < 5
+    finally:
+        lab("thaw", "db1")
+    assert out("db1", "echo thawed") == "thawed\n"
+    assert status()["db1"][1] == "up"
+
+
+def test_crash_and_boot_runs_the_boot_registry(up):
+    marker = f"/run/lab-test-{uuid.uuid4().hex}"
+    out(
+        "db2",
+        "cat > /etc/pgshift-lab/boot.d/10-marker.conf <<'EOF'\n"
+        "NAME=marker\nONESHOT=yes\nEXEC=/usr/bin/touch\n"
+        f'ARGS="{marker}-booted"\n'
+        "EOF\n"
+        "cat > /etc/pgshift-lab/boot.d/20-sleeper.conf <<'EOF'\n"
+        "NAME=sleeper\nONESHOT=no\nEXEC=/usr/bin/sleep\nARGS=\"1000\"\nUSER=postgres\n"
+        "EOF\n"
+        f"touch {marker}-before; echo disk > /var/lib/pgshift/lab-test",
+    )
+    # lab-service works on a running host too
+    assert out("db2", "/etc/pgshift-lab/bin/lab-service start sleeper && "
+                      "/etc/pgshift-lab/bin/lab-service status sleeper") == "sleeper: running\n"
+    assert out("db2", "ps -o user= -C sleep | sort -u | tr '\\n' ' '").split() == ["postgres", "root"]
+
+    lab("crash", "db2")
+    assert "pgshift-db2" not in netns_names()
+    assert status()["db2"][1] == "down"
+    res = on("db2", "true", env={"LAB_SSH_TIMEOUT": "1"}, timeout=20)
+    assert res.returncode == 255
+    assert not tcp_ok("db1", "db2")
+    assert (STATE / "db2" / "disk" / "var" / "lib" / "pgshift" / "lab-test").exists()  # the disk stays
+
+    started = time.monotonic()
+    lab("boot", "db2")
+    assert time.monotonic() - started < 10
+    assert status()["db2"][1] == "up"
+    assert on("db2", f"test -e {marker}-booted").returncode == 0   # the oneshot ran
+    assert on("db2", f"test -e {marker}-before").returncode == 1   # /run is fresh
+    assert out("db2", "cat /var/lib/pgshift/lab-test") == "disk\n"
+    assert out("db2", "/etc/pgshift-lab/bin/lab-service status sleeper") == "sleeper: running\n"
+    assert tcp_ok("db1", "db2") and tcp_ok("db2", "db1")
+    # boot refuses a running host
+    assert lab("boot", "db2", check=False).returncode != 0
+
+
+def test_up_twice_is_harmless(up):
+    before = init_pids()
+    lab("up")
+    assert init_pids() == before
+    assert {h: s for h, (_, s, _) in status().items()} == {"db1": "up", "db2": "up", "aux": "up"}
+    assert out("db1", "hostname") == "db1\n"
+    # a crashed host is brought back by up
+    lab("crash", "aux")
+    lab("up")
+    assert out("aux", "hostname") == "aux\n"
+    assert init_pids()["db1"] == before["db1"]
+
+
+def lab_processes():
+    """Live (not zombie) processes that belong to the lab."""
+    found = []
+    marker = str(ROOT / "lab") + "/"
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and marker in cmd:
+            found.append((p.name, cmd))
+    return found
+
+
+def test_down_removes_everything(up):
+    lab("freeze", "db1")  # down must cope with a frozen host
+    lab("down")
+    assert [n for n in netns_names() if n.startswith("pgshift-")] == []
+    assert subprocess.run(["ip", "link", "show", "pgshift-br0"], capture_output=True).returncode != 0
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert "pgs-" not in links
+    assert lab_processes() == []
+    assert not STATE.exists() and not INVENTORY.exists()
+    assert not list(pathlib.Path("/etc/netns").glob("pgshift-*")) if os.path.isdir("/etc/netns") else True
+    assert lab("down").returncode == 0  # twice is fine
