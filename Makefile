@@ -4,14 +4,15 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection test lint cargo-test ansible-test demo bench clean
+.PHONY: help deps build collection install-collection test lint cargo-test ansible-test lab-test molecule-test lab-up lab-down demo bench clean
 
 help:
-	@echo "make demo        build, start a throw-away PostgreSQL 15, apply pg_hba_rule via ansible-playbook"
+	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
 	@echo "make test        install what is missing, then run every test (cargo, Ansible)"
 	@echo "make build       release binaries into plugins/modules/ and bin/"
 	@echo "make collection  build dist/pgshift-cluster-<version>.tar.gz"
-	@echo "make bench       pg_hba_rule benchmark (numbers, not pass/fail)"
+	@echo "make lab-up      the three-host lab (db1, db2, aux) and lab/inventory.yml; make lab-down removes it"
+	@echo "make bench       benchmarks (numbers, not pass/fail)"
 
 deps:
 	scripts/deps.sh all
@@ -25,6 +26,17 @@ collection: build
 	rm -f $(TARBALL)
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist .
 
+# The built collection where ansible-playbook (lab, Molecule, demo) finds it.
+install-collection: collection
+	rm -rf target/collections
+	$(VENV)/bin/ansible-galaxy collection install --force -p target/collections $(TARBALL) >/dev/null
+
+lab-up: deps
+	lab/lab up
+
+lab-down:
+	lab/lab down
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -36,13 +48,21 @@ ansible-test: collection
 	cargo build --locked -p pgshift-testkit
 	$(VENV)/bin/pytest -q tests/ansible
 
+lab-test:
+	$(VENV)/bin/pytest -q tests/lab
+
+# Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
+molecule-test: install-collection
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test
+
 test: deps
 	$(MAKE) lint
 	$(MAKE) cargo-test
 	$(MAKE) ansible-test
+	$(MAKE) lab-test
+	$(MAKE) molecule-test
 
-demo: deps collection
-	cargo build --locked -p pgshift-testkit
+demo: deps install-collection
 	scripts/demo.sh
 
 bench: deps collection

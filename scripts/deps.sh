@@ -15,7 +15,14 @@ debian_packages() {
     if ((${#need[@]})); then
         echo "deps: installing Debian packages: ${need[*]}"
         apt-get update -qq
+        # Packages such as openssh-server would start their daemon in the root namespace;
+        # the lab starts its own per host. policy-rc.d 101 = "do not start services".
+        local policy=/usr/sbin/policy-rc.d ours=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && ours=1
+        fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        if ((ours)); then rm -f "$policy"; fi
     fi
 }
 
@@ -42,7 +49,10 @@ venv() {
 case "$what" in
     build) rust ;;
     all)
-        debian_packages postgresql-15 postgresql-client-15 gcc
+        # PostgreSQL for the tests and the lab hosts (which share /usr with this machine), and
+        # what the lab needs: sshd per host, nftables for partitions.
+        debian_packages postgresql-15 postgresql-client-15 gcc openssh-server openssh-client \
+            nftables iproute2 procps util-linux
         rust
         venv
         ;;

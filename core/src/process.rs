@@ -1,6 +1,7 @@
 //! Running PostgreSQL's own programs (pg_basebackup, psql, pg_ctl) as the cluster's owner,
 //! with secrets handed over in a private temporary passfile, never in argv or the environment.
 
+use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nix::unistd::{chown, Uid, User};
+use nix::unistd::{chown, getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
 
 /// The operating-system user a cluster runs as.
 #[derive(Debug, Clone)]
@@ -40,9 +41,24 @@ impl Owner {
 /// Runs `cmd` (stdin closed), as `owner` when we are root, and returns its output.
 pub fn run_as(cmd: &mut Command, owner: Option<&Owner>) -> io::Result<Output> {
     if let Some(o) = owner.filter(|_| Uid::effective().is_root()) {
-        cmd.uid(o.uid)
-            .gid(o.gid)
-            .env("HOME", &o.home)
+        // Like login: the owner's supplementary groups too (Debian's postgres reads the
+        // snakeoil key through ssl-cert). std's uid()/gid() would drop them, so switch in
+        // pre_exec; the list is computed before fork, the child only makes syscalls.
+        let (uid, gid) = (Uid::from_raw(o.uid), Gid::from_raw(o.gid));
+        let groups = CString::new(o.name.clone())
+            .ok()
+            .and_then(|n| getgrouplist(&n, gid).ok())
+            .unwrap_or_else(|| vec![gid]);
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                setgroups(&groups).map_err(io::Error::from)?;
+                setgid(gid).map_err(io::Error::from)?;
+                setuid(uid).map_err(io::Error::from)?;
+                Ok(())
+            });
+        }
+        cmd.env("HOME", &o.home)
             .env("USER", &o.name)
             .env("LOGNAME", &o.name);
         // A root cwd the owner cannot enter makes some tools fail; their home always works.
