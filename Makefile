@@ -68,6 +68,8 @@ demo: deps install-collection
 bench: deps collection
 	cargo build --release --locked -p pgshift-testkit
 	$(VENV)/bin/python bench/pg_hba_rule.py
+	$(MAKE) install-collection
+	$(VENV)/bin/python bench/ssh_tasks.py
 
 clean:
 	cargo clean

@@ -13,25 +13,17 @@ import json
 import os
 import pathlib
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import ANSIBLE_PACKAGE, ROOT, VENV, community_postgresql, stats  # noqa: E402
+
 MODULE = ROOT / "plugins" / "modules" / "pg_hba_rule"
 SCRATCH = ROOT / "target" / "release" / "pgshift-scratch-pg"
-VENV = ROOT / ".venv" / "bin"
-CACHE = ROOT / "bench" / ".cache"
 RULES = 10_000
-ANSIBLE_PACKAGE = "ansible==12.3.0"  # ships community.postgresql for ansible-core 2.19
-
-
-def stats(samples):
-    s = sorted(samples)
-    return {"median_ms": round(statistics.median(s) * 1000, 1), "p90_ms": round(s[int(len(s) * 0.9) - 1] * 1000, 1), "runs": len(s)}
 
 
 def big_hba(path):
@@ -63,23 +55,6 @@ def direct(hba, work, reload, n):
         assert result["reloaded"] == reload, result
         samples.append(dt)
     return stats(samples)
-
-
-def community_postgresql(work):
-    """community.postgresql from the `ansible` wheel, into a collections path; None if offline."""
-    dest = CACHE / "collections"
-    if (dest / "ansible_collections" / "community" / "postgresql").is_dir():
-        return dest
-    CACHE.mkdir(parents=True, exist_ok=True)
-    dl = subprocess.run([VENV / "pip", "download", "-q", "--no-deps", "-d", CACHE, ANSIBLE_PACKAGE], capture_output=True)
-    wheels = list(CACHE.glob("ansible-*.whl"))
-    if dl.returncode != 0 or not wheels:
-        return None
-    with zipfile.ZipFile(wheels[0]) as z:
-        for name in z.namelist():
-            if name.startswith("ansible_collections/community/postgresql/"):
-                z.extract(name, dest)
-    return dest
 
 
 def ansible_task(module, args, env, n):
@@ -118,7 +93,7 @@ def main():
         shutil.copy(hba, copy)
         ours = {"path": str(copy), "databases": "db5000", "users": "user5000", "address": "10.20.0.1/32", "reload": False}
         report["ansible_task_pgshift"] = ansible_task("pgshift.cluster.pg_hba_rule", ours, env, 10)
-        community = community_postgresql(work)
+        community = community_postgresql()
         if community:
             env["ANSIBLE_COLLECTIONS_PATH"] = f"{work / 'collections'}:{community}"
             theirs = {"dest": str(copy), "contype": "host", "databases": "db5000", "users": "user5000",

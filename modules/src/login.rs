@@ -10,17 +10,9 @@ use serde::Deserialize;
 
 use crate::args::{Arg, Default, Kind};
 
-pub const LOGIN_ARGS: &[Arg] = &[
-    Arg::new("login_host", Kind::Str).aliases(&["host", "login_hostname"]),
-    Arg::new("login_port", Kind::Int).aliases(&["port"]),
-    Arg::new("login_user", Kind::Str)
-        .default(Default::Str("postgres"))
-        .aliases(&["login"]),
-    Arg::new("login_password", Kind::Str).no_log(),
-    Arg::new("login_unix_socket", Kind::Path).aliases(&["unix_socket"]),
-    Arg::new("login_db", Kind::Str)
-        .default(Default::Str("postgres"))
-        .aliases(&["db", "login_database"]),
+/// libpq's TLS options under community.postgresql's names; also used by modules that connect
+/// with other credentials (e.g. a standby's replication connection).
+pub const TLS_ARGS: [Arg; 4] = [
     Arg::new("ssl_mode", Kind::Str)
         .choices(&[
             "allow",
@@ -35,6 +27,23 @@ pub const LOGIN_ARGS: &[Arg] = &[
     Arg::new("ca_cert", Kind::Path).aliases(&["ssl_rootcert"]),
     Arg::new("ssl_cert", Kind::Path),
     Arg::new("ssl_key", Kind::Path),
+];
+
+pub const LOGIN_ARGS: &[Arg] = &[
+    Arg::new("login_host", Kind::Str).aliases(&["host", "login_hostname"]),
+    Arg::new("login_port", Kind::Int).aliases(&["port"]),
+    Arg::new("login_user", Kind::Str)
+        .default(Default::Str("postgres"))
+        .aliases(&["login"]),
+    Arg::new("login_password", Kind::Str).no_log(),
+    Arg::new("login_unix_socket", Kind::Path).aliases(&["unix_socket"]),
+    Arg::new("login_db", Kind::Str)
+        .default(Default::Str("postgres"))
+        .aliases(&["db", "login_database"]),
+    TLS_ARGS[0],
+    TLS_ARGS[1],
+    TLS_ARGS[2],
+    TLS_ARGS[3],
     Arg::new("connect_timeout", Kind::Int).default(Default::Int(10)),
 ];
 

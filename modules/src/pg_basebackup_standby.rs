@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::args::{Arg, Default, Kind};
-use crate::login::LoginParams;
+use crate::login::{LoginParams, TLS_ARGS};
 use crate::protocol::{diff, Context, Failure, Module};
 
 const SPEC: &[Arg] = &[
@@ -32,20 +32,10 @@ const SPEC: &[Arg] = &[
     Arg::new("slot_name", Kind::Str),
     Arg::new("create_slot", Kind::Bool).default(Default::Bool(true)),
     Arg::new("application_name", Kind::Str),
-    Arg::new("ssl_mode", Kind::Str)
-        .choices(&[
-            "disable",
-            "allow",
-            "prefer",
-            "require",
-            "verify-ca",
-            "verify-full",
-        ])
-        .default(Default::Str("prefer"))
-        .aliases(&["sslmode"]),
-    Arg::new("ca_cert", Kind::Path).aliases(&["ssl_rootcert"]),
-    Arg::new("ssl_cert", Kind::Path),
-    Arg::new("ssl_key", Kind::Path),
+    TLS_ARGS[0],
+    TLS_ARGS[1],
+    TLS_ARGS[2],
+    TLS_ARGS[3],
     Arg::new("pg_bin_dir", Kind::Path),
     Arg::new("owner", Kind::Str).default(Default::Str("postgres")),
     Arg::new("max_rate", Kind::Str),
@@ -359,9 +349,11 @@ fn present(
         ),
         None => passfile_before.clone(),
     };
-    if passfile_after != passfile_before
-        || !mode_is(&s.passfile, 0o600) && !passfile_before.is_empty()
-    {
+    // Rewrite when the entry differs, or when an existing passfile is readable by others
+    // (libpq ignores a passfile with group/world access).
+    let write_passfile =
+        passfile_after != passfile_before || (s.passfile.exists() && !mode_is(&s.passfile, 0o600));
+    if write_passfile {
         actions.push(format!(
             "write the replication entry into {}",
             s.passfile.display()
@@ -436,7 +428,7 @@ fn present(
         Plan::Build => build(s)?,
         Plan::Converge => {}
     }
-    if passfile_after != passfile_before || !mode_is(&s.passfile, 0o600) {
+    if write_passfile {
         let own = Ownership {
             uid: s.owner.uid,
             gid: s.owner.gid,
