@@ -59,8 +59,8 @@ test: deps
 	$(MAKE) lint
 	$(MAKE) cargo-test
 	$(MAKE) ansible-test
-	$(MAKE) lab-test
 	$(MAKE) molecule-test
+	$(MAKE) lab-test
 
 demo: deps install-collection
 	scripts/demo.sh
