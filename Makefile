@@ -53,7 +53,7 @@ lab-test:
 
 # Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
 molecule-test: install-collection
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test
+	NO_COLOR=1 ANSIBLE_NOCOLOR=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test
 
 test: deps
 	$(MAKE) lint

@@ -21,14 +21,14 @@ for run in first second; do
 done
 
 echo "== a row written on db1 ..."
-lab/lab ssh db1 "su postgres -c \"psql -XAtc \\\"CREATE TABLE IF NOT EXISTS demo (at timestamptz DEFAULT now(), note text); INSERT INTO demo (note) VALUES ('hello from db1') RETURNING note, at\\\"\""
+lab/lab ssh db1 "cd / && su postgres -c \"psql -XAtc \\\"CREATE TABLE IF NOT EXISTS demo (at timestamptz DEFAULT now(), note text); INSERT INTO demo (note) VALUES ('hello from db1') RETURNING note, at\\\"\""
 echo "== ... read on db2 (a hot standby)"
 for _ in $(seq 50); do
-    out=$(lab/lab ssh db2 "su postgres -c \"psql -XAtc 'SELECT note, at FROM demo ORDER BY at DESC LIMIT 1'\"" 2>/dev/null || true)
+    out=$(lab/lab ssh db2 "cd / && su postgres -c \"psql -XAtc 'SELECT note, at FROM demo ORDER BY at DESC LIMIT 1'\"" 2>/dev/null || true)
     [[ -n $out ]] && break
     sleep 0.1
 done
 echo "$out"
 echo "== db1's pg_stat_replication"
-lab/lab ssh db1 "su postgres -c \"psql -Xc 'SELECT application_name, client_addr, state, sync_state, replay_lag FROM pg_stat_replication'\""
+lab/lab ssh db1 "cd / && su postgres -c \"psql -Xc 'SELECT application_name, client_addr, state, sync_state, replay_lag FROM pg_stat_replication'\""
 echo "== the lab is still up: lab/lab ssh db1 '...' to explore, make lab-down to remove it"
