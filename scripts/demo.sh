@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$PWD/target/collections" \
-    ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_DEPRECATION_WARNINGS=false ANSIBLE_NOCOLOR=1 \
-    ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=60s"
+    ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_DEPRECATION_WARNINGS=false ANSIBLE_NOCOLOR=1
 
 echo "== lab up: db1, db2, aux (network namespaces with their own sshd)"
 lab/lab up
