@@ -5,6 +5,7 @@
 //! same code paths (e.g. fencing edits pg_hba.conf through [`hba`]).
 
 pub mod atomic;
+pub mod cert;
 pub mod datadir;
 pub mod hba;
 pub mod pg;
