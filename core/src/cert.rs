@@ -338,7 +338,12 @@ mod tests {
         let (cert, _) = good();
         let (_, other_key) = good();
         assert!(matches!(
-            check(&[cert.clone()], &other_key, &req("db1.example.com"), now()),
+            check(
+                std::slice::from_ref(&cert),
+                &other_key,
+                &req("db1.example.com"),
+                now()
+            ),
             Err(CertError::KeyMismatch { .. })
         ));
 
@@ -355,7 +360,13 @@ mod tests {
         ));
 
         let (cert, key) = good();
-        let err = check(&[cert.clone()], &key, &req("db2.example.com"), now()).unwrap_err();
+        let err = check(
+            std::slice::from_ref(&cert),
+            &key,
+            &req("db2.example.com"),
+            now(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("db2.example.com")
                 && err.to_string().contains("db1.example.com"),
