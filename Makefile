@@ -49,7 +49,7 @@ ansible-test: collection
 	$(VENV)/bin/pytest -q tests/ansible
 
 lab-test:
-	$(VENV)/bin/pytest -q tests/lab
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab
 
 # Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
 molecule-test: install-collection
