@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{kill, Signal};
@@ -176,12 +175,6 @@ impl DataDir {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) => e.kind() == io::ErrorKind::NotFound,
         }
-    }
-
-    /// uid/gid owning the directory: the operating-system user the server runs as.
-    pub fn owner(&self) -> io::Result<(u32, u32)> {
-        let m = fs::metadata(&self.path)?;
-        Ok((m.uid(), m.gid()))
     }
 
     /// The running postmaster, or `None` when no live server holds this directory. A stale
