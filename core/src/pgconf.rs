@@ -99,7 +99,8 @@ pub fn conninfo(pairs: &[(&str, &str)]) -> String {
         .join(" ")
 }
 
-fn pgpass_escape(field: &str) -> String {
+/// Escapes backslash and `:` in one `.pgpass` field.
+pub fn pgpass_escape(field: &str) -> String {
     field.replace('\\', "\\\\").replace(':', "\\:")
 }
 

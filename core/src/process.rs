@@ -122,7 +122,7 @@ impl TempPassfile {
             path: dir.join("pgpass"),
             dir,
         };
-        let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+        let escaped = crate::pgconf::pgpass_escape(password);
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)

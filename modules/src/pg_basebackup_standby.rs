@@ -381,7 +381,7 @@ fn present(
         diff(
             &auto_path.display().to_string(),
             auto_before.as_bytes(),
-            conf_set(&auto_before, &settings).as_bytes(),
+            auto_after_converge.as_bytes(),
         ),
     );
     let changed = !actions.is_empty();
