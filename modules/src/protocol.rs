@@ -181,7 +181,11 @@ pub fn failed(msg: impl Into<String>, extra: Map<String, Value>) -> Map<String, 
 
 /// The one JSON object to print, with every secret value replaced.
 pub fn render(out: Map<String, Value>) -> String {
-    let secrets = SECRETS.lock().map(|g| g.clone()).unwrap_or_default();
+    // A poisoned lock still holds the secrets; scrubbing matters most after a panic.
+    let secrets = SECRETS
+        .lock()
+        .map(|g| g.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
     let mut v = Value::Object(out);
     scrub(&mut v, &secrets);
     v.to_string()
