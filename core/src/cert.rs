@@ -133,10 +133,7 @@ pub fn info(cert: &CertificateDer<'_>) -> Result<CertInfo, CertError> {
         }
         _ => None,
     };
-    let mut sha256 = String::new();
-    for (i, b) in Sha256::digest(cert.as_ref()).iter().enumerate() {
-        let _ = write!(sha256, "{}{b:02X}", if i == 0 { "" } else { ":" });
-    }
+    let sha256 = fingerprint(cert.as_ref());
     Ok(CertInfo {
         subject: x.subject().to_string(),
         issuer: x.issuer().to_string(),
@@ -146,6 +143,24 @@ pub fn info(cert: &CertificateDer<'_>) -> Result<CertInfo, CertError> {
         sha256,
         extended_key_usage,
     })
+}
+
+/// SHA-256 of a DER certificate, colon-separated upper-case hex (openssl's `-fingerprint`).
+pub fn fingerprint(der: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, b) in Sha256::digest(der).iter().enumerate() {
+        let _ = write!(out, "{}{b:02X}", if i == 0 { "" } else { ":" });
+    }
+    out
+}
+
+/// [`check`] at the current time.
+pub fn check_now(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    req: &Requirements<'_>,
+) -> Result<CertInfo, CertError> {
+    check(chain, key, req, UnixTime::now())
 }
 
 /// Runs every check on the leaf `chain[0]` (with the rest as intermediates) and its key.
@@ -169,14 +184,14 @@ pub fn check(
     let t = now.as_secs() as i64;
     if t < info.not_before {
         return Err(CertError::NotYetValid {
-            not_before: stamp(info.not_before),
-            now: stamp(t),
+            not_before: format_time(info.not_before),
+            now: format_time(t),
         });
     }
     if t > info.not_after {
         return Err(CertError::Expired {
-            not_after: stamp(info.not_after),
-            now: stamp(t),
+            not_after: format_time(info.not_after),
+            now: format_time(t),
         });
     }
     let ee =
@@ -236,8 +251,8 @@ pub fn check(
     Ok(info)
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC time, for messages.
-fn stamp(secs: i64) -> String {
+/// Seconds since the epoch as a UTC time, for messages.
+pub fn format_time(secs: i64) -> String {
     x509_parser::time::ASN1Time::from_timestamp(secs)
         .map(|t| t.to_datetime().to_string())
         .unwrap_or_else(|_| secs.to_string())

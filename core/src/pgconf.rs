@@ -229,3 +229,50 @@ mod tests {
         );
     }
 }
+
+/// The value of `key` in `[section]` of an ini file such as pgbackrest.conf (last one wins).
+pub fn ini_get(text: &str, section: &str, key: &str) -> Option<String> {
+    let mut current = String::new();
+    let mut found = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            current = name.trim().to_string();
+            continue;
+        }
+        if current == section {
+            if let Some((k, v)) = t.split_once('=') {
+                if k.trim() == key {
+                    found = Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod ini_tests {
+    use super::ini_get;
+
+    #[test]
+    fn reads_sections() {
+        let text = "[global]\ntls-server-port=8433\n# x=y\n[main]\npg1-path = /var/lib/pg\n[global]\ntls-server-address=db1\n";
+        assert_eq!(
+            ini_get(text, "global", "tls-server-port").as_deref(),
+            Some("8433")
+        );
+        assert_eq!(
+            ini_get(text, "global", "tls-server-address").as_deref(),
+            Some("db1")
+        );
+        assert_eq!(
+            ini_get(text, "main", "pg1-path").as_deref(),
+            Some("/var/lib/pg")
+        );
+        assert_eq!(ini_get(text, "main", "tls-server-port"), None);
+    }
+}

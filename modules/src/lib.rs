@@ -2,6 +2,8 @@
 //! One multi-call binary serves every module name (see `main.rs`).
 
 pub mod args;
+pub mod cert_hook;
+pub mod cert_install;
 pub mod login;
 pub mod pg_basebackup_standby;
 pub mod pg_hba_rule;
@@ -25,6 +27,7 @@ pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
     }
     match ctx.module.as_str() {
         "pg_hba_rule" => protocol::execute::<pg_hba_rule::PgHbaRule>(ctx, user),
+        "cert_install" => protocol::execute::<cert_install::CertInstall>(ctx, user),
         "pg_basebackup_standby" => {
             protocol::execute::<pg_basebackup_standby::PgBasebackupStandby>(ctx, user)
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pgshift_core::datadir::PostmasterPid;
 use pgshift_core::pg::ConnectOptions;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::args::{Arg, Default, Kind};
 
@@ -47,7 +47,7 @@ pub const LOGIN_ARGS: &[Arg] = &[
     Arg::new("connect_timeout", Kind::Int).default(Default::Int(10)),
 ];
 
-#[derive(Debug, Clone, Deserialize, std::default::Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, std::default::Default)]
 #[serde(deny_unknown_fields)]
 pub struct LoginParams {
     pub login_host: Option<String>,

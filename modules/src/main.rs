@@ -32,6 +32,12 @@ fn main() {
         println!("{}", protocol::render(out));
         std::process::exit(1);
     }));
+    // certbot runs deploy hooks with no argument and the renewed lineage in the environment.
+    if argv.len() == 1 {
+        if let Some(lineage) = std::env::var_os("RENEWED_LINEAGE") {
+            std::process::exit(pgshift_modules::cert_hook::run_hook(Path::new(&lineage)));
+        }
+    }
     let out = run(&name, argv.get(1));
     let failed = out.get("failed").and_then(Value::as_bool).unwrap_or(false);
     println!("{}", protocol::render(out));

@@ -4,6 +4,7 @@
 mod client;
 mod options;
 mod peer;
+pub mod probe;
 pub mod replication;
 pub mod sql;
 mod tls;
