@@ -46,7 +46,7 @@ cargo-test:
 
 ansible-test: collection
 	cargo build --locked -p pgshift-testkit
-	$(VENV)/bin/pytest -q tests/ansible
+	$(VENV)/bin/pytest -q tests/ansible tests/cert
 
 lab-test:
 	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab

@@ -149,3 +149,49 @@ impl Drop for TempPassfile {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The inode of the TCP socket listening on `port` in the network namespace of process `pid`,
+/// read from `/proc/<pid>/net/tcp{,6}`. A server that re-binds on reload (pgBackRest does)
+/// gets a new inode, which tells us when it is safe to connect again.
+pub fn listening_socket_inode(pid: i32, port: u16) -> Option<u64> {
+    ["tcp", "tcp6"].iter().find_map(|table| {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        listening_inode_in(&text, port)
+    })
+}
+
+/// Parses one `/proc/net/tcp` table: columns are `sl local_address rem_address st … inode`,
+/// addresses as `HEXADDR:HEXPORT`, state `0A` = LISTEN.
+fn listening_inode_in(table: &str, port: u16) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let local_port = cols.get(1)?.rsplit(':').next()?;
+        if u16::from_str_radix(local_port, 16).ok()? != port || *cols.get(3)? != "0A" {
+            return None;
+        }
+        cols.get(9)?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod listening_tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_listener_not_a_connection_on_the_same_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:20F0 0100007F:D431 01 00000000:00000000 00:00000000 00000000   108        0 99 1\n\
+   1: 00000000:20F0 00000000:0000 0A 00000000:00000000 00:00000000 00000000   108        0 4242 1\n";
+        assert_eq!(listening_inode_in(table, 8432), Some(4242));
+        assert_eq!(listening_inode_in(table, 5432), None);
+    }
+
+    #[test]
+    fn sees_our_own_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listening_socket_inode(std::process::id() as i32, port).is_some());
+        drop(l);
+        assert!(listening_socket_inode(std::process::id() as i32, port).is_none());
+    }
+}
