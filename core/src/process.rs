@@ -150,6 +150,46 @@ impl Drop for TempPassfile {
     }
 }
 
+/// The processes running `exe` (by file name) with `arg` among their arguments, e.g.
+/// `pgbackrest … server` or `pgshift agent …`.
+pub fn find(exe: &str, arg: &str) -> Result<Vec<i32>, String> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc")
+        .map_err(|e| format!("cannot list /proc: {e}"))?
+        .flatten()
+    {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // Gone already, or a kernel thread: either way not ours.
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let exe_matches = args.first().is_some_and(|a| {
+            Path::new(std::str::from_utf8(a).unwrap_or_default())
+                .file_name()
+                .is_some_and(|f| f == exe)
+        });
+        if exe_matches && args[1..].contains(&arg.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// SIGHUP to each of `pids`; a process that exited meanwhile is not an error.
+pub fn hup(pids: &[i32]) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    for &pid in pids {
+        match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(format!("cannot signal process {pid}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// The inode of the TCP socket listening on `port` in the network namespace of process `pid`,
 /// read from `/proc/<pid>/net/tcp{,6}`. A server that re-binds on reload (pgBackRest does)
 /// gets a new inode, which tells us when it is safe to connect again.

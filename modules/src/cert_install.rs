@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use pgshift_core::atomic::{self, Ownership};
 use pgshift_core::cert::{self, CertInfo, Requirements};
 use pgshift_core::datadir::{DataDir, PostmasterPid};
+use pgshift_core::ini;
 use pgshift_core::pg::probe::{served_chain, Protocol};
 use pgshift_core::pg::sql::quote_literal;
 use pgshift_core::pg::Client;
-use pgshift_core::pgconf::ini_get;
-use pgshift_core::process::{listening_socket_inode, Owner};
+use pgshift_core::pgbackrest;
+use pgshift_core::process::{self, Owner};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -392,7 +393,7 @@ impl Server {
                     ("tls-server-cert-file", &plan.cert_dest),
                     ("tls-server-key-file", &plan.key_dest),
                 ] {
-                    let have = ini_get(&text, "global", key);
+                    let have = ini::get(&text, "global", key);
                     if have.as_deref().map(Path::new) != Some(want.as_path()) {
                         return Err(format!(
                             "{} sets {key} = {}; set {key}={} in [global] so pgBackRest uses the installed file",
@@ -403,10 +404,10 @@ impl Server {
                         .into());
                     }
                 }
-                let host = ini_get(&text, "global", "tls-server-address")
+                let host = ini::get(&text, "global", "tls-server-address")
                     .filter(|a| a != "*" && a != "0.0.0.0")
                     .unwrap_or_else(|| "127.0.0.1".into());
-                let port = ini_get(&text, "global", "tls-server-port")
+                let port = ini::get(&text, "global", "tls-server-port")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(8432);
                 s.tls_endpoint = Some((host, port));
@@ -502,7 +503,7 @@ impl Server {
                 }
             }
             "pgbackrest" | "pgshift" => {
-                let _ = processes(&self.kind).and_then(|pids| signal(&pids, &self.kind));
+                let _ = hup(&self.kind);
             }
             _ => {}
         }
@@ -547,26 +548,10 @@ impl Server {
             }
             "pgbackrest" => {
                 let (host, port) = self.tls_endpoint.clone().expect("set for pgbackrest");
-                let servers = processes("pgbackrest")?;
-                if servers.is_empty() {
+                if pgbackrest::reload_servers(port)? == 0 {
                     self.not_verified = Some("no pgbackrest server is running".into());
                     return Ok(None);
                 }
-                // pgBackRest 2.45 reloads by closing its listening socket and binding a new
-                // one; a connection that arrives in between is handed the old socket and the
-                // re-bind fails (EADDRINUSE), killing the server. So we wait for the new
-                // listener before probing (measured: ~1 in 60 HUPs died when probed at once).
-                let listeners: Vec<_> = servers
-                    .iter()
-                    .map(|&pid| (pid, listening_socket_inode(pid, port)))
-                    .collect();
-                signal(&servers, "pgbackrest")?;
-                let _ = wait_until(Duration::from_secs(5), || {
-                    listeners.iter().all(|&(pid, before)| {
-                        before.is_none()
-                            || matches!(listening_socket_inode(pid, port), Some(i) if Some(i) != before)
-                    })
-                });
                 let mut last = String::new();
                 let ok = wait_until(Duration::from_secs(10), || {
                     match served_fingerprint(&host, port, Protocol::Tls) {
@@ -585,7 +570,7 @@ impl Server {
                     .map_err(|_| format!("pgBackRest's TLS server on {host}:{port} does not serve the new certificate after SIGHUP ({last})"))
             }
             "pgshift" => {
-                signal(&processes("pgshift")?, "pgshift")?;
+                hup("pgshift")?;
                 self.not_verified =
                     Some("the pgshift agent has no TLS endpoint to check yet".into());
                 Ok(None)
@@ -608,44 +593,14 @@ fn fingerprint(pem: &[u8]) -> String {
         .unwrap_or_else(|| "(not a certificate)".into())
 }
 
-/// The processes whose command line is `<name> server` (pgBackRest) or `<name> agent`
-/// (pgshift).
-fn processes(name: &str) -> Result<Vec<i32>, String> {
-    let role = if name == "pgbackrest" {
-        "server"
-    } else {
-        "agent"
+/// SIGHUP to the pgBackRest TLS servers or the pgshift agents running here.
+fn hup(kind: &str) -> Result<usize, String> {
+    let pids = match kind {
+        "pgbackrest" => process::find("pgbackrest", "server")?,
+        _ => process::find("pgshift", "agent")?,
     };
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let exe_matches = args.first().is_some_and(|a| {
-            Path::new(std::str::from_utf8(a).unwrap_or_default())
-                .file_name()
-                .is_some_and(|f| f == name)
-        });
-        if exe_matches && args.contains(&role.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
-}
-
-fn signal(pids: &[i32], name: &str) -> Result<(), String> {
-    for &pid in pids {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .map_err(|e| format!("cannot signal {name} (pid {pid}): {e}"))?;
-    }
-    Ok(())
+    process::hup(&pids)?;
+    Ok(pids.len())
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {

@@ -8,15 +8,18 @@ pub mod login;
 pub mod pg_basebackup_standby;
 pub mod pg_hba_rule;
 pub mod pg_replication_user;
+pub mod pgbackrest_repository;
 pub mod protocol;
 
 use serde_json::{Map, Value};
 
 /// Every module this binary provides (the build stages one copy under each name).
 pub const MODULES: &[&str] = &[
+    "cert_install",
     "pg_basebackup_standby",
     "pg_hba_rule",
     "pg_replication_user",
+    "pgbackrest_repository",
 ];
 
 /// Runs the module `name` on the raw args-file object.
@@ -33,6 +36,9 @@ pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
         }
         "pg_replication_user" => {
             protocol::execute::<pg_replication_user::PgReplicationUser>(ctx, user)
+        }
+        "pgbackrest_repository" => {
+            protocol::execute::<pgbackrest_repository::PgbackrestRepository>(ctx, user)
         }
         other => protocol::failed(
             format!(
