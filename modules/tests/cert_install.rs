@@ -10,56 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::certs::{ca, chown_postgres, issue, Ca};
 use pgshift_testkit::PgServer;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair,
-};
 use serde_json::{json, Value};
 
 const HOST: &str = "db1.example.test";
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    Ca {
-        cert: p.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-/// Writes `<dir>/<stem>.crt` (leaf + issuer) and `<stem>.key`.
-fn issue(issuer: &Ca, dir: &Path, stem: &str, name: &str, days: (i64, i64)) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![name.to_string(), "localhost".into()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now + time::Duration::days(days.0);
-    p.not_after = now + time::Duration::days(days.1);
-    let cert = p.signed_by(&key, &issuer.cert, &issuer.key).unwrap();
-    let (c, k) = (
-        dir.join(format!("{stem}.crt")),
-        dir.join(format!("{stem}.key")),
-    );
-    fs::write(&c, cert.pem() + &issuer.cert.pem()).unwrap();
-    fs::write(&k, key.serialize_pem()).unwrap();
-    fs::set_permissions(&k, fs::Permissions::from_mode(0o600)).unwrap();
-    (c, k)
-}
-
-fn chown_postgres(p: &Path) {
-    if nix::unistd::Uid::effective().is_root() {
-        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        nix::unistd::chown(p, Some(pg.uid), Some(pg.gid)).unwrap();
-    }
-}
 
 struct Setup {
     server: PgServer,

@@ -1,5 +1,7 @@
 //! Runs the module binary as Ansible does: `<module> <args-file>`, one JSON object back.
 
+pub mod certs;
+
 use std::fs;
 use std::process::Command;
 
