@@ -52,7 +52,7 @@ case "$what" in
         # PostgreSQL for the tests and the lab hosts (which share /usr with this machine), and
         # what the lab needs: sshd per host, nftables for partitions.
         debian_packages postgresql-15 postgresql-client-15 gcc openssh-server openssh-client \
-            nftables iproute2 procps util-linux openssl pebble certbot pgbackrest
+            nftables iproute2 procps util-linux openssl pebble certbot pgbackrest etcd-server etcd-client
         rust
         venv
         ;;

@@ -160,6 +160,9 @@ fn database_side_keeps_foreign_keys_and_converges() {
         "archive-async=y",
         "tls-server-auth=aux=main",
         "pg1-path=/var/lib/postgresql/15/main",
+        "[global:archive-push]",
+        "archive-timeout=5",
+        "io-timeout=10",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -4,6 +4,8 @@
 //! PostgreSQL refuses to run as root, so under root the server runs as `postgres` (the
 //! directory is handed to it) and local connections use `peer`, exactly like a Debian host.
 
+pub mod etcd;
+
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -14,7 +14,7 @@ fn kv(k: &str, v: impl ToString) -> (String, String) {
 }
 
 /// `[global]` keys both roles own: this host's TLS server.
-fn tls_server(tls: &CheckedTls, auth: &[String], io_timeout: i64) -> Keys {
+fn tls_server(tls: &CheckedTls, auth: &[String]) -> Keys {
     let mut keys = vec![
         kv("tls-server-address", &tls.tls.address),
         kv("tls-server-port", tls.port),
@@ -23,10 +23,6 @@ fn tls_server(tls: &CheckedTls, auth: &[String], io_timeout: i64) -> Keys {
         kv("tls-server-ca-file", tls.tls.ca.display()),
     ];
     keys.extend(auth.iter().map(|a| kv("tls-server-auth", a)));
-    // A peer that is down must cost seconds, not pgBackRest's default 60 s per I/O (twice
-    // per attempt, measured), and the protocol timeout must stay above the I/O timeout.
-    keys.push(kv("io-timeout", io_timeout));
-    keys.push(kv("protocol-timeout", io_timeout * 3));
     keys
 }
 
@@ -37,9 +33,27 @@ pub const GLOBAL_SHARED: &[&str] = &[
     "tls-server-key-file",
     "tls-server-ca-file",
     "tls-server-auth",
-    "io-timeout",
-    "protocol-timeout",
 ];
+
+/// Timeouts for archive-push only (its own section, so backups, `check` and the TLS
+/// server keep pgBackRest's defaults). With the repository down, one archive_command
+/// attempt then fails after `archive-timeout` (measured 5.0 s) instead of 2x `io-timeout`
+/// (120 s refused, 240 s unreachable, with the defaults); the background push gives up
+/// after 2-4x `io-timeout` and leaves an error file that fails the next attempt at once.
+pub const ARCHIVE_PUSH_SECTION: &str = "global:archive-push";
+
+pub fn is_archive_push_key(k: &str) -> bool {
+    ["archive-timeout", "io-timeout", "protocol-timeout"].contains(&k)
+}
+
+pub fn archive_push(archive_timeout: i64, io_timeout: i64) -> Keys {
+    vec![
+        kv("archive-timeout", archive_timeout),
+        kv("io-timeout", io_timeout),
+        // Must exceed io-timeout for pgBackRest to accept it.
+        kv("protocol-timeout", io_timeout * 3),
+    ]
+}
 
 pub const GLOBAL_REPOSITORY: &[&str] = &[
     "repo1-path",
@@ -59,7 +73,6 @@ pub const GLOBAL_DATABASE: &[&str] = &[
     "archive-async",
     "spool-path",
     "archive-push-queue-max",
-    "archive-timeout",
 ];
 
 /// Keys of one database instance in a stanza: `pg<N>-<suffix>`.
@@ -96,7 +109,6 @@ pub struct RepositoryGlobal<'a> {
     pub retention_full: i64,
     pub retention_diff: Option<i64>,
     pub auth: Vec<String>,
-    pub io_timeout: i64,
 }
 
 pub fn repository_global(tls: &CheckedTls, g: &RepositoryGlobal) -> Keys {
@@ -109,7 +121,7 @@ pub fn repository_global(tls: &CheckedTls, g: &RepositoryGlobal) -> Keys {
     }
     // Backups start with an immediate checkpoint instead of waiting for the next one.
     keys.push(kv("start-fast", "y"));
-    keys.extend(tls_server(tls, &g.auth, g.io_timeout));
+    keys.extend(tls_server(tls, &g.auth));
     keys
 }
 
@@ -149,7 +161,6 @@ pub struct DatabaseGlobal<'a> {
     pub spool_path: &'a Path,
     pub queue_max: &'a str,
     pub auth: Vec<String>,
-    pub io_timeout: i64,
 }
 
 pub fn database_global(tls: &CheckedTls, g: &DatabaseGlobal) -> Keys {
@@ -162,15 +173,14 @@ pub fn database_global(tls: &CheckedTls, g: &DatabaseGlobal) -> Keys {
         kv("repo1-host-ca-file", tls.tls.ca.display()),
         kv("repo1-host-config", g.repository_config.display()),
         // archive_command only hands the segment to a local spool; a background process
-        // ships it. With the repository down, archive-push fails within archive-timeout
-        // instead of blocking PostgreSQL's archiver for minutes, and a full queue drops WAL
-        // from the archive (with a warning) rather than filling pg_wal until the disk is full.
+        // ships it. A full queue drops WAL from the archive (with a warning; the archive
+        // has a hole until the next full backup) rather than filling pg_wal until the disk
+        // is full and PostgreSQL stops.
         kv("archive-async", "y"),
         kv("spool-path", g.spool_path.display()),
         kv("archive-push-queue-max", g.queue_max),
-        kv("archive-timeout", g.io_timeout),
     ];
-    keys.extend(tls_server(tls, &g.auth, g.io_timeout));
+    keys.extend(tls_server(tls, &g.auth));
     keys
 }
 

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use pgshift_core::datadir::DataDir;
+use pgshift_core::ini;
 use pgshift_core::pg::sql::quote_literal;
 use pgshift_core::pg::Client;
 use pgshift_core::pgbackrest;
@@ -89,26 +90,38 @@ pub fn run(
                 queue_max: &p.archive_push_queue_max,
                 // The repository's certificate name may use this stanza through our server.
                 auth: vec![format!("{repository_host}={stanza}")],
-                io_timeout: p.io_timeout,
             },
         );
         let stanza_keys = conf::database_stanza(Path::new(&pg_path), p.pg_port);
         let (name, unit) = units::server(&p.config_file, owner);
         want_units.insert(name, unit);
-        conf::render(
+        let text = conf::render(
             &base,
             conf::owned(conf::GLOBAL_DATABASE),
             &global,
             &[(stanza.to_string(), stanza_keys)],
             &[],
+        );
+        let push = conf::archive_push(p.archive_timeout, p.io_timeout);
+        ini::set_section(
+            &text,
+            conf::ARCHIVE_PUSH_SECTION,
+            conf::is_archive_push_key,
+            &push,
         )
     } else {
-        conf::render(
+        let text = conf::render(
             &base,
             conf::owned(conf::GLOBAL_DATABASE),
             &vec![],
             &[],
             &[stanza.to_string()],
+        );
+        ini::set_section(
+            &text,
+            conf::ARCHIVE_PUSH_SECTION,
+            conf::is_archive_push_key,
+            &[],
         )
     };
     units::verify(&want_units)?;

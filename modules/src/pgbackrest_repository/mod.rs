@@ -74,7 +74,6 @@ const SPEC: &[Arg] = &[
     Arg::new("user", Kind::Str).default(Default::Str("postgres")),
     Arg::new("tls", Kind::Dict).suboptions(TLS),
     Arg::new("units_dir", Kind::Path).default(Default::Str("/etc/systemd/system")),
-    Arg::new("io_timeout", Kind::Int).default(Default::Int(10)),
     // role: repository
     Arg::new("stanzas", Kind::ListOfDicts).suboptions(STANZA),
     Arg::new("repo_path", Kind::Path).default(Default::Str("/var/lib/pgbackrest")),
@@ -90,6 +89,8 @@ const SPEC: &[Arg] = &[
     Arg::new("repository_config_file", Kind::Path),
     Arg::new("spool_path", Kind::Path).default(Default::Str("/var/spool/pgbackrest")),
     Arg::new("archive_push_queue_max", Kind::Str).default(Default::Str("4GiB")),
+    Arg::new("archive_timeout", Kind::Int).default(Default::Int(5)),
+    Arg::new("io_timeout", Kind::Int).default(Default::Int(10)),
     Arg::new("data_directory", Kind::Path),
 ];
 
@@ -142,7 +143,6 @@ pub struct Params {
     user: String,
     tls: Option<Tls>,
     units_dir: PathBuf,
-    io_timeout: i64,
     stanzas: Option<Vec<Stanza>>,
     repo_path: PathBuf,
     retention_full: i64,
@@ -156,6 +156,8 @@ pub struct Params {
     repository_config_file: Option<PathBuf>,
     spool_path: PathBuf,
     archive_push_queue_max: String,
+    archive_timeout: i64,
+    io_timeout: i64,
     data_directory: Option<PathBuf>,
 }
 
@@ -173,10 +175,12 @@ impl Module for PgbackrestRepository {
         login: LoginParams,
     ) -> Result<Map<String, Value>, Failure> {
         let owner = Owner::lookup(&p.user)?;
-        if p.io_timeout < 1 {
-            return Err(
-                format!("io_timeout must be at least 1 second, got {}", p.io_timeout).into(),
-            );
+        if p.io_timeout < 1 || p.archive_timeout < 1 {
+            return Err(format!(
+                "io_timeout and archive_timeout must be at least 1 second, got {} and {}",
+                p.io_timeout, p.archive_timeout
+            )
+            .into());
         }
         match p.role.as_str() {
             "repository" => repository::run(ctx, &p, &owner),

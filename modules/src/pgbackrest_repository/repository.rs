@@ -56,7 +56,6 @@ pub fn run(ctx: &mut Context, p: &Params, owner: &Owner) -> Result<Map<String, V
                 retention_full: p.retention_full,
                 retention_diff: p.retention_diff,
                 auth: server_auth(&wanted),
-                io_timeout: p.io_timeout,
             },
         );
         let sections: Vec<(String, conf::Keys)> = wanted

@@ -1,0 +1,338 @@
+//! `/etc/pgshift/agent.toml`: read once at start and checked as a whole, so a typo is one
+//! clear error naming the key instead of an agent that misbehaves later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::decide::Timing;
+
+pub const DEFAULT_PATH: &str = "/etc/pgshift/agent.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Cluster name: etcd keys live under `/pgshift/<cluster>/`.
+    pub cluster: String,
+    /// This node's name (the inventory host name).
+    pub name: String,
+    #[serde(default)]
+    pub api: Api,
+    pub etcd: Etcd,
+    pub postgresql: Postgresql,
+    pub replication: Replication,
+    #[serde(default)]
+    pub timing: TimingConfig,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// host:port others (and the CLI) use to reach this node's API.
+    pub connect_address: Option<String>,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            listen: default_listen(),
+            connect_address: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8008".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// `http://host:port` client URLs of the etcd members.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgresql {
+    pub data_directory: PathBuf,
+    /// postgresql.conf (Debian keeps it outside the data directory).
+    pub config_file: Option<PathBuf>,
+    #[serde(default = "default_bin_dir")]
+    pub bin_dir: PathBuf,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_socket_dir")]
+    pub socket_dir: PathBuf,
+    /// The operating-system user PostgreSQL runs as.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// host:port other nodes use to reach this PostgreSQL (replication, rewind).
+    pub connect_address: String,
+}
+
+fn default_bin_dir() -> PathBuf {
+    "/usr/lib/postgresql/15/bin".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_socket_dir() -> PathBuf {
+    "/var/run/postgresql".into()
+}
+fn default_user() -> String {
+    "postgres".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    pub user: String,
+    /// A .pgpass holding the replication user's password (the agent never holds it).
+    pub passfile: PathBuf,
+    #[serde(default = "default_sslmode")]
+    pub sslmode: String,
+}
+
+fn default_sslmode() -> String {
+    "prefer".into()
+}
+
+/// Seconds, as operators write them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingConfig {
+    #[serde(default = "default_ttl")]
+    pub ttl: f64,
+    #[serde(default = "default_loop_wait")]
+    pub loop_wait: f64,
+    #[serde(default = "default_retry_timeout")]
+    pub retry_timeout: f64,
+    /// Bytes a standby may be behind the last known leader position and still be promoted.
+    #[serde(default = "default_max_lag")]
+    pub maximum_lag_on_failover: u64,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        TimingConfig {
+            ttl: default_ttl(),
+            loop_wait: default_loop_wait(),
+            retry_timeout: default_retry_timeout(),
+            maximum_lag_on_failover: default_max_lag(),
+        }
+    }
+}
+
+fn default_ttl() -> f64 {
+    4.0
+}
+fn default_loop_wait() -> f64 {
+    1.0
+}
+fn default_retry_timeout() -> f64 {
+    2.0
+}
+fn default_max_lag() -> u64 {
+    1 << 20
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    #[serde(default)]
+    pub nofailover: bool,
+    #[serde(default = "default_priority")]
+    pub priority: i32,
+}
+
+fn default_priority() -> i32 {
+    1
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Tags {
+            nofailover: false,
+            priority: default_priority(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        };
+        if !name_ok(&self.cluster) {
+            return Err(format!(
+                "cluster {:?}: use letters, digits, '-', '_' or '.'",
+                self.cluster
+            ));
+        }
+        if !name_ok(&self.name) {
+            return Err(format!(
+                "name {:?}: use letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        self.api
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("api.listen {:?} is not an address:port", self.api.listen))?;
+        if self.etcd.endpoints.is_empty() {
+            return Err("etcd.endpoints is empty: list the etcd members' client URLs".into());
+        }
+        for e in &self.etcd.endpoints {
+            crate::etcd::Endpoint::parse(e).map_err(|why| format!("etcd.endpoints: {why}"))?;
+        }
+        if !self.postgresql.data_directory.is_absolute() {
+            return Err("postgresql.data_directory must be an absolute path".into());
+        }
+        host_port(
+            "postgresql.connect_address",
+            &self.postgresql.connect_address,
+        )?;
+        if let Some(a) = &self.api.connect_address {
+            host_port("api.connect_address", a)?;
+        }
+        let t = &self.timing;
+        for (k, v) in [
+            ("ttl", t.ttl),
+            ("loop_wait", t.loop_wait),
+            ("retry_timeout", t.retry_timeout),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 3600.0) {
+                return Err(format!("timing.{k} = {v}: give seconds between 0 and 3600"));
+            }
+        }
+        // A leader fences after retry_timeout without a successful write; it checks every
+        // loop_wait. Both must fit inside ttl, or a follower could promote first.
+        if t.retry_timeout + t.loop_wait >= t.ttl {
+            return Err(format!(
+                "timing: retry_timeout ({}) + loop_wait ({}) must be less than ttl ({}), so a leader that cannot renew fences itself before its followers give up on it",
+                t.retry_timeout, t.loop_wait, t.ttl
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timing(&self) -> Timing {
+        let ms = |s: f64| (s * 1000.0).round() as u64;
+        Timing {
+            ttl: ms(self.timing.ttl),
+            loop_wait: ms(self.timing.loop_wait),
+            retry_timeout: ms(self.timing.retry_timeout),
+        }
+    }
+
+    /// The API address others use: connect_address, or the listen address.
+    pub fn api_address(&self) -> String {
+        self.api
+            .connect_address
+            .clone()
+            .unwrap_or_else(|| self.api.listen.clone())
+    }
+}
+
+fn host_port(what: &str, v: &str) -> Result<(), String> {
+    match v.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("{what} {v:?} is not host:port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "main"
+name = "db1"
+[api]
+connect_address = "10.77.0.11:8008"
+[etcd]
+endpoints = ["http://10.77.0.11:2379", "http://10.77.0.12:2379"]
+[postgresql]
+data_directory = "/var/lib/postgresql/15/main"
+config_file = "/etc/postgresql/15/main/postgresql.conf"
+connect_address = "db1:5432"
+[replication]
+user = "replicator"
+passfile = "/var/lib/postgresql/.pgpass"
+"#;
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.api.listen, "0.0.0.0:8008");
+        assert_eq!(
+            c.timing(),
+            Timing {
+                ttl: 4000,
+                loop_wait: 1000,
+                retry_timeout: 2000
+            }
+        );
+        assert_eq!(c.tags.priority, 1);
+        assert!(!c.tags.nofailover);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("name = \"db1\"", "name = \"db 1\""),
+                "name \"db 1\"",
+            ),
+            (
+                GOOD.replace("[api]", "[api]\nlisten = \"8008\""),
+                "api.listen",
+            ),
+            (
+                GOOD.replace("\"http://10.77.0.11:2379\", ", "\"https//x\", "),
+                "etcd.endpoints",
+            ),
+            (
+                GOOD.replace("db1:5432", "db1"),
+                "postgresql.connect_address",
+            ),
+            (
+                format!("{GOOD}[timing]\nttl = 2\n"),
+                "must be less than ttl",
+            ),
+            (format!("{GOOD}[timing]\nttl = -1\n"), "timing.ttl"),
+            (
+                GOOD.replace("[replication]", "[replication]\nbogus = 1"),
+                "unknown field `bogus`",
+            ),
+            (
+                GOOD.replace("cluster = \"main\"\n", ""),
+                "missing field `cluster`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(&text).unwrap_err();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The HA decision: what this node knows (its PostgreSQL, the cluster as read from etcd, its
+//! own clock) in, one action out. No I/O and no clock reading here, so every situation is a
+//! row in a table test.
+//!
+//! Leadership is a key in etcd that the leader rewrites every `loop_wait` (each write bumps
+//! its mod_revision). A follower does not wait for the key's lease to expire: it notes, by
+//! its own monotonic clock, when it first saw the current revision, and treats the leader as
+//! gone once that revision is `ttl` old. That matters because a new etcd raft leader re-arms
+//! every lease to its full TTL: after a crash of the host that held both the PostgreSQL and
+//! the etcd leadership, a lease-only design would wait up to TTL plus an election. The
+//! takeover is a transaction on that same revision, so a leader that did write meanwhile
+//! makes it fail. The leader fences itself (stops accepting writes) once its last successful
+//! write is `retry_timeout` old, which is before any follower can count `ttl` from a
+//! revision it saw no earlier than that write.
+
+use std::cmp::Ordering;
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: Millis,
+    pub loop_wait: Millis,
+    pub retry_timeout: Millis,
+}
+
+/// What a node publishes about itself in its member key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub running: bool,
+    pub in_recovery: bool,
+    pub timeline: u32,
+    /// Received (standby) or written (primary) WAL position.
+    pub lsn: u64,
+    pub nofailover: bool,
+    pub priority: i32,
+}
+
+/// The leader key: who, and the revision of its last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    pub name: String,
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cluster {
+    /// etcd did not answer (no quorum reachable).
+    Unreachable,
+    Read {
+        leader: Option<Leader>,
+        /// Members whose keys are alive (each bound to its node's lease), this node included
+        /// or not; this node's own facts come from `Local`.
+        members: Vec<Member>,
+    },
+}
+
+/// This node's PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub running: bool,
+    pub in_recovery: bool,
+    pub timeline: u32,
+    pub lsn: u64,
+    /// The node its replication is configured to follow.
+    pub upstream: Option<String>,
+    /// A standby whose history left the leader's (it was written to after the fork):
+    /// streaming cannot resume without a rewind.
+    pub diverged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub me: String,
+    pub now: Millis,
+    pub timing: Timing,
+    pub cluster: Cluster,
+    pub local: Local,
+    /// The leader revision this node last saw change, and when it first saw it.
+    pub leader_seen: Option<(i64, Millis)>,
+    /// When this node's last leader-key write succeeded.
+    pub last_leader_write: Option<Millis>,
+    pub maximum_lag_on_failover: u64,
+    pub nofailover: bool,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start PostgreSQL as a standby of `leader` (None: keep its replication settings).
+    StartStandby { leader: Option<String> },
+    /// Start PostgreSQL as the primary (this node holds the leader key).
+    StartPrimary,
+    /// Rewrite the leader key (proves this node still leads).
+    RenewLeader,
+    /// Take the leader key with a transaction on `expected` (None: the key is absent), then
+    /// promote when this node is a standby.
+    TakeLeader {
+        expected: Option<i64>,
+        promote: bool,
+    },
+    /// Promote: this node holds the leader key but still runs as a standby.
+    Promote,
+    /// Stop accepting writes now.
+    Fence { reason: String },
+    /// Point replication at `leader` (primary_conninfo, reload).
+    Follow { leader: String },
+    /// Become `leader`'s standby after diverging from it: rewind (or rebuild), then stream.
+    Rejoin { leader: String },
+    /// Nothing to do now.
+    Wait { reason: String },
+}
+
+fn wait(reason: impl Into<String>) -> Action {
+    Action::Wait {
+        reason: reason.into(),
+    }
+}
+
+pub fn decide(f: &Facts) -> Action {
+    let writable = f.local.running && !f.local.in_recovery;
+    let (leader, members) = match &f.cluster {
+        Cluster::Unreachable => return without_etcd(f, writable),
+        Cluster::Read { leader, members } => (leader.as_ref(), members),
+    };
+    let stale = leader.is_some_and(|l| is_stale(f, l));
+    match leader {
+        Some(l) if l.name == f.me => {
+            if !holds_lease(f) {
+                // Renewals have been failing: stop writing before a follower can count ttl.
+                if writable && f.last_leader_write.is_some() {
+                    return Action::Fence {
+                        reason: format!(
+                            "no successful leader write for {} ms (retry_timeout {} ms)",
+                            f.last_leader_write.map_or(0, |t| f.now.saturating_sub(t)),
+                            f.timing.retry_timeout
+                        ),
+                    };
+                }
+                // Just started (or never wrote): prove leadership before acting on it.
+                return Action::RenewLeader;
+            }
+            if !f.local.running {
+                Action::StartPrimary
+            } else if f.local.in_recovery {
+                Action::Promote
+            } else {
+                Action::RenewLeader
+            }
+        }
+        Some(l) if !stale => follow(f, &l.name, writable),
+        _ => no_leader(f, leader, members, writable),
+    }
+}
+
+/// etcd unreachable: nobody can be elected, a primary keeps writing only while its last
+/// write is fresh, and a stopped PostgreSQL may always start as a standby.
+fn without_etcd(f: &Facts, writable: bool) -> Action {
+    if writable {
+        if holds_lease(f) {
+            wait("etcd unreachable; leadership still within retry_timeout")
+        } else {
+            Action::Fence {
+                reason: "etcd unreachable: leadership cannot be renewed".into(),
+            }
+        }
+    } else if !f.local.running {
+        Action::StartStandby { leader: None }
+    } else {
+        wait("etcd unreachable; staying a standby")
+    }
+}
+
+fn holds_lease(f: &Facts) -> bool {
+    f.last_leader_write
+        .is_some_and(|t| f.now.saturating_sub(t) < f.timing.retry_timeout)
+}
+
+fn is_stale(f: &Facts, l: &Leader) -> bool {
+    match f.leader_seen {
+        Some((rev, since)) if rev == l.revision => f.now.saturating_sub(since) >= f.timing.ttl,
+        // A revision we have not timed yet is fresh.
+        _ => false,
+    }
+}
+
+/// Another node leads and is alive.
+fn follow(f: &Facts, leader: &str, writable: bool) -> Action {
+    if writable {
+        // Two writers must never coexist: a writable node that is not the leader has
+        // diverged by definition (it may have taken writes the leader never saw).
+        return Action::Rejoin {
+            leader: leader.to_string(),
+        };
+    }
+    if !f.local.running {
+        return Action::StartStandby {
+            leader: Some(leader.to_string()),
+        };
+    }
+    if f.local.diverged {
+        return Action::Rejoin {
+            leader: leader.to_string(),
+        };
+    }
+    if f.local.upstream.as_deref() != Some(leader) {
+        return Action::Follow {
+            leader: leader.to_string(),
+        };
+    }
+    wait(format!("streaming from {leader}"))
+}
+
+/// The leader key is absent or stale: the most advanced eligible node takes it.
+fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: bool) -> Action {
+    let expected = leader.map(|l| l.revision);
+    if writable {
+        // A primary without the key (it expired, e.g. after an etcd outage): it is the most
+        // advanced node by construction, so it reclaims the key or, failing that, rejoins.
+        return Action::TakeLeader {
+            expected,
+            promote: false,
+        };
+    }
+    if !f.local.running {
+        return Action::StartStandby { leader: None };
+    }
+    if f.nofailover {
+        return wait("no leader, and this node is tagged nofailover");
+    }
+    if f.local.diverged {
+        return wait("no leader, and this node's history diverged: it cannot be promoted");
+    }
+    let leader_lsn = leader
+        .and_then(|l| members.iter().find(|m| m.name == l.name))
+        .map(|m| m.lsn);
+    if let Some(lsn) = leader_lsn {
+        let lag = lsn.saturating_sub(f.local.lsn);
+        if lag > f.maximum_lag_on_failover {
+            return wait(format!(
+                "no leader, but this node is {lag} bytes behind it (maximum_lag_on_failover {})",
+                f.maximum_lag_on_failover
+            ));
+        }
+    }
+    let me = Member {
+        name: f.me.clone(),
+        running: true,
+        in_recovery: true,
+        timeline: f.local.timeline,
+        lsn: f.local.lsn,
+        nofailover: false,
+        priority: f.priority,
+    };
+    let better = members.iter().find(|m| {
+        m.name != f.me
+            && leader.is_none_or(|l| l.name != m.name)
+            && m.running
+            && m.in_recovery
+            && !m.nofailover
+            && rank(m, &me) == Ordering::Greater
+    });
+    if let Some(b) = better {
+        return wait(format!("no leader; {} is the better candidate", b.name));
+    }
+    Action::TakeLeader {
+        expected,
+        promote: true,
+    }
+}
+
+/// Candidate order: newer timeline, then more WAL, then higher priority, then the smaller
+/// name (so two equal nodes agree on one).
+fn rank(a: &Member, b: &Member) -> Ordering {
+    a.timeline
+        .cmp(&b.timeline)
+        .then(a.lsn.cmp(&b.lsn))
+        .then(a.priority.cmp(&b.priority))
+        .then(b.name.cmp(&a.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: Timing = Timing {
+        ttl: 4000,
+        loop_wait: 1000,
+        retry_timeout: 2000,
+    };
+
+    fn member(name: &str, in_recovery: bool, lsn: u64) -> Member {
+        Member {
+            name: name.into(),
+            running: true,
+            in_recovery,
+            timeline: 1,
+            lsn,
+            nofailover: false,
+            priority: 1,
+        }
+    }
+
+    fn standby(upstream: &str, lsn: u64) -> Local {
+        Local {
+            running: true,
+            in_recovery: true,
+            timeline: 1,
+            lsn,
+            upstream: Some(upstream.into()),
+            diverged: false,
+        }
+    }
+
+    fn primary(lsn: u64) -> Local {
+        Local {
+            running: true,
+            in_recovery: false,
+            timeline: 1,
+            lsn,
+            upstream: None,
+            diverged: false,
+        }
+    }
+
+    fn stopped() -> Local {
+        Local {
+            running: false,
+            in_recovery: false,
+            timeline: 1,
+            lsn: 0,
+            upstream: None,
+            diverged: false,
+        }
+    }
+
+    fn leader(name: &str, revision: i64) -> Option<Leader> {
+        Some(Leader {
+            name: name.into(),
+            revision,
+        })
+    }
+
+    /// db2's view at t=10 s unless the row changes it.
+    fn facts(local: Local, cluster: Cluster) -> Facts {
+        Facts {
+            me: "db2".into(),
+            now: 10_000,
+            timing: TIMING,
+            cluster,
+            local,
+            leader_seen: Some((7, 9_500)),
+            last_leader_write: None,
+            maximum_lag_on_failover: 1 << 20,
+            nofailover: false,
+            priority: 1,
+        }
+    }
+
+    fn read(leader: Option<Leader>, members: Vec<Member>) -> Cluster {
+        Cluster::Read { leader, members }
+    }
+
+    fn take(expected: Option<i64>) -> Action {
+        Action::TakeLeader {
+            expected,
+            promote: true,
+        }
+    }
+
+    fn is_wait(a: &Action) -> bool {
+        matches!(a, Action::Wait { .. })
+    }
+
+    #[test]
+    fn table() {
+        let both = |p: u64, s: u64| vec![member("db1", false, p), member("db2", true, s)];
+        // (situation, facts, expected action or a predicate on it)
+        type Check = Box<dyn Fn(&Action) -> bool>;
+        let is = |want: Action| -> Check { Box::new(move |a| *a == want) };
+        let waits: fn() -> Check = || Box::new(is_wait);
+        let mut rows: Vec<(&str, Facts, Check)> = vec![
+            (
+                "healthy leader, I am it: renew",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(9_200),
+                    ..facts(primary(100), read(leader("db1", 7), both(100, 100)))
+                },
+                is(Action::RenewLeader),
+            ),
+            (
+                "healthy leader, I stream from it: nothing",
+                facts(standby("db1", 100), read(leader("db1", 7), both(100, 100))),
+                waits(),
+            ),
+            (
+                "healthy leader, I follow someone else: follow it",
+                facts(standby("db3", 100), read(leader("db1", 7), both(100, 100))),
+                is(Action::Follow {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "leader's revision not yet timed (fresh)",
+                Facts {
+                    leader_seen: Some((6, 0)),
+                    ..facts(standby("db1", 100), read(leader("db1", 7), both(100, 100)))
+                },
+                waits(),
+            ),
+            (
+                "leader stopped writing for ttl, I am the best: take it",
+                Facts {
+                    leader_seen: Some((7, 5_000)),
+                    ..facts(
+                        standby("db1", 100),
+                        read(leader("db1", 7), vec![member("db2", true, 100)]),
+                    )
+                },
+                is(take(Some(7))),
+            ),
+            (
+                "leader stopped writing just under ttl: wait",
+                Facts {
+                    leader_seen: Some((7, 6_001)),
+                    ..facts(
+                        standby("db1", 100),
+                        read(leader("db1", 7), vec![member("db2", true, 100)]),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "no leader key (lease expired), I am the best: take it",
+                facts(
+                    standby("db1", 100),
+                    read(None, vec![member("db2", true, 100)]),
+                ),
+                is(take(None)),
+            ),
+            (
+                "no leader, another standby received more: wait for it",
+                facts(
+                    standby("db1", 100),
+                    read(
+                        None,
+                        vec![member("db2", true, 100), member("db3", true, 150)],
+                    ),
+                ),
+                waits(),
+            ),
+            (
+                "no leader, the more advanced standby is nofailover: take it",
+                facts(
+                    standby("db1", 100),
+                    read(
+                        None,
+                        vec![Member {
+                            nofailover: true,
+                            ..member("db3", true, 150)
+                        }],
+                    ),
+                ),
+                is(take(None)),
+            ),
+            (
+                "no leader, equal LSN, higher priority elsewhere: wait",
+                facts(
+                    standby("db1", 100),
+                    read(
+                        None,
+                        vec![Member {
+                            priority: 5,
+                            ..member("db3", true, 100)
+                        }],
+                    ),
+                ),
+                waits(),
+            ),
+            (
+                "no leader, equal LSN and priority: the smaller name wins (db1 over me)",
+                facts(
+                    standby("x", 100),
+                    read(None, vec![member("db1", true, 100)]),
+                ),
+                waits(),
+            ),
+            (
+                "no leader, equal LSN and priority: I (db2) win over db3",
+                facts(
+                    standby("x", 100),
+                    read(None, vec![member("db3", true, 100)]),
+                ),
+                is(take(None)),
+            ),
+            (
+                "stale leader, but I lag more than maximum_lag_on_failover",
+                Facts {
+                    leader_seen: Some((7, 1_000)),
+                    ..facts(
+                        standby("db1", 100),
+                        read(leader("db1", 7), both(100 + (2 << 20), 100)),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "stale leader, lag within the limit: take it",
+                Facts {
+                    leader_seen: Some((7, 1_000)),
+                    ..facts(standby("db1", 100), read(leader("db1", 7), both(200, 100)))
+                },
+                is(take(Some(7))),
+            ),
+            (
+                "no leader, I am tagged nofailover",
+                Facts {
+                    nofailover: true,
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "no leader, my timeline diverged: never promote",
+                facts(
+                    Local {
+                        diverged: true,
+                        ..standby("db1", 100)
+                    },
+                    read(None, vec![]),
+                ),
+                waits(),
+            ),
+            (
+                "a newer timeline beats more WAL on an older one",
+                facts(
+                    standby("db1", 500),
+                    read(
+                        None,
+                        vec![Member {
+                            timeline: 2,
+                            ..member("db3", true, 100)
+                        }],
+                    ),
+                ),
+                waits(),
+            ),
+            (
+                "leader alive, my history diverged: rejoin",
+                facts(
+                    Local {
+                        diverged: true,
+                        ..standby("db1", 100)
+                    },
+                    read(leader("db1", 7), both(100, 100)),
+                ),
+                is(Action::Rejoin {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "another node leads and I am writable (old primary back): rejoin",
+                facts(primary(100), read(leader("db1", 7), both(100, 100))),
+                is(Action::Rejoin {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "I hold the key but my last write is older than retry_timeout: fence",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(7_000),
+                    ..facts(primary(100), read(leader("db1", 7), both(100, 100)))
+                },
+                Box::new(|a| matches!(a, Action::Fence { .. })),
+            ),
+            (
+                "etcd unreachable, I am primary with a fresh write: keep going",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(9_000),
+                    ..facts(primary(100), Cluster::Unreachable)
+                },
+                waits(),
+            ),
+            (
+                "etcd unreachable, I am primary, write too old: fence",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(8_000),
+                    ..facts(primary(100), Cluster::Unreachable)
+                },
+                Box::new(|a| matches!(a, Action::Fence { .. })),
+            ),
+            (
+                "etcd unreachable, I am a standby: never promote",
+                facts(standby("db1", 100), Cluster::Unreachable),
+                waits(),
+            ),
+            (
+                "etcd unreachable, PostgreSQL down: start it as a standby only",
+                facts(stopped(), Cluster::Unreachable),
+                is(Action::StartStandby { leader: None }),
+            ),
+            (
+                "PostgreSQL down, another node leads: start as its standby",
+                facts(stopped(), read(leader("db1", 7), both(100, 100))),
+                is(Action::StartStandby {
+                    leader: Some("db1".into()),
+                }),
+            ),
+            (
+                "PostgreSQL down, no leader: start as a standby, never as primary",
+                facts(stopped(), read(None, vec![])),
+                is(Action::StartStandby { leader: None }),
+            ),
+            (
+                "PostgreSQL down, I hold a fresh leader key: start as primary",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(9_500),
+                    ..facts(stopped(), read(leader("db1", 7), both(100, 100)))
+                },
+                is(Action::StartPrimary),
+            ),
+            (
+                "I hold the key but still recover (took it, promote pending): promote",
+                Facts {
+                    last_leader_write: Some(9_900),
+                    ..facts(standby("db1", 100), read(leader("db2", 8), both(100, 100)))
+                },
+                is(Action::Promote),
+            ),
+            (
+                "a primary without the key (etcd was down): reclaim it",
+                Facts {
+                    me: "db1".into(),
+                    ..facts(primary(100), read(None, vec![member("db2", true, 100)]))
+                },
+                is(Action::TakeLeader {
+                    expected: None,
+                    promote: false,
+                }),
+            ),
+            (
+                "the key names me but I have not written it since starting: renew first",
+                Facts {
+                    me: "db1".into(),
+                    ..facts(primary(100), read(leader("db1", 7), both(100, 100)))
+                },
+                is(Action::RenewLeader),
+            ),
+            (
+                "the key names me, PostgreSQL down, no fresh write: renew before starting it",
+                Facts {
+                    me: "db1".into(),
+                    ..facts(stopped(), read(leader("db1", 7), both(100, 100)))
+                },
+                is(Action::RenewLeader),
+            ),
+        ];
+        // Two candidates racing: both see the same stale revision and both decide to take
+        // it; the transaction on that revision lets one win. Each side's decision is a take.
+        let racing = |me: &str, other: &str| Facts {
+            me: me.into(),
+            leader_seen: Some((7, 1_000)),
+            ..facts(
+                standby("db1", 100),
+                read(leader("db1", 7), vec![member(other, true, 100)]),
+            )
+        };
+        rows.push((
+            "two candidates racing (db2)",
+            racing("db2", "db3"),
+            is(take(Some(7))),
+        ));
+        rows.push((
+            "two candidates racing, equal: db3 defers to db2",
+            racing("db3", "db2"),
+            waits(),
+        ));
+        for (name, f, check) in &rows {
+            let got = decide(f);
+            assert!(check(&got), "{name}: got {got:?}");
+        }
+    }
+}

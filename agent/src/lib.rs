@@ -1,0 +1,6 @@
+//! pgshift-agent: the per-host HA agent and its CLI. The decision is a pure function
+//! ([`decide`]); everything else adapts it to etcd, PostgreSQL, HTTP and processes.
+
+pub mod config;
+pub mod decide;
+pub mod etcd;
