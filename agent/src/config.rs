@@ -97,6 +97,14 @@ pub struct Replication {
     pub passfile: PathBuf,
     #[serde(default = "default_sslmode")]
     pub sslmode: String,
+    /// The role pg_rewind connects as (pg_ls_dir, pg_stat_file, pg_read_binary_file),
+    /// its password in the same passfile.
+    #[serde(default = "default_rewind_user")]
+    pub rewind_user: String,
+}
+
+fn default_rewind_user() -> String {
+    "pgshift_rewind".into()
 }
 
 fn default_sslmode() -> String {
@@ -129,14 +137,17 @@ impl Default for TimingConfig {
     }
 }
 
+// Crash failover takes about ttl plus one loop plus the promotion; the leader fences after
+// retry_timeout without a successful write, which must also outlast an etcd election
+// (~0.5-1 s with the lab's election timeout of 500 ms).
 fn default_ttl() -> f64 {
-    4.0
+    3.0
 }
 fn default_loop_wait() -> f64 {
-    1.0
+    0.5
 }
 fn default_retry_timeout() -> f64 {
-    2.0
+    1.5
 }
 fn default_max_lag() -> u64 {
     1 << 20
@@ -288,9 +299,9 @@ passfile = "/var/lib/postgresql/.pgpass"
         assert_eq!(
             c.timing(),
             Timing {
-                ttl: 4000,
-                loop_wait: 1000,
-                retry_timeout: 2000
+                ttl: 3000,
+                loop_wait: 500,
+                retry_timeout: 1500
             }
         );
         assert_eq!(c.tags.priority, 1);

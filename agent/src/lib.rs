@@ -1,6 +1,12 @@
 //! pgshift-agent: the per-host HA agent and its CLI. The decision is a pure function
 //! ([`decide`]); everything else adapts it to etcd, PostgreSQL, HTTP and processes.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod dcs;
 pub mod decide;
 pub mod etcd;
+pub mod guard;
+pub mod postgres;

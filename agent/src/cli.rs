@@ -1,0 +1,104 @@
+//! `pgshift status`: the cluster as etcd has it, from any database host (it reads the local
+//! agent's configuration for the cluster name and the etcd endpoints).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::dcs::{Dcs, View};
+use crate::etcd::Client;
+
+pub fn status(cfg: &Config, as_json: bool) -> Result<String, String> {
+    let etcd = Client::new(&cfg.etcd.endpoints, Duration::from_secs(3))?;
+    let view = Dcs::new(etcd, &cfg.cluster).read().map_err(|e| {
+        format!(
+            "{e} (endpoints: {}); is etcd running there?",
+            cfg.etcd.endpoints.join(", ")
+        )
+    })?;
+    let doc = status_json(&view);
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&doc).expect("serializable"));
+    }
+    Ok(table(&cfg.cluster, &doc))
+}
+
+/// The contract other tools read: `leader` (a name or null) and `members`, each with
+/// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`.
+pub fn status_json(view: &View) -> Value {
+    let leader = view.leader.as_ref().map(|l| l.name.clone());
+    let leader_lsn = leader.as_ref().and_then(|l| view.member(l)).map(|m| m.lsn);
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            let lag = match (m.role.as_str(), leader_lsn) {
+                ("replica", Some(l)) => json!(l.saturating_sub(m.replayed_lsn)),
+                ("primary", _) => json!(0),
+                _ => Value::Null,
+            };
+            json!({
+                "name": m.name,
+                "host": m.host(),
+                "role": m.role,
+                "state": m.state,
+                "timeline": m.timeline,
+                "lag_bytes": lag,
+                "leader": leader.as_deref() == Some(m.name.as_str()),
+                "upstream": m.upstream,
+                "api": m.api,
+            })
+        })
+        .collect();
+    json!({"leader": leader, "members": members})
+}
+
+fn table(cluster: &str, doc: &Value) -> String {
+    let mut rows = vec![[
+        "MEMBER".to_string(),
+        "HOST".into(),
+        "ROLE".into(),
+        "STATE".into(),
+        "TL".into(),
+        "LAG".into(),
+        "LEADER".into(),
+    ]];
+    for m in doc["members"].as_array().into_iter().flatten() {
+        let s = |k: &str| match &m[k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            v => v.to_string(),
+        };
+        rows.push([
+            s("name"),
+            s("host"),
+            s("role"),
+            s("state"),
+            s("timeline"),
+            s("lag_bytes"),
+            if m["leader"] == json!(true) {
+                "*".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "cluster {cluster}, leader: {}\n",
+        doc["leader"].as_str().unwrap_or("none")
+    );
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,154 @@
+//! The cluster's state in etcd, under `/pgshift/<cluster>/`:
+//! - `leader`: the leader's node name, bound to its agent's lease and rewritten every loop
+//!   (each write bumps the key's mod_revision, which followers time; see `decide`);
+//! - `members/<name>`: each node's published facts (JSON), bound to its agent's lease;
+//! - `history`: the leader changes, newest last (JSON list).
+
+use serde::{Deserialize, Serialize};
+
+use crate::decide::{Leader, Member};
+use crate::etcd::{self, Client};
+
+/// What a node publishes about itself; also what `/cluster` and `pgshift status` show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub name: String,
+    /// host:port of its PostgreSQL, as other nodes reach it.
+    pub conn: String,
+    /// host:port of its API.
+    pub api: String,
+    /// "primary", "replica" or "stopped".
+    pub role: String,
+    /// What the agent is doing: "running", "starting", "promoting", "rejoining", "fenced", ...
+    pub state: String,
+    pub timeline: u32,
+    /// Written (primary) or received (standby) WAL position.
+    pub lsn: u64,
+    pub replayed_lsn: u64,
+    /// The node it streams from.
+    pub upstream: Option<String>,
+    pub nofailover: bool,
+    pub priority: i32,
+}
+
+impl MemberRecord {
+    pub fn host(&self) -> &str {
+        self.conn.rsplit_once(':').map_or(&self.conn, |(h, _)| h)
+    }
+
+    pub fn as_member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            running: self.role != "stopped",
+            in_recovery: self.role == "replica",
+            timeline: self.timeline,
+            lsn: self.lsn,
+            nofailover: self.nofailover,
+            priority: self.priority,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub leader: String,
+    pub timeline: u32,
+    /// Unix seconds.
+    pub at: u64,
+    pub reason: String,
+}
+
+/// One consistent read of the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub leader: Option<Leader>,
+    pub members: Vec<MemberRecord>,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl View {
+    pub fn member(&self, name: &str) -> Option<&MemberRecord> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+pub struct Dcs {
+    pub etcd: Client,
+    prefix: String,
+}
+
+impl Dcs {
+    pub fn new(etcd: Client, cluster: &str) -> Dcs {
+        Dcs {
+            etcd,
+            prefix: format!("/pgshift/{cluster}/"),
+        }
+    }
+
+    pub fn leader_key(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    fn member_key(&self, name: &str) -> String {
+        format!("{}members/{name}", self.prefix)
+    }
+
+    pub fn read(&self) -> Result<View, etcd::Error> {
+        let (_, kvs) = self.etcd.range_prefix(&self.prefix)?;
+        let mut view = View::default();
+        for kv in kvs {
+            let Some(rest) = kv.key.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if rest == "leader" {
+                view.leader = Some(Leader {
+                    name: kv.value,
+                    revision: kv.mod_revision,
+                });
+            } else if rest.starts_with("members/") {
+                // A record we cannot read (another version's) is skipped, not fatal.
+                if let Ok(m) = serde_json::from_str::<MemberRecord>(&kv.value) {
+                    view.members.push(m);
+                }
+            } else if rest == "history" {
+                view.history = serde_json::from_str(&kv.value).unwrap_or_default();
+            }
+        }
+        view.members.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(view)
+    }
+
+    pub fn publish(&self, me: &MemberRecord, lease: i64) -> Result<(), etcd::Error> {
+        let value = serde_json::to_string(me).expect("serializable");
+        self.etcd
+            .put(&self.member_key(&me.name), &value, lease)
+            .map(|_| ())
+    }
+
+    /// Takes or renews the leader key on `expected` (None: only if absent); the new
+    /// revision, or None when someone else changed it first.
+    pub fn write_leader(
+        &self,
+        me: &str,
+        lease: i64,
+        expected: Option<i64>,
+    ) -> Result<Option<i64>, etcd::Error> {
+        self.etcd.put_if(&self.leader_key(), me, lease, expected)
+    }
+
+    /// Gives the key up (a fenced or demoted leader), only if it is still ours.
+    pub fn release_leader(&self, revision: i64) -> Result<bool, etcd::Error> {
+        self.etcd.delete_if(&self.leader_key(), revision)
+    }
+
+    pub fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
+        let mut history = view.history.clone();
+        history.push(entry);
+        // The last 100 changes are plenty for people and tools.
+        let skip = history.len().saturating_sub(100);
+        let value = serde_json::to_string(&history[skip..]).expect("serializable");
+        self.etcd
+            .put(&format!("{}history", self.prefix), &value, 0)
+            .map(|_| ())
+    }
+}
