@@ -348,6 +348,7 @@ struct Server {
     pg: Option<(DataDir, PostmasterPid, Client)>,
     /// For pgBackRest: where its TLS server listens.
     tls_endpoint: Option<(String, u16)>,
+    pgbackrest_config: PathBuf,
     /// Settings changed by `configure`, with their previous values.
     previous: Vec<(String, String)>,
     not_verified: Option<String>,
@@ -359,6 +360,7 @@ impl Server {
             kind: p.service.clone(),
             pg: None,
             tls_endpoint: None,
+            pgbackrest_config: PathBuf::from(pgbackrest::DEFAULT_CONFIG),
             previous: Vec::new(),
             not_verified: None,
         };
@@ -386,7 +388,7 @@ impl Server {
                 let conf = p
                     .config_file
                     .clone()
-                    .unwrap_or_else(|| PathBuf::from("/etc/pgbackrest/pgbackrest.conf"));
+                    .unwrap_or_else(|| PathBuf::from(pgbackrest::DEFAULT_CONFIG));
                 let text = fs::read_to_string(&conf)
                     .map_err(|e| format!("cannot read {}: {e}", conf.display()))?;
                 for (key, want) in [
@@ -411,6 +413,7 @@ impl Server {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(8432);
                 s.tls_endpoint = Some((host, port));
+                s.pgbackrest_config = conf;
             }
             _ => {}
         }
@@ -548,7 +551,7 @@ impl Server {
             }
             "pgbackrest" => {
                 let (host, port) = self.tls_endpoint.clone().expect("set for pgbackrest");
-                if pgbackrest::reload_servers(port)? == 0 {
+                if pgbackrest::reload_servers(port, &self.pgbackrest_config)? == 0 {
                     self.not_verified = Some("no pgbackrest server is running".into());
                     return Ok(None);
                 }

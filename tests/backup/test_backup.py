@@ -1,16 +1,16 @@
 """pgBackRest over TLS in the three-host lab: `pgshift.cluster.pgbackrest_repository` and
-playbooks/backup.yml (through site.yml), end to end.
+playbooks/backup.yml (as site.yml imports it), end to end.
 
-The module fixture builds the lab from nothing (`lab/lab down`, `lab/lab up`, site.yml), the tests
-run in file order against that one cluster, and `lab/lab down` always runs at the end, also after a
-failure. The last test promotes db2, so it stays last.
+The module fixture builds the lab from nothing (`lab/lab down`, `lab/lab up`, then the playbooks
+site.yml imports, except the agent's, with pgshift_agent_enabled=false), the tests run in file
+order against that one cluster, and `lab/lab down` always runs at the end, also after a failure.
+The last test promotes db2, so it stays last.
 
 Needs root, the lab's packages (iproute2, openssh-server, nftables), PostgreSQL 15, pgBackRest and
 the built collection in dist/ (`make collection`). Measured numbers (archive attempts with the
 repository down, catch-up, backup and restore times) are printed: run with `-s` to see them.
 """
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -18,10 +18,10 @@ import pathlib
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LAB = ROOT / "lab" / "lab"
@@ -213,9 +213,15 @@ class Ansible:
             cmd, env=self.env, capture_output=True, text=True, cwd=ROOT,
             stdin=subprocess.DEVNULL, timeout=timeout,
         )
-        start = p.stdout.find("{")
-        assert start >= 0, f"no JSON from {cmd} (exit {p.returncode}):\n{p.stdout}\n{p.stderr}"
-        return p.returncode, json.loads(p.stdout[start:]), p.stderr
+        # One document per playbook run (the callback prints at every playbook's stats), each
+        # holding everything so far: the last one is the whole run.
+        docs, pos, decoder = [], p.stdout.find("{"), json.JSONDecoder()
+        while pos >= 0:
+            doc, end = decoder.raw_decode(p.stdout, pos)
+            docs.append(doc)
+            pos = p.stdout.find("{", end)
+        assert docs, f"no JSON from {cmd} (exit {p.returncode}):\n{p.stdout}\n{p.stderr}"
+        return p.returncode, docs[-1], p.stderr
 
     def module(self, host, args, timeout=120):
         """The module ad-hoc on host with JSON args (types kept); returns its result dict."""
@@ -227,8 +233,11 @@ class Ansible:
         except (KeyError, IndexError):
             raise AssertionError(f"no result for {host}: {json.dumps(doc)[:2000]}\n{stderr}")
 
-    def playbook(self, path, timeout=600):
-        return self._run(["ansible-playbook", "-i", str(INVENTORY), str(path)], timeout)
+    def playbook(self, *paths, extra_vars=None, timeout=600):
+        cmd = ["ansible-playbook", "-i", str(INVENTORY), *map(str, paths)]
+        if extra_vars:
+            cmd += ["-e", json.dumps(extra_vars)]
+        return self._run(cmd, timeout)
 
 
 def failed_tasks(doc):
@@ -286,17 +295,32 @@ def ansible(ansible_env):
     return Ansible(ansible_env)
 
 
+def site_playbooks():
+    """The playbooks site.yml imports, in order, except the agent's: with the agent running,
+    PostgreSQL is the agent's to stop, start and promote, and these tests do that by hand."""
+    imports = [
+        entry["ansible.builtin.import_playbook"]
+        for entry in yaml.safe_load(SITE.read_text())
+        if "ansible.builtin.import_playbook" in entry
+    ]
+    assert "backup.yml" in imports, f"site.yml does not import backup.yml: {imports}"
+    return [SITE.parent / name for name in imports if name != "agent.yml"]
+
+
 @pytest.fixture(scope="module")
 def cluster(ansible):
-    """A fresh lab with site.yml applied: db1 primary, db2 streaming, aux the repository."""
+    """A fresh lab built like site.yml does (without the agent): db1 primary, db2 streaming,
+    aux the repository."""
+    playbooks = site_playbooks()
     lab("down", check=False)
     try:
         lab("up")
         started = time.monotonic()
-        rc, doc, stderr = ansible.playbook(SITE)
+        rc, doc, stderr = ansible.playbook(*playbooks, extra_vars={"pgshift_agent_enabled": False})
         seconds = time.monotonic() - started
-        print(f"\n[backup] site.yml on a fresh lab: {seconds:.1f} s, stats {doc['stats']}")
-        assert rc == 0, f"site.yml exited {rc}: {failed_tasks(doc)}\n{stderr[-3000:]}"
+        names = " ".join(p.name for p in playbooks)
+        print(f"\n[backup] {names} on a fresh lab: {seconds:.1f} s, stats {doc['stats']}")
+        assert rc == 0, f"{names} exited {rc}: {failed_tasks(doc)}\n{stderr[-3000:]}"
         assert all(s["failures"] == 0 and s["unreachable"] == 0 for s in doc["stats"].values()), doc["stats"]
         yield {"site_seconds": seconds}
     finally:

@@ -225,7 +225,7 @@ pub fn run(
     if let (true, Some(port)) = (config.changed(), port) {
         out.insert(
             "server_reloaded".into(),
-            (pgbackrest::reload_servers(port)? > 0).into(),
+            (pgbackrest::reload_servers(port, &p.config_file)? > 0).into(),
         );
     }
     Ok(out)

@@ -185,23 +185,34 @@ pub fn run(ctx: &mut Context, p: &Params, owner: &Owner) -> Result<Map<String, V
     }
     config.write(&p.config_file, owner)?;
     unit_plan.apply(&p.units_dir)?;
+    // The server re-reads tls-server-auth (which stanzas each client may use) on SIGHUP;
+    // reload before creating stanzas, so a failing stanza-create leaves it current too.
+    let reloaded = match port {
+        Some(port) if config.changed() => {
+            pgbackrest::reload_servers(port, &p.config_file)
+                .map_err(|e| Failure::from(e).with("changed", true))?
+                > 0
+        }
+        _ => false,
+    };
     // Offline: reads pg_control through the database hosts' TLS servers, so PostgreSQL need
     // not run and the instances need not be configured for archiving yet.
     for name in &to_create {
         let stanza = format!("--stanza={name}");
         pgbackrest(&p.config_file, owner, &[&stanza, "--no-online", "stanza-create"]).map_err(
             |e| {
-                Failure::from(format!(
-                    "{e} (the configuration is written; is `pgbackrest server` running on every instance's host, and does each host's certificate carry its name?)"
-                ))
-                .with("stanzas_created", json!([]))
+                let hint = if e.contains("access denied") {
+                    format!("each database host's pgBackRest server must let this host use stanza {name} (tls-server-auth, set by role: database with stanza: {name})")
+                } else {
+                    "is `pgbackrest server` running on every instance's host, and does each host's certificate carry its name?".to_string()
+                };
+                Failure::from(format!("{e} (the configuration is written; {hint})"))
+                    .with("changed", true)
+                    .with("server_reloaded", reloaded)
+                    .with("stanzas_created", json!([]))
             },
         )?;
     }
-    let reloaded = match port {
-        Some(port) if config.changed() => pgbackrest::reload_servers(port)? > 0,
-        _ => false,
-    };
     out.insert("server_reloaded".into(), reloaded.into());
     out.insert(
         "msg".into(),

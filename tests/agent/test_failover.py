@@ -1,0 +1,276 @@
+"""The pgshift agent on the lab: site.yml builds the cluster (etcd on db1/db2/aux, agents on
+db1/db2), then faults. A probe writes to both database hosts every 50 ms with
+`synchronous_commit = local` and records which writes each host acknowledged and when, so
+each test can check that no two hosts ever acknowledged writes at the same time and that
+every write acknowledged before the fault survived.
+
+The tests run in file order against one cluster; the module fixture always runs
+`lab/lab down` at the end, also after a failure.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+LAB = ROOT / "lab" / "lab"
+INVENTORY = ROOT / "lab" / "inventory.yml"
+VENV_BIN = ROOT / ".venv" / "bin"
+IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12"}
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+RESULTS = ROOT / "target" / "agent-faults.json"
+
+_REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))
+pytestmark = [
+    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
+    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
+]
+
+
+def lab(*args, timeout=120, check=True):
+    res = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"lab/lab {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def on(host, cmd, timeout=60):
+    return lab("ssh", host, cmd, timeout=timeout, check=False)
+
+
+def out(host, cmd):
+    res = on(host, cmd)
+    assert res.returncode == 0, f"{host}: {cmd!r} exited {res.returncode}: {res.stdout}{res.stderr}"
+    return res.stdout
+
+
+def sql(host, query):
+    return out(host, f"cd / && runuser -u postgres -- psql -XAtqc {json.dumps(query)}").strip()
+
+
+def cluster_status(host):
+    """`pgshift status --json` on host, or None when it fails."""
+    res = on(host, "pgshift status --json", timeout=15)
+    if res.returncode != 0:
+        return None
+    return json.loads(res.stdout)
+
+
+def wait_for(what, predicate, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def member(doc, name):
+    return next((m for m in doc["members"] if m["name"] == name), None)
+
+
+def streaming_from(host, leader):
+    def check():
+        doc = None
+        for h in IPS:
+            doc = cluster_status(h)
+            if doc:
+                break
+        if not doc or doc["leader"] != leader:
+            return False
+        m = member(doc, host)
+        return bool(m and m["role"] == "replica" and m["state"] == "streaming" and m["upstream"] == leader)
+    return check
+
+
+def http_status(host, path):
+    res = on(host, f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:8008{path}", timeout=10)
+    return res.stdout.strip()
+
+
+class Probe:
+    """Writes (id, host) rows to every database host every 50 ms over TCP, each in its own
+    connection with synchronous_commit = local, and records the acknowledged ones."""
+
+    def __init__(self, passfile):
+        self.passfile = passfile
+        self.acks = {h: [] for h in IPS}  # host -> [(monotonic, id)]
+        self.stop_flag = threading.Event()
+        self.next_id = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in IPS]
+
+    def _loop(self, host):
+        env = {"PATH": "/usr/bin:/bin", "PGPASSFILE": self.passfile, "PGCONNECT_TIMEOUT": "1"}
+        while not self.stop_flag.is_set():
+            with self.lock:
+                self.next_id += 1
+                n = self.next_id
+            cmd = [PSQL, "-XAtq", "-h", IPS[host], "-U", "probe", "-d", "postgres", "-c",
+                   f"SET synchronous_commit = local; INSERT INTO probe (id, host) VALUES ({n}, '{host}')"]
+            try:
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2)
+                if p.returncode == 0:
+                    self.acks[host].append((time.monotonic(), n))
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(0.05)
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=5)
+
+    def first_ack(self, host, after):
+        return next((t for t, _ in self.acks[host] if t > after), None)
+
+    def overlaps(self):
+        """Moments at which two hosts both acknowledged writes: a write acknowledged by one
+        host between two writes acknowledged by the other."""
+        events = sorted((t, h) for h, acks in self.acks.items() for t, _ in acks)
+        switches = [events[i] for i in range(1, len(events)) if events[i][1] != events[i - 1][1]]
+        return switches
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+               ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
+    tmp = tempfile.mkdtemp(prefix="pgshift-agent-test-")
+    results = {}
+    try:
+        lab("down", check=False)
+        lab("up")
+        started = time.monotonic()
+        res = subprocess.run([VENV_BIN / "ansible-playbook", "-i", INVENTORY, ROOT / "playbooks" / "site.yml"],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+        results["site_seconds"] = round(time.monotonic() - started, 1)
+        # The probe's role and table, and its TCP access from the controller (10.77.0.1).
+        sql("db1", "CREATE ROLE probe LOGIN PASSWORD 'probe'")
+        sql("db1", "CREATE TABLE probe (id int PRIMARY KEY, host text, at timestamptz DEFAULT now())")
+        sql("db1", "GRANT INSERT, SELECT ON probe TO probe")
+        for h in IPS:
+            out(h, "cd / && printf 'host postgres probe 10.77.0.1/32 scram-sha-256\\n' "
+                   ">> /etc/postgresql/15/main/pg_hba.conf && runuser -u postgres -- psql -XAtqc 'SELECT pg_reload_conf()'")
+        passfile = os.path.join(tmp, "pgpass")
+        with open(passfile, "w") as f:
+            f.write("*:*:postgres:probe:probe\n")
+        os.chmod(passfile, 0o600)
+        yield {"passfile": passfile, "results": results}
+    finally:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
+        lab("down", check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_cluster_up_status_and_health_endpoints(cluster):
+    doc = wait_for("db2 streaming from db1", streaming_from("db2", "db1"), 60)
+    doc = cluster_status("db2")
+    assert doc["leader"] == "db1"
+    assert {m["name"]: m["role"] for m in doc["members"]} == {"db1": "primary", "db2": "replica"}
+    assert all({"name", "host", "role", "state", "timeline", "lag_bytes"} <= set(m) for m in doc["members"])
+    assert member(doc, "db1")["host"] == "db1"
+    table = out("db1", "pgshift status")
+    assert "db1" in table and "primary" in table and "*" in table, table
+    assert http_status("db1", "/primary") == "200"
+    assert http_status("db2", "/primary") == "503"
+    assert http_status("db2", "/replica") == "200"
+    assert http_status("db1", "/replica") == "503"
+    assert http_status("db1", "/health") == "200"
+    # Only the agent starts PostgreSQL now.
+    assert out("db1", "cat /etc/postgresql/15/main/start.conf").strip().endswith("manual")
+    assert on("db1", "test -e /etc/pgshift-lab/boot.d/10-postgresql.conf").returncode != 0
+
+
+def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
+    """Runs the probe, injects a fault on `old`, waits for `new` to take writes, recovers,
+    waits for `old` to stream from `new`; records and checks the numbers."""
+    probe = Probe(cluster["passfile"])
+    probe.start()
+    try:
+        wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
+        t_fault = time.monotonic()
+        inject()
+        first_new = wait_for(f"{new} acknowledging writes", lambda: probe.first_ack(new, t_fault), timeout, 0.05)
+        time.sleep(1)
+    finally:
+        probe.stop()
+    failover = first_new - t_fault
+    last_old = max((t for t, _ in probe.acks[old]), default=t_fault)
+    # No instant with two writers: once the new primary acknowledged a write, the old one
+    # never acknowledged another.
+    late = [(round(t - first_new, 3), n) for t, n in probe.acks[old] if t >= first_new]
+    assert not late, f"{old} acknowledged writes after {new} took over: {late[:5]}"
+    # Every write acknowledged before the fault is on the new primary.
+    before = [n for t, n in probe.acks[old] if t < t_fault]
+    ids = set(map(int, sql(new, "SELECT id FROM probe").split()))
+    lost = sorted(set(before) - ids)
+    cluster["results"].setdefault(name, []).append({
+        "failover_seconds": round(failover, 2),
+        "old_last_ack_after_fault": round(last_old - t_fault, 3),
+        "acked_before_fault": len(before),
+        "lost": len(lost),
+    })
+    assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    recover()
+    started = time.monotonic()
+    wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.5)
+    cluster["results"][name][-1]["rejoin_seconds"] = round(time.monotonic() - started, 1)
+    return failover
+
+
+def test_crash_of_the_primary_host(cluster):
+    failover = fault_and_failover(cluster, "crash", "db1", "db2",
+                                  inject=lambda: lab("crash", "db1"),
+                                  recover=lambda: lab("boot", "db1"))
+    assert failover < 10, failover
+
+
+def test_kill_9_of_the_primary_agent(cluster):
+    """The agent dies, PostgreSQL keeps running: the fence guard stops it when leadership
+    runs out, before db1 can take over."""
+    agent_pid = "pgrep -f '^/usr/local/bin/pgshift agent'"
+
+    def inject():
+        out("db2", f"kill -9 $({agent_pid})")
+
+    def recover():
+        out("db2", "/etc/pgshift-lab/bin/lab-service start pgshift-agent")
+
+    fault_and_failover(cluster, "kill9_agent", "db2", "db1", inject, recover)
+    r = cluster["results"]["kill9_agent"][-1]
+    # The guard fences at the last write + retry_timeout (1.5 s).
+    assert r["old_last_ack_after_fault"] < 2.5, r
+
+
+def test_sigstop_of_the_primary_agent(cluster):
+    """The agent hangs (SIGSTOP), PostgreSQL keeps running: the guard fences it the same way."""
+    agent_pid = "pgrep -f '^/usr/local/bin/pgshift agent'"
+    pid = {}
+
+    def inject():
+        pid["p"] = out("db1", agent_pid).split()[0]
+        out("db1", f"kill -STOP {pid['p']}")
+
+    def recover():
+        out("db1", f"kill -CONT {pid['p']}")
+
+    fault_and_failover(cluster, "sigstop_agent", "db1", "db2", inject, recover)
+    r = cluster["results"]["sigstop_agent"][-1]
+    assert r["old_last_ack_after_fault"] < 2.5, r
