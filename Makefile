@@ -48,8 +48,10 @@ ansible-test: collection
 	cargo build --locked -p pgshift-testkit
 	$(VENV)/bin/pytest -q tests/ansible tests/cert
 
-lab-test:
-	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab
+# The lab's own tests, then backups and the agent on clusters built by the playbooks
+# (they use the collection installed into target/collections and bin/pgshift).
+lab-test: install-collection
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab tests/backup tests/agent
 
 # Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
 molecule-test: install-collection

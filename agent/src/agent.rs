@@ -164,14 +164,17 @@ impl Agent {
         );
         // A stopped old primary must be rewound before it may follow; a running standby that
         // cannot stream from a leader on a newer timeline has diverged from it.
+        // (Not streaming for two ttl while the leader lives and is ahead in timelines: a
+        // leader that just died is not a reason to rewind.)
+        let t = self.cfg.timing();
+        let long = (2 * t.ttl).div_ceil(t.loop_wait.max(1)) as u32;
         let diverged = leader_rec.is_some_and(|l| {
             (!obs.running && was_primary)
                 || (obs.running
-                    && self.not_streaming >= 3
+                    && self.not_streaming >= long
                     && upstream.as_deref() == Some(l.name.as_str())
                     && l.timeline > obs.timeline)
         });
-        let t = self.cfg.timing();
         Facts {
             me: self.cfg.name.clone(),
             now,

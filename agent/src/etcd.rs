@@ -295,8 +295,15 @@ fn post(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let (status, payload) = parse_response(&raw)?;
-    let v = serde_json::from_slice(&payload).map_err(|e| format!("bad JSON from etcd: {e}"))?;
-    Ok((status, v))
+    match serde_json::from_slice(&payload) {
+        Ok(v) => Ok((status, v)),
+        // Not the JSON gateway (e.g. 404 when etcd runs with enable-grpc-gateway off).
+        Err(_) if status != 200 => Ok((
+            status,
+            json!({"error": String::from_utf8_lossy(&payload).trim().to_string()}),
+        )),
+        Err(e) => Err(format!("bad JSON from etcd: {e}")),
+    }
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {

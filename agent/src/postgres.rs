@@ -127,7 +127,12 @@ impl LocalPg {
                              ELSE pg_current_wal_lsn()::text END,
                         COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text,
                         CASE WHEN pg_is_in_recovery()
-                             THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0),
+                             -- A standby's timeline: the walreceiver's while it streams, else
+                             -- the newest timeline history it holds (the last checkpoint's
+                             -- timeline lags behind a timeline switch until the next one).
+                             THEN GREATEST((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0),
+                                           (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
+                                             WHERE name ~ '^[0-9A-F]{8}[.]history$'),
                                            (SELECT timeline_id FROM pg_control_checkpoint()))
                              ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
                         EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
@@ -344,6 +349,11 @@ impl LocalPg {
             return Ok("rewound".into());
         }
         let why = output_text(&out);
+        // Only a rewind that reached the leader and could not work justifies a rebuild; a
+        // leader we cannot reach is tried again on the next loop.
+        if why.contains("connection to server") || why.contains("could not connect") {
+            return Err(format!("pg_rewind cannot reach {leader_conn}: {why}"));
+        }
         self.rebuild(leader_conn)
             .map(|aside| format!("pg_rewind failed ({why}); rebuilt from a base backup, old data kept in {aside}"))
             .map_err(|e| format!("pg_rewind failed ({why}) and so did the rebuild: {e}"))
