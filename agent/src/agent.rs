@@ -164,16 +164,22 @@ impl Agent {
         );
         // A stopped old primary must be rewound before it may follow; a running standby that
         // cannot stream from a leader on a newer timeline has diverged from it.
-        // (Not streaming for two ttl while the leader lives and is ahead in timelines: a
-        // leader that just died is not a reason to rewind.)
+        // A running standby that cannot stream from a live leader for two ttl is stuck,
+        // usually because its history forked from the leader's (an old primary that wrote
+        // past the failover point): rejoin, and pg_rewind tells whether anything must be
+        // undone. (Its timeline is no guide: the walreceiver fetches the leader's history
+        // files even when it cannot stream.) A leader that just died is not a reason.
         let t = self.cfg.timing();
         let long = (2 * t.ttl).div_ceil(t.loop_wait.max(1)) as u32;
+        let leader_alive = self
+            .leader_seen
+            .is_some_and(|(_, since)| now.saturating_sub(since) < t.ttl);
         let diverged = leader_rec.is_some_and(|l| {
             (!obs.running && was_primary)
                 || (obs.running
+                    && leader_alive
                     && self.not_streaming >= long
-                    && upstream.as_deref() == Some(l.name.as_str())
-                    && l.timeline > obs.timeline)
+                    && upstream.as_deref() == Some(l.name.as_str()))
         });
         Facts {
             me: self.cfg.name.clone(),
@@ -204,6 +210,7 @@ impl Agent {
             maximum_lag_on_failover: self.cfg.timing.maximum_lag_on_failover,
             nofailover: self.cfg.tags.nofailover,
             priority: self.cfg.tags.priority,
+            initialized: view.is_some_and(|v| !v.history.is_empty()),
         }
     }
 

@@ -85,6 +85,9 @@ pub struct Facts {
     pub maximum_lag_on_failover: u64,
     pub nofailover: bool,
     pub priority: i32,
+    /// Whether the cluster ever had a leader (etcd holds its history). Until then only a
+    /// primary may take the key: a standby whose agent starts first must not promote.
+    pub initialized: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +230,9 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
     if !f.local.running {
         return Action::StartStandby { leader: None };
     }
+    if leader.is_none() && !f.initialized {
+        return wait("no leader has been elected yet: waiting for the primary's agent");
+    }
     if f.nofailover {
         return wait("no leader, and this node is tagged nofailover");
     }
@@ -356,6 +362,7 @@ mod tests {
             maximum_lag_on_failover: 1 << 20,
             nofailover: false,
             priority: 1,
+            initialized: true,
         }
     }
 
@@ -660,6 +667,26 @@ mod tests {
                     ..facts(stopped(), read(leader("db1", 7), both(100, 100)))
                 },
                 is(Action::RenewLeader),
+            ),
+            (
+                "a new cluster, no leader yet, I am a standby: never promote first",
+                Facts {
+                    initialized: false,
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "a new cluster, no leader yet, I am its primary: take the key",
+                Facts {
+                    me: "db1".into(),
+                    initialized: false,
+                    ..facts(primary(100), read(None, vec![]))
+                },
+                is(Action::TakeLeader {
+                    expected: None,
+                    promote: false,
+                }),
             ),
         ];
         // Two candidates racing: both see the same stale revision and both decide to take

@@ -320,6 +320,9 @@ impl LocalPg {
         leader_conn: &str,
         rewind_user: &str,
     ) -> Result<String, String> {
+        // Stopping a standby only to find the leader unreachable would take a working
+        // (if lagging) copy away for nothing.
+        reachable(leader_conn)?;
         self.stop("fast")?;
         let (host, port) = leader_conn
             .rsplit_once(':')
@@ -397,6 +400,18 @@ impl LocalPg {
         self.prepare_standby(Some(leader_conn))?;
         Ok(aside.display().to_string())
     }
+}
+
+fn reachable(conn: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addr = conn
+        .to_socket_addrs()
+        .map_err(|e| format!("{conn}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{conn}: no address"))?;
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map(|_| ())
+        .map_err(|e| format!("the leader's PostgreSQL at {conn} is unreachable: {e}"))
 }
 
 /// host:port of a primary_conninfo.

@@ -182,6 +182,12 @@ def cluster():
         os.chmod(passfile, 0o600)
         yield {"passfile": passfile, "results": results}
     finally:
+        # The agents' logs, for a failure's post-mortem (the lab and its disks go next).
+        logs = ROOT / "target" / "agent-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for h in IPS:
+            res = on(h, "tail -n 400 /etc/pgshift-lab/log/pgshift-agent.log", timeout=10)
+            (logs / f"{h}.log").write_text(res.stdout + res.stderr)
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
