@@ -4,7 +4,7 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection install-collection test lint cargo-test ansible-test lab-test molecule-test lab-up lab-down demo bench clean
+.PHONY: help deps build collection install-collection test lint cargo-test ansible-test lab-test molecule-test lab-up lab-down demo bench bench-failover clean
 
 help:
 	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
@@ -72,6 +72,10 @@ bench: deps collection
 	$(VENV)/bin/python bench/pg_hba_rule.py
 	$(MAKE) install-collection
 	$(VENV)/bin/python bench/ssh_tasks.py
+
+# Failover on the lab, 10 trials per fault type (about 15 minutes).
+bench-failover: deps install-collection
+	$(VENV)/bin/python bench/failover.py 10
 
 clean:
 	cargo clean

@@ -396,6 +396,33 @@ impl Agent {
             upstream: if obs.in_recovery { upstream } else { None },
             nofailover: self.cfg.tags.nofailover,
             priority: self.cfg.tags.priority,
+            settings: obs.settings.clone(),
+            warnings: self.standby_warnings(obs, view),
+        }
+    }
+
+    /// A standby with lower settings than the leader's pauses its recovery at the first
+    /// WAL record that needs them; say so where people look.
+    fn standby_warnings(&self, obs: &Observed, view: Option<&View>) -> Vec<String> {
+        let leader = view.and_then(|v| {
+            v.leader
+                .as_ref()
+                .map(|l| l.name.clone())
+                .and_then(|l| v.member(&l).cloned())
+        });
+        match leader {
+            Some(l) if obs.running && obs.in_recovery && l.name != self.cfg.name => {
+                let below = crate::dcs::settings_below(&obs.settings, &l);
+                if below.is_empty() {
+                    vec![]
+                } else {
+                    vec![format!(
+                        "settings below the primary's (raise them and restart): {}",
+                        below.join(", ")
+                    )]
+                }
+            }
+            _ => vec![],
         }
     }
 

@@ -4,6 +4,8 @@
 //! - `members/<name>`: each node's published facts (JSON), bound to its agent's lease;
 //! - `history`: the leader changes, newest last (JSON list).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decide::{Leader, Member};
@@ -29,6 +31,33 @@ pub struct MemberRecord {
     pub upstream: Option<String>,
     pub nofailover: bool,
     pub priority: i32,
+    /// The settings a standby needs at least as high as its primary's (PostgreSQL pauses
+    /// recovery otherwise), so every node can compare itself with the leader.
+    #[serde(default)]
+    pub settings: BTreeMap<String, i64>,
+    /// Problems this node sees in itself, for people (status, /status).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Settings that must be at least the primary's on every standby.
+pub const STANDBY_MINIMUMS: &[&str] = &[
+    "max_connections",
+    "max_wal_senders",
+    "max_worker_processes",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+];
+
+/// What `mine` has below `leader`'s, e.g. "max_connections 100 < 200 on db1".
+pub fn settings_below(mine: &BTreeMap<String, i64>, leader: &MemberRecord) -> Vec<String> {
+    STANDBY_MINIMUMS
+        .iter()
+        .filter_map(|k| {
+            let (m, l) = (mine.get(*k)?, leader.settings.get(*k)?);
+            (m < l).then(|| format!("{k} {m} < {l} on {}", leader.name))
+        })
+        .collect()
 }
 
 impl MemberRecord {
@@ -150,5 +179,43 @@ impl Dcs {
         self.etcd
             .put(&format!("{}history", self.prefix), &value, 0)
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_minimums() {
+        let mut leader = MemberRecord {
+            name: "db1".into(),
+            conn: "db1:5432".into(),
+            api: "db1:8008".into(),
+            role: "primary".into(),
+            state: "running".into(),
+            timeline: 1,
+            lsn: 0,
+            replayed_lsn: 0,
+            upstream: None,
+            nofailover: false,
+            priority: 1,
+            settings: BTreeMap::new(),
+            warnings: vec![],
+        };
+        leader.settings.insert("max_connections".into(), 200);
+        leader.settings.insert("max_wal_senders".into(), 10);
+        let mut mine = BTreeMap::new();
+        mine.insert("max_connections".to_string(), 100);
+        mine.insert("max_wal_senders".to_string(), 10);
+        assert_eq!(
+            settings_below(&mine, &leader),
+            ["max_connections 100 < 200 on db1"]
+        );
+        mine.insert("max_connections".to_string(), 200);
+        assert!(settings_below(&mine, &leader).is_empty());
+        // A record from an older agent without settings compares as nothing.
+        leader.settings.clear();
+        assert!(settings_below(&mine, &leader).is_empty());
     }
 }

@@ -29,6 +29,8 @@ pub struct Observed {
     pub streaming: bool,
     /// pg_controldata's state while stopped (e.g. "in production" after a crash).
     pub stopped_state: Option<String>,
+    /// The settings of `dcs::STANDBY_MINIMUMS`.
+    pub settings: std::collections::BTreeMap<String, i64>,
 }
 
 pub struct LocalPg {
@@ -141,10 +143,25 @@ impl LocalPg {
             )
             .map_err(|e| e.to_string())
         });
+        let settings = self
+            .with(|c| {
+                c.query(
+                    "SELECT name, setting::bigint FROM pg_settings WHERE name = ANY($1)",
+                    &[&crate::dcs::STANDBY_MINIMUMS],
+                )
+                .map_err(|e| e.to_string())
+            })
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect()
+            })
+            .unwrap_or_default();
         match row {
             Ok(r) => {
                 let conninfo: String = r.get(5);
                 Observed {
+                    settings,
                     running: true,
                     in_recovery: r.get(0),
                     lsn: parse_lsn(&r.get::<_, String>(1)),

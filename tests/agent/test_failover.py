@@ -8,6 +8,7 @@ The tests run in file order against one cluster; the module fixture always runs
 `lab/lab down` at the end, also after a failure.
 """
 
+import itertools
 import json
 import os
 import pathlib
@@ -109,22 +110,23 @@ def roles():
 
 class Probe:
     """Writes (id, host) rows to every database host every 50 ms over TCP, each in its own
-    connection with synchronous_commit = local, and records the acknowledged ones."""
+    connection with synchronous_commit = local, and records the acknowledged ones. Ids are
+    unique across probes (a table outlives one test)."""
+
+    ids = itertools.count(1)
+    lock = threading.Lock()
 
     def __init__(self, passfile):
         self.passfile = passfile
         self.acks = {h: [] for h in IPS}  # host -> [(monotonic, id)]
         self.stop_flag = threading.Event()
-        self.next_id = 0
-        self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in IPS]
 
     def _loop(self, host):
         env = {"PATH": "/usr/bin:/bin", "PGPASSFILE": self.passfile, "PGCONNECT_TIMEOUT": "1"}
         while not self.stop_flag.is_set():
-            with self.lock:
-                self.next_id += 1
-                n = self.next_id
+            with Probe.lock:
+                n = next(Probe.ids)
             cmd = [PSQL, "-XAtq", "-h", IPS[host], "-U", "probe", "-d", "postgres", "-c",
                    f"SET synchronous_commit = local; INSERT INTO probe (id, host) VALUES ({n}, '{host}')"]
             try:
@@ -155,43 +157,54 @@ class Probe:
         return switches
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def build_cluster(tmp):
+    """Lab up, site.yml, and the probe's role, table and access; the probe's context."""
     env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
                ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
-    tmp = tempfile.mkdtemp(prefix="pgshift-agent-test-")
     results = {}
+    lab("down", check=False)
+    lab("up")
+    started = time.monotonic()
+    res = subprocess.run([VENV_BIN / "ansible-playbook", "-i", INVENTORY, ROOT / "playbooks" / "site.yml"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    results["site_seconds"] = round(time.monotonic() - started, 1)
+    # The probe's role and table, and its TCP access from the controller (10.77.0.1).
+    sql("db1", "CREATE ROLE probe LOGIN PASSWORD 'probe'")
+    sql("db1", "CREATE TABLE probe (id int PRIMARY KEY, host text, at timestamptz DEFAULT now())")
+    sql("db1", "GRANT INSERT, SELECT ON probe TO probe")
+    for h in IPS:
+        out(h, "cd / && printf 'host postgres probe 10.77.0.1/32 scram-sha-256\\n' "
+               ">> /etc/postgresql/15/main/pg_hba.conf && runuser -u postgres -- psql -XAtqc 'SELECT pg_reload_conf()'")
+    passfile = os.path.join(tmp, "pgpass")
+    with open(passfile, "w") as f:
+        f.write("*:*:postgres:probe:probe\n")
+    os.chmod(passfile, 0o600)
+    return {"passfile": passfile, "results": results}
+
+
+def teardown_cluster(results, results_file):
+    # The agents' logs, for a failure's post-mortem (the lab and its disks go next).
+    logs = ROOT / "target" / "agent-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for h in IPS:
+        res = on(h, "tail -n 400 /etc/pgshift-lab/log/pgshift-agent.log", timeout=10)
+        (logs / f"{h}.log").write_text(res.stdout + res.stderr)
+    results_file.parent.mkdir(exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2))
+    lab("down", check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tmp = tempfile.mkdtemp(prefix="pgshift-agent-test-")
+    ctx = {"results": {}}
     try:
-        lab("down", check=False)
-        lab("up")
-        started = time.monotonic()
-        res = subprocess.run([VENV_BIN / "ansible-playbook", "-i", INVENTORY, ROOT / "playbooks" / "site.yml"],
-                             env=env, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-        results["site_seconds"] = round(time.monotonic() - started, 1)
-        # The probe's role and table, and its TCP access from the controller (10.77.0.1).
-        sql("db1", "CREATE ROLE probe LOGIN PASSWORD 'probe'")
-        sql("db1", "CREATE TABLE probe (id int PRIMARY KEY, host text, at timestamptz DEFAULT now())")
-        sql("db1", "GRANT INSERT, SELECT ON probe TO probe")
-        for h in IPS:
-            out(h, "cd / && printf 'host postgres probe 10.77.0.1/32 scram-sha-256\\n' "
-                   ">> /etc/postgresql/15/main/pg_hba.conf && runuser -u postgres -- psql -XAtqc 'SELECT pg_reload_conf()'")
-        passfile = os.path.join(tmp, "pgpass")
-        with open(passfile, "w") as f:
-            f.write("*:*:postgres:probe:probe\n")
-        os.chmod(passfile, 0o600)
-        yield {"passfile": passfile, "results": results}
+        ctx = build_cluster(tmp)
+        yield ctx
     finally:
-        # The agents' logs, for a failure's post-mortem (the lab and its disks go next).
-        logs = ROOT / "target" / "agent-logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        for h in IPS:
-            res = on(h, "tail -n 400 /etc/pgshift-lab/log/pgshift-agent.log", timeout=10)
-            (logs / f"{h}.log").write_text(res.stdout + res.stderr)
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2))
-        print(json.dumps(results, indent=2))
-        lab("down", check=False)
+        print(json.dumps(ctx["results"], indent=2))
+        teardown_cluster(ctx["results"], RESULTS)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -348,6 +361,7 @@ def no_failover_while(cluster, name, leader, inject, recover, seconds=8):
     probe.start()
     try:
         wait_for(f"writes acknowledged by {leader}", lambda: len(probe.acks[leader]) >= 10, 20)
+        timeline = member(cluster_status(leader), leader)["timeline"]
         t_fault = time.monotonic()
         inject()
         time.sleep(seconds)
@@ -361,6 +375,7 @@ def no_failover_while(cluster, name, leader, inject, recover, seconds=8):
     cluster["results"].setdefault(name, []).append({"longest_write_gap_seconds": round(gap, 2)})
     doc = cluster_status(leader)
     assert doc and doc["leader"] == leader, doc
+    assert member(doc, leader)["timeline"] == timeline, f"{leader} was restarted or promoted again: {doc}"
     # Not a fence (that would show as a restart and a timeline change); the gap also holds
     # the probe's own scheduling on 2 busy cores while the lab tears a host down.
     assert gap < 3, f"writes on {leader} stalled {gap:.2f} s"
@@ -382,3 +397,23 @@ def test_loss_of_the_witness(cluster):
                       inject=lambda: lab("crash", "aux"),
                       recover=lambda: lab("boot", "aux"))
     wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), 60, 0.5)
+
+
+def test_rejoin_rebuilds_when_rewind_is_impossible(cluster):
+    """pg_rewind fails on the new leader (its role may no longer read files there): the old
+    primary is rebuilt from a base backup instead, its old data directory kept aside."""
+    old, new = roles()
+    revoke = "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) FROM pgshift_rewind"
+    grant = revoke.replace("REVOKE", "GRANT").replace(" FROM ", " TO ")
+    lab("crash", old)
+    wait_for(f"{new} leading", lambda: (cluster_status(new) or {}).get("leader") == new, 30, 0.2)
+    sql(new, revoke)
+    try:
+        lab("boot", old)
+        wait_for(f"{old} streaming from {new}", streaming_from(old, new), 180, 0.5)
+    finally:
+        sql(new, grant)
+    aside = out(old, "ls -d /var/lib/postgresql/15/main.pgshift-* 2>/dev/null || true").split()
+    assert aside, "the old data directory was not kept aside"
+    log = out(old, "cat /etc/pgshift-lab/log/pgshift-agent.log")
+    assert "rebuilt from a base backup" in log, log[-2000:]
