@@ -148,6 +148,8 @@ mod tests {
             upstream: None,
             nofailover: false,
             priority: 1,
+            settings: Default::default(),
+            warnings: vec![],
         }
     }
 
