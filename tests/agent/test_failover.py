@@ -105,6 +105,10 @@ def roles():
     leader = doc["leader"]
     other = [h for h in IPS if h != leader][0]
     wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), 60, 0.5)
+    # Settled: the standby has replayed everything (a standby that just rejoined may still
+    # be catching up, and asynchronous replication loses what a crashed primary had not sent).
+    wait_for(f"{other} caught up", lambda: member(cluster_status(leader) or {"members": []}, other) and
+             member(cluster_status(leader), other)["lag_bytes"] == 0, 60, 0.5)
     return leader, other
 
 
