@@ -404,16 +404,23 @@ def test_loss_of_the_witness(cluster):
 
 
 def test_rejoin_rebuilds_when_rewind_is_impossible(cluster):
-    """pg_rewind fails on the new leader (its role may no longer read files there): the old
-    primary is rebuilt from a base backup instead, its old data directory kept aside."""
+    """The old primary diverged (it took writes while partitioned, before its guard fenced
+    it) and pg_rewind cannot work against the new leader (its role may no longer read files
+    there): the old primary is rebuilt from a base backup, its old data directory kept aside."""
     old, new = roles()
     revoke = "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) FROM pgshift_rewind"
     grant = revoke.replace("REVOKE", "GRANT").replace(" FROM ", " TO ")
-    lab("crash", old)
-    wait_for(f"{new} leading", lambda: (cluster_status(new) or {}).get("leader") == new, 30, 0.2)
+    probe = Probe(cluster["passfile"])
+    probe.start()
+    try:
+        wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 5, 20)
+        lab("partition", old)
+        wait_for(f"{new} acknowledging writes", lambda: probe.first_ack(new, 0), 30, 0.1)
+    finally:
+        probe.stop()
     sql(new, revoke)
     try:
-        lab("boot", old)
+        lab("heal", old)
         wait_for(f"{old} streaming from {new}", streaming_from(old, new), 180, 0.5)
     finally:
         sql(new, grant)
