@@ -236,7 +236,7 @@ impl Agent {
         let me = self.cfg.name.clone();
         let conn_of = |name: &str| view.and_then(|v| v.member(name)).map(|m| m.conn.clone());
         match action {
-            Action::Wait { reason } => {
+            Action::Wait { .. } => {
                 self.state = if obs.running && obs.in_recovery && obs.streaming {
                     "streaming".into()
                 } else if obs.running {
@@ -247,7 +247,6 @@ impl Agent {
                 if !obs.running || obs.in_recovery {
                     let _ = self.guard.standby();
                 }
-                let _ = reason;
                 Ok(())
             }
             Action::RenewLeader => {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::owner;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -87,17 +88,6 @@ impl Setup {
             .trim_start_matches("sha256 Fingerprint=")
             .trim_start_matches("SHA256 Fingerprint=")
             .to_string()
-    }
-}
-
-fn owner() -> String {
-    if nix::unistd::Uid::effective().is_root() {
-        "postgres".into()
-    } else {
-        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
-            .unwrap()
-            .unwrap()
-            .name
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::owner;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -103,17 +104,6 @@ impl Drop for Pair {
             }
             let _ = c.output();
         }
-    }
-}
-
-fn owner() -> String {
-    if nix::unistd::Uid::effective().is_root() {
-        "postgres".into()
-    } else {
-        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
-            .unwrap()
-            .unwrap()
-            .name
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::owner;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ impl Host {
             "role": "database", "stanza": "main", "instance": "15/main",
             "repository_host": "aux", "tls": self.tls("db1"),
             "config_file": self.path("pgbackrest.conf"), "units_dir": self.path("units"),
-            "spool_path": self.path("spool"), "user": user(),
+            "spool_path": self.path("spool"), "user": owner(),
         })
     }
 
@@ -66,7 +67,7 @@ impl Host {
             "schedules": [{"type": "full", "on_calendar": "Sun *-*-* 01:00:00"},
                           {"type": "diff", "on_calendar": "Mon..Sat *-*-* 01:00:00"}],
             "repo_path": self.path("repo"), "tls": self.tls("aux"),
-            "config_file": self.path("pgbackrest.conf"), "units_dir": self.path("units"), "user": user(),
+            "config_file": self.path("pgbackrest.conf"), "units_dir": self.path("units"), "user": owner(),
         })
     }
 
@@ -93,17 +94,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn user() -> String {
-    if nix::unistd::Uid::effective().is_root() {
-        "postgres".into()
-    } else {
-        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
-            .unwrap()
-            .unwrap()
-            .name
-    }
 }
 
 fn with(mut base: Value, patch: Value) -> Value {
@@ -174,7 +164,7 @@ fn database_side_keeps_foreign_keys_and_converges() {
     assert_eq!(m.mode() & 0o777, 0o640);
     assert_eq!(
         m.uid(),
-        nix::unistd::User::from_name(&user())
+        nix::unistd::User::from_name(&owner())
             .unwrap()
             .unwrap()
             .uid

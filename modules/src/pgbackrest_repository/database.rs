@@ -16,8 +16,8 @@ use super::conf::{self, DatabaseGlobal};
 use super::repository::instance_path;
 use super::units::{self, Units};
 use super::{
-    diffs, read_config, refuse_foreign, require_host_name, require_name, result, tls, ConfigChange,
-    OwnedDir, Params,
+    read_config, refuse_foreign, report, require_host_name, require_name, result, tls,
+    ConfigChange, OwnedDir, Params,
 };
 use crate::login::LoginParams;
 use crate::protocol::{Context, Failure};
@@ -161,42 +161,14 @@ pub fn run(
     out.insert("archive_command".into(), archive_command.clone().into());
     out.insert("restore_command".into(), restore_command.into());
     out.insert("archive_command_changed".into(), archive_change.into());
-    out.insert(
-        "units_written".into(),
-        json!(unit_plan
-            .write
-            .iter()
-            .map(|(path, _, _)| path)
-            .collect::<Vec<_>>()),
+    report(
+        ctx,
+        &mut out,
+        &p.config_file,
+        &config,
+        &unit_plan,
+        &want_units,
     );
-    out.insert(
-        "units_removed".into(),
-        json!(unit_plan
-            .remove
-            .iter()
-            .map(|(path, _)| path)
-            .collect::<Vec<_>>()),
-    );
-    out.insert("units".into(), json!(want_units.keys().collect::<Vec<_>>()));
-    let mut d = Vec::new();
-    if config.changed() {
-        d.push(config.diff(&p.config_file));
-    }
-    for (path, text, before) in &unit_plan.write {
-        d.push(super::diff(
-            &path.display().to_string(),
-            before.as_deref().unwrap_or_default().as_bytes(),
-            text.as_bytes(),
-        ));
-    }
-    for (path, text) in &unit_plan.remove {
-        d.push(super::diff(
-            &path.display().to_string(),
-            text.as_bytes(),
-            b"",
-        ));
-    }
-    diffs(ctx, &mut out, d);
     let msg = match (changed, ctx.check_mode) {
         (false, _) => "database host's pgBackRest configuration is up to date",
         (true, true) => "would update the database host's pgBackRest configuration",

@@ -395,8 +395,40 @@ fn result(changed: bool, msg: String) -> Map<String, Value> {
     out
 }
 
-fn diffs(ctx: &Context, out: &mut Map<String, Value>, list: Vec<Value>) {
-    if ctx.diff && !list.is_empty() {
-        out.insert("diff".into(), json!(list));
+/// The keys both roles report about files: units written, removed and managed, and (in
+/// diff mode) the configuration and each unit before and after.
+fn report(
+    ctx: &Context,
+    out: &mut Map<String, Value>,
+    config_file: &Path,
+    config: &ConfigChange,
+    units: &units::Plan,
+    managed: &units::Units,
+) {
+    let written: Vec<&PathBuf> = units.write.iter().map(|(path, _, _)| path).collect();
+    let removed: Vec<&PathBuf> = units.remove.iter().map(|(path, _)| path).collect();
+    out.insert("units_written".into(), json!(written));
+    out.insert("units_removed".into(), json!(removed));
+    out.insert("units".into(), json!(managed.keys().collect::<Vec<_>>()));
+    if !ctx.diff {
+        return;
+    }
+    let mut d = Vec::new();
+    if config.changed() {
+        d.push(config.diff(config_file));
+    }
+    for (path, text, before) in &units.write {
+        let before = before.as_deref().unwrap_or_default();
+        d.push(diff(
+            &path.display().to_string(),
+            before.as_bytes(),
+            text.as_bytes(),
+        ));
+    }
+    for (path, text) in &units.remove {
+        d.push(diff(&path.display().to_string(), text.as_bytes(), b""));
+    }
+    if !d.is_empty() {
+        out.insert("diff".into(), json!(d));
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::conf::{self, RemoteInstance, RepositoryGlobal};
 use super::units::{self, Units};
 use super::{
-    diffs, pgbackrest, read_config, refuse_foreign, require_host_name, require_name, result, tls,
+    pgbackrest, read_config, refuse_foreign, report, require_host_name, require_name, result, tls,
     ConfigChange, OwnedDir, Params, Stanza,
 };
 use crate::protocol::{Context, Failure};
@@ -122,42 +122,14 @@ pub fn run(ctx: &mut Context, p: &Params, owner: &Owner) -> Result<Map<String, V
     out.insert("config_file".into(), json!(p.config_file));
     out.insert("stanzas_created".into(), json!(to_create));
     out.insert("stanzas_deleted".into(), json!(to_delete));
-    out.insert(
-        "units_written".into(),
-        json!(unit_plan
-            .write
-            .iter()
-            .map(|(path, _, _)| path)
-            .collect::<Vec<_>>()),
+    report(
+        ctx,
+        &mut out,
+        &p.config_file,
+        &config,
+        &unit_plan,
+        &want_units,
     );
-    out.insert(
-        "units_removed".into(),
-        json!(unit_plan
-            .remove
-            .iter()
-            .map(|(path, _)| path)
-            .collect::<Vec<_>>()),
-    );
-    out.insert("units".into(), json!(want_units.keys().collect::<Vec<_>>()));
-    let mut d = Vec::new();
-    if config.changed() {
-        d.push(config.diff(&p.config_file));
-    }
-    for (path, text, before) in &unit_plan.write {
-        d.push(super::diff(
-            &path.display().to_string(),
-            before.as_deref().unwrap_or_default().as_bytes(),
-            text.as_bytes(),
-        ));
-    }
-    for (path, text) in &unit_plan.remove {
-        d.push(super::diff(
-            &path.display().to_string(),
-            text.as_bytes(),
-            b"",
-        ));
-    }
-    diffs(ctx, &mut out, d);
     if ctx.check_mode || !changed {
         out.insert(
             "msg".into(),

@@ -28,3 +28,17 @@ pub fn run_module(name: &str, args: Value) -> Value {
         )
     })
 }
+
+/// The operating-system user the servers and files of a test belong to: postgres under
+/// root (PostgreSQL refuses to run as root), otherwise whoever runs the tests.
+#[allow(dead_code)] // not every test binary needs it
+pub fn owner() -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        "postgres".into()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+            .unwrap()
+            .unwrap()
+            .name
+    }
+}
