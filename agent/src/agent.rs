@@ -214,13 +214,15 @@ impl Agent {
         }
     }
 
-    /// A successful leader write: the new revision, the deadline for the guard.
-    fn wrote_leader(&mut self, rev: i64) {
-        let now = monotonic_ms();
+    /// A successful leader write that was sent at `sent`: the new revision, the deadline
+    /// for the guard. The deadline counts from the request, not the answer: an agent frozen
+    /// between the two (measured: a host frozen for 6 s) must not wake up with a fresh
+    /// deadline for a write followers have been timing since before the freeze.
+    fn wrote_leader(&mut self, rev: i64, sent: u64) {
         self.my_revision = Some(rev);
-        self.leader_seen = Some((rev, now));
-        self.last_leader_write = Some(now);
-        let until = now + self.cfg.timing().retry_timeout;
+        self.leader_seen = Some((rev, sent));
+        self.last_leader_write = Some(sent);
+        let until = sent + self.cfg.timing().retry_timeout;
         if let Err(e) = self.guard.primary_until(until) {
             log(format!("cannot reach the fence guard: {e}"));
         }
@@ -251,13 +253,14 @@ impl Agent {
             }
             Action::RenewLeader => {
                 let current = view.and_then(|v| v.leader.as_ref()).map(|l| l.revision);
+                let sent = monotonic_ms();
                 match self
                     .dcs
                     .write_leader(&me, self.lease, current)
                     .map_err(|e| e.to_string())?
                 {
                     Some(rev) => {
-                        self.wrote_leader(rev);
+                        self.wrote_leader(rev, sent);
                         self.state = "running".into();
                         if obs.running && !obs.in_recovery {
                             self.ensure_slots(view);
@@ -271,6 +274,7 @@ impl Agent {
                 }
             }
             Action::TakeLeader { expected, promote } => {
+                let sent = monotonic_ms();
                 match self
                     .dcs
                     .write_leader(&me, self.lease, *expected)
@@ -278,7 +282,7 @@ impl Agent {
                 {
                     None => Err("another node took the leader key first".into()),
                     Some(rev) => {
-                        self.wrote_leader(rev);
+                        self.wrote_leader(rev, sent);
                         log(format!("took the leader key (revision {rev})"));
                         if *promote {
                             self.state = "promoting".into();
