@@ -505,8 +505,15 @@ impl Server {
                     let _ = dd.reload();
                 }
             }
-            "pgbackrest" | "pgshift" => {
-                let _ = hup(&self.kind);
+            // The same reload as the verified one: a probe or a connection in the gap
+            // while pgBackRest re-binds its listener would kill the server we are restoring.
+            "pgbackrest" => {
+                if let Some((_, port)) = &self.tls_endpoint {
+                    let _ = pgbackrest::reload_servers(*port, &self.pgbackrest_config);
+                }
+            }
+            "pgshift" => {
+                let _ = hup_agents();
             }
             _ => {}
         }
@@ -573,7 +580,7 @@ impl Server {
                     .map_err(|_| format!("pgBackRest's TLS server on {host}:{port} does not serve the new certificate after SIGHUP ({last})"))
             }
             "pgshift" => {
-                hup("pgshift")?;
+                hup_agents()?;
                 self.not_verified =
                     Some("the pgshift agent has no TLS endpoint to check yet".into());
                 Ok(None)
@@ -596,14 +603,9 @@ fn fingerprint(pem: &[u8]) -> String {
         .unwrap_or_else(|| "(not a certificate)".into())
 }
 
-/// SIGHUP to the pgBackRest TLS servers or the pgshift agents running here.
-fn hup(kind: &str) -> Result<usize, String> {
-    let pids = match kind {
-        "pgbackrest" => process::find("pgbackrest", "server")?,
-        _ => process::find("pgshift", "agent")?,
-    };
-    process::hup(&pids)?;
-    Ok(pids.len())
+/// SIGHUP to the pgshift agents running here.
+fn hup_agents() -> Result<(), String> {
+    process::hup(&process::find("pgshift", "agent")?)
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
