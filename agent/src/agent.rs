@@ -143,12 +143,7 @@ impl Agent {
 
     fn facts(&mut self, obs: &Observed, view: Option<&View>, now: u64) -> Facts {
         let leader = view.and_then(|v| v.leader.clone());
-        let upstream = view.and_then(|v| {
-            v.members
-                .iter()
-                .find(|m| Some(&m.conn) == obs.upstream_conn.as_ref())
-                .map(|m| m.name.clone())
-        });
+        let upstream = upstream_name(obs, view);
         if obs.running && obs.in_recovery && !obs.streaming {
             self.not_streaming += 1;
         } else {
@@ -371,12 +366,7 @@ impl Agent {
     }
 
     fn record(&self, obs: &Observed, view: Option<&View>) -> MemberRecord {
-        let upstream = view.and_then(|v| {
-            v.members
-                .iter()
-                .find(|m| Some(&m.conn) == obs.upstream_conn.as_ref())
-                .map(|m| m.name.clone())
-        });
+        let upstream = upstream_name(obs, view);
         MemberRecord {
             name: self.cfg.name.clone(),
             conn: self.cfg.postgresql.connect_address.clone(),
@@ -451,6 +441,16 @@ impl Agent {
             };
         }
     }
+}
+
+/// The member whose PostgreSQL address is the local primary_conninfo's.
+fn upstream_name(obs: &Observed, view: Option<&View>) -> Option<String> {
+    let conn = obs.upstream_conn.as_ref()?;
+    view?
+        .members
+        .iter()
+        .find(|m| &m.conn == conn)
+        .map(|m| m.name.clone())
 }
 
 fn unix_now() -> u64 {
