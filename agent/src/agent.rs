@@ -112,6 +112,21 @@ impl Agent {
         } else {
             self.pg.observe()
         };
+        if let (Action::TakeLeader { promote, .. }, Ok(()), Ok(v)) = (&action, &outcome, &view) {
+            // With the timeline the promotion gave (the observation just made).
+            let entry = HistoryEntry {
+                leader: self.cfg.name.clone(),
+                timeline: obs.timeline,
+                at: unix_now(),
+                reason: if *promote {
+                    "failover"
+                } else {
+                    "leader key reclaimed"
+                }
+                .into(),
+            };
+            let _ = self.dcs.record_history(v, entry);
+        }
         let me = self.record(&obs, view.as_ref().ok());
         if let Ok(v) = &view {
             let _ = self.dcs.publish(&me, self.lease);
@@ -286,22 +301,6 @@ impl Agent {
                         }
                         self.state = "running".into();
                         self.ensure_slots(view);
-                        let tl = self.pg.observe().timeline;
-                        if let Some(v) = view {
-                            let _ = self.dcs.record_history(
-                                v,
-                                HistoryEntry {
-                                    leader: me,
-                                    timeline: tl,
-                                    at: unix_now(),
-                                    reason: if *promote {
-                                        "failover".into()
-                                    } else {
-                                        "leader key reclaimed".into()
-                                    },
-                                },
-                            );
-                        }
                         Ok(())
                     }
                 }
