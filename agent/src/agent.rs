@@ -1,18 +1,23 @@
 //! The agent's loop: observe PostgreSQL and etcd, ask `decide`, carry the action out, publish
 //! this node's facts, refresh the API snapshot; every `loop_wait`.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::api::{self, Shared, Snapshot};
+use crate::api::{self, Counters, Shared, Snapshot};
 use crate::config::Config;
 use crate::dcs::{Dcs, HistoryEntry, MemberRecord, View};
 use crate::decide::{self, Action, Cluster, Facts, Local};
-use crate::etcd::{self, Client};
+use crate::etcd;
 use crate::guard::{monotonic_ms, Guard};
+use crate::maintenance;
 use crate::postgres::{LocalPg, Observed};
+use crate::records::{HandedOver, Outcome, Request, RequestKind, SyncState};
 
 pub struct Agent {
+    config_path: PathBuf,
     cfg: Config,
     dcs: Dcs,
     pg: LocalPg,
@@ -28,27 +33,51 @@ pub struct Agent {
     not_streaming: u32,
     state: String,
     slots_for: Vec<String>,
+    /// In maintenance: etcd's word when it answers, the copy on disk otherwise.
+    down: bool,
+    /// This node shut down cleanly and handed the key over: it needs no rewind to follow.
+    handed_over: bool,
+    /// synchronous_standby_names as last set or read (None: read it again).
+    sync_names: Option<String>,
+    /// Loop fast while a request is under way (a handover should not wait a loop_wait).
+    urgent: bool,
+    counters: Counters,
+    last_leader: Option<String>,
+    /// leader_seen's time before a takeover overwrote it (for the failover duration).
+    leader_seen_before: Option<u64>,
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("pgshift: {}", msg.as_ref());
+    tracing::info!("{}", msg.as_ref());
+}
+
+fn warn(msg: impl AsRef<str>) {
+    tracing::warn!("{}", msg.as_ref());
+}
+
+/// Set by SIGHUP: reload the configuration at the start of the next loop.
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_hup(_: nix::libc::c_int) {
+    RELOAD.store(true, Ordering::Relaxed);
 }
 
 impl Agent {
-    pub fn new(cfg: Config) -> Result<Agent, String> {
+    pub fn new(config_path: PathBuf, cfg: Config) -> Result<Agent, String> {
+        crate::logging::init(cfg.log.format);
         let t = cfg.timing();
         // Each etcd call must fail well inside retry_timeout, so a slow member cannot cost
         // the leader its leadership.
         let timeout = Duration::from_millis((t.retry_timeout / 3).clamp(200, 1000));
-        let etcd = Client::new(&cfg.etcd.endpoints, timeout)?;
+        let etcd = cfg.etcd_client(timeout)?;
         let dcs = Dcs::new(etcd, &cfg.cluster);
         let pg = LocalPg::new(&cfg)?;
         let guard = Guard::spawn(&cfg.postgresql.data_directory)
             .map_err(|e| format!("cannot start the fence guard: {e}"))?;
         let shared: Shared = Arc::new(Mutex::new(Snapshot::default()));
-        api::serve(&cfg.api.listen, shared.clone())
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.api.listen))?;
+        api::serve(&cfg, shared.clone())?;
         Ok(Agent {
+            config_path,
             cfg,
             dcs,
             pg,
@@ -61,10 +90,31 @@ impl Agent {
             not_streaming: 0,
             state: "starting".into(),
             slots_for: Vec::new(),
+            down: false,
+            handed_over: false,
+            sync_names: None,
+            urgent: false,
+            counters: Counters::default(),
+            last_leader: None,
+            leader_seen_before: None,
         })
     }
 
     pub fn run(mut self) -> ! {
+        let _span =
+            tracing::info_span!("agent", node = %self.cfg.name, cluster = %self.cfg.cluster)
+                .entered();
+        let hup = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_hup),
+            nix::sys::signal::SaFlags::SA_RESTART,
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic.
+        if let Err(e) = unsafe { nix::sys::signal::sigaction(nix::sys::signal::SIGHUP, &hup) } {
+            warn(format!(
+                "cannot handle SIGHUP (no configuration reload): {e}"
+            ));
+        }
         let loop_wait = self.cfg.timing().loop_wait;
         log(format!(
             "agent {} of cluster {} started (ttl {} ms, loop_wait {} ms, retry_timeout {} ms)",
@@ -76,20 +126,90 @@ impl Agent {
         ));
         loop {
             let started = monotonic_ms();
+            if RELOAD.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
             self.cycle();
             let spent = monotonic_ms().saturating_sub(started);
-            std::thread::sleep(Duration::from_millis(
-                loop_wait.saturating_sub(spent).max(10),
+            let loop_wait = self.cfg.timing().loop_wait;
+            let period = if self.urgent { 50 } else { loop_wait };
+            std::thread::sleep(Duration::from_millis(period.saturating_sub(spent).max(10)));
+        }
+    }
+
+    /// SIGHUP: the timing, tags and replication settings take effect now; what the agent
+    /// built at start (listener, etcd client, data directory) needs a restart, and says so.
+    fn reload(&mut self) {
+        let new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                warn(format!("SIGHUP: configuration not reloaded: {e}"));
+                return;
+            }
+        };
+        let old = &self.cfg;
+        let fixed = [
+            ("cluster", old.cluster != new.cluster),
+            ("name", old.name != new.name),
+            ("api", format!("{:?}", old.api) != format!("{:?}", new.api)),
+            (
+                "etcd",
+                format!("{:?}", old.etcd) != format!("{:?}", new.etcd),
+            ),
+            (
+                "postgresql",
+                format!("{:?}", old.postgresql) != format!("{:?}", new.postgresql),
+            ),
+            ("state_dir", old.state_dir != new.state_dir),
+            ("log", format!("{:?}", old.log) != format!("{:?}", new.log)),
+            (
+                "replication (user, passfile, sslmode, rewind_user)",
+                (
+                    &old.replication.user,
+                    &old.replication.passfile,
+                    &old.replication.sslmode,
+                    &old.replication.rewind_user,
+                ) != (
+                    &new.replication.user,
+                    &new.replication.passfile,
+                    &new.replication.sslmode,
+                    &new.replication.rewind_user,
+                ),
+            ),
+        ];
+        let restart: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
+        if !restart.is_empty() {
+            warn(format!(
+                "SIGHUP: changes to {} take effect at the next restart",
+                restart.join(", ")
             ));
         }
+        let old = self.cfg.clone();
+        let mut replication = old.replication.clone();
+        replication.synchronous_mode = new.replication.synchronous_mode;
+        replication.synchronous_mode_strict = new.replication.synchronous_mode_strict;
+        self.cfg = Config {
+            timing: new.timing,
+            tags: new.tags,
+            replication,
+            ..old
+        };
+        self.sync_names = None;
+        log(format!(
+            "SIGHUP: configuration reloaded (ttl {} ms, loop_wait {} ms, retry_timeout {} ms, synchronous_mode {})",
+            self.cfg.timing().ttl,
+            self.cfg.timing().loop_wait,
+            self.cfg.timing().retry_timeout,
+            self.cfg.replication.synchronous_mode
+        ));
     }
 
     fn cycle(&mut self) {
         if !self.guard.alive() {
-            log("the fence guard exited; starting a new one");
+            warn("the fence guard exited; starting a new one");
             match Guard::spawn(&self.cfg.postgresql.data_directory) {
                 Ok(g) => self.guard = g,
-                Err(e) => log(format!("cannot restart the fence guard: {e}")),
+                Err(e) => warn(format!("cannot restart the fence guard: {e}")),
             }
         }
         let obs = self.pg.observe();
@@ -98,6 +218,21 @@ impl Agent {
         if let Ok(v) = &view {
             self.track_leader(v, now);
         }
+        self.down = match &view {
+            Ok(v) => {
+                let down = v.down.contains(&self.cfg.name);
+                if let Err(e) = maintenance::persist(&self.cfg.state_dir, down) {
+                    warn(format!("cannot record maintenance on disk: {e}"));
+                }
+                down
+            }
+            Err(_) => maintenance::on_disk(&self.cfg.state_dir),
+        };
+        self.urgent = view.as_ref().is_ok_and(|v| {
+            v.request
+                .as_ref()
+                .is_some_and(|(r, _)| r.due() <= unix_now() && !r.expired(unix_now()))
+        });
         let facts = self.facts(&obs, view.as_ref().ok(), now);
         let action = decide::decide(&facts);
         if !matches!(action, Action::Wait { .. } | Action::RenewLeader) {
@@ -105,7 +240,7 @@ impl Agent {
         }
         let outcome = self.act(&action, view.as_ref().ok(), &obs);
         if let Err(e) = &outcome {
-            log(format!("{action:?} failed: {e}"));
+            warn(format!("{action:?} failed: {e}"));
         }
         let obs = if matches!(action, Action::Wait { .. } | Action::RenewLeader) {
             obs
@@ -114,23 +249,30 @@ impl Agent {
         };
         if let (Action::TakeLeader { promote, .. }, Ok(()), Ok(v)) = (&action, &outcome, &view) {
             // With the timeline the promotion gave (the observation just made).
+            let requested = v
+                .request
+                .as_ref()
+                .filter(|(r, _)| r.promotes(unix_now()) == Some(self.cfg.name.as_str()));
+            let reason = match requested {
+                Some((r, _)) if r.handed_over.is_some() => "switchover",
+                Some(_) => "failover (requested)",
+                None if *promote => "failover",
+                None if v.history.is_empty() => "bootstrap",
+                None => "leader key reclaimed",
+            };
             let entry = HistoryEntry {
                 leader: self.cfg.name.clone(),
                 timeline: obs.timeline,
                 at: unix_now(),
-                reason: if *promote {
-                    "failover"
-                } else {
-                    "leader key reclaimed"
-                }
-                .into(),
+                reason: reason.into(),
             };
             let _ = self.dcs.record_history(v, entry);
         }
         let me = self.record(&obs, view.as_ref().ok());
+        // The API first: once the record says e.g. "down", the health checks say so too.
         if let Ok(v) = &view {
+            self.update_snapshot(me.clone(), v, &action);
             let _ = self.dcs.publish(&me, self.lease);
-            self.update_snapshot(me, v, &action);
         } else {
             self.update_snapshot(me, &View::default(), &action);
         }
@@ -147,6 +289,13 @@ impl Agent {
     }
 
     fn track_leader(&mut self, v: &View, now: u64) {
+        let name = v.leader.as_ref().map(|l| l.name.clone());
+        if name.is_some() && name != self.last_leader {
+            if self.last_leader.is_some() {
+                self.counters.leader_changes += 1;
+            }
+            self.last_leader = name;
+        }
         match &v.leader {
             Some(l) if self.leader_seen.is_none_or(|(rev, _)| rev != l.revision) => {
                 self.leader_seen = Some((l.revision, now));
@@ -185,7 +334,7 @@ impl Agent {
             .leader_seen
             .is_some_and(|(_, since)| now.saturating_sub(since) < t.ttl);
         let diverged = leader_rec.is_some_and(|l| {
-            (!obs.running && was_primary)
+            (!obs.running && was_primary && !self.handed_over)
                 || (obs.running
                     && leader_alive
                     && self.not_streaming >= long
@@ -202,7 +351,7 @@ impl Agent {
                         .members
                         .iter()
                         .filter(|m| m.name != self.cfg.name)
-                        .map(MemberRecord::as_member)
+                        .map(|m| m.as_member(v.down.contains(&m.name)))
                         .collect(),
                 },
                 None => Cluster::Unreachable,
@@ -221,6 +370,12 @@ impl Agent {
             nofailover: self.cfg.tags.nofailover,
             priority: self.cfg.tags.priority,
             initialized: view.is_some_and(|v| !v.history.is_empty()),
+            wall: unix_now(),
+            paused: view.is_some_and(|v| v.paused),
+            down: self.down,
+            request: view.and_then(|v| v.request.as_ref().map(|(r, _)| r.clone())),
+            synchronous_mode: self.cfg.replication.synchronous_mode,
+            sync: view.and_then(|v| v.sync.clone()),
         }
     }
 
@@ -234,7 +389,7 @@ impl Agent {
         self.last_leader_write = Some(sent);
         let until = sent + self.cfg.timing().retry_timeout;
         if let Err(e) = self.guard.primary_until(until) {
-            log(format!("cannot reach the fence guard: {e}"));
+            warn(format!("cannot reach the fence guard: {e}"));
         }
     }
 
@@ -259,31 +414,39 @@ impl Agent {
                 if !obs.running || obs.in_recovery {
                     let _ = self.guard.standby();
                 }
+                if obs.running && obs.in_recovery {
+                    // Slots for the other members ahead of a promotion, so an old primary
+                    // that follows this node finds its slot at once (a missing slot costs a
+                    // walreceiver retry, 5 s by default). Unreserved until used.
+                    self.ensure_slots(view);
+                }
                 Ok(())
             }
-            Action::RenewLeader => {
-                let current = view.and_then(|v| v.leader.as_ref()).map(|l| l.revision);
-                let sent = monotonic_ms();
-                match self
-                    .dcs
-                    .write_leader(&me, self.lease, current)
-                    .map_err(|e| e.to_string())?
-                {
-                    Some(rev) => {
-                        self.wrote_leader(rev, sent);
-                        self.state = "running".into();
-                        if obs.running && !obs.in_recovery {
-                            self.ensure_slots(view);
-                        }
-                        Ok(())
-                    }
-                    None => {
-                        self.lost_leadership();
-                        Err("the leader key changed under us".into())
-                    }
-                }
+            Action::RenewLeader => self.renew(view, obs),
+            Action::EndRequest { ok, message } => {
+                self.renew(view, obs)?;
+                let Some((request, rev)) = view.and_then(|v| v.request.clone()) else {
+                    return Ok(());
+                };
+                log(format!(
+                    "{:?} request {}: {message}",
+                    request.kind,
+                    if *ok { "done" } else { "failed" }
+                ));
+                let outcome = Outcome {
+                    request,
+                    ok: *ok,
+                    message: message.clone(),
+                    at: unix_now(),
+                };
+                self.dcs
+                    .end_request(rev, &outcome)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
+            Action::HandOver { to } => self.hand_over(to, view),
             Action::TakeLeader { expected, promote } => {
+                self.leader_seen_before = self.leader_seen.map(|(_, since)| since);
                 let sent = monotonic_ms();
                 match self
                     .dcs
@@ -294,10 +457,34 @@ impl Agent {
                     Some(rev) => {
                         self.wrote_leader(rev, sent);
                         log(format!("took the leader key (revision {rev})"));
+                        self.handed_over = false;
                         if *promote {
+                            // The old leader's last sign of life: when we first saw the
+                            // revision it left behind.
+                            let since = self.leader_seen_before.unwrap_or(sent);
                             self.state = "promoting".into();
+                            if self.cfg.replication.synchronous_mode {
+                                // Nobody is synchronous for this node yet: say so before
+                                // it accepts a write, then wait for a standby (strict) or
+                                // not (see manage_sync).
+                                self.dcs
+                                    .write_sync(&SyncState {
+                                        leader: me.clone(),
+                                        standby: None,
+                                    })
+                                    .map_err(|e| e.to_string())?;
+                                let names = self.unsynced_names();
+                                self.pg.set_sync_names(&names)?;
+                                self.sync_names = Some(names);
+                            }
+                            self.ensure_slots(view);
                             self.pg.promote()?;
-                            log("promoted");
+                            let took = monotonic_ms().saturating_sub(since);
+                            self.counters.promotions += 1;
+                            self.counters.last_failover_ms = Some(took);
+                            log(format!(
+                                "promoted ({took} ms after the old leader's last sign of life)"
+                            ));
                         }
                         self.state = "running".into();
                         self.ensure_slots(view);
@@ -353,13 +540,194 @@ impl Agent {
         }
     }
 
+    fn renew(&mut self, view: Option<&View>, obs: &Observed) -> Result<(), String> {
+        let me = self.cfg.name.clone();
+        let current = view.and_then(|v| v.leader.as_ref()).map(|l| l.revision);
+        let sent = monotonic_ms();
+        match self
+            .dcs
+            .write_leader(&me, self.lease, current)
+            .map_err(|e| e.to_string())?
+        {
+            Some(rev) => {
+                self.wrote_leader(rev, sent);
+                self.counters.renew_ms = Some(monotonic_ms().saturating_sub(sent));
+                self.state = "running".into();
+                if obs.running && !obs.in_recovery {
+                    self.ensure_slots(view);
+                    if self.cfg.replication.synchronous_mode {
+                        if let Some(v) = view {
+                            if let Err(e) = self.manage_sync(v) {
+                                self.sync_names = None;
+                                warn(format!("synchronous replication: {e}"));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            None => {
+                self.lost_leadership();
+                Err("the leader key changed under us".into())
+            }
+        }
+    }
+
+    /// synchronous_standby_names with no synchronous standby: wait for any (strict) or
+    /// for none.
+    fn unsynced_names(&self) -> String {
+        if self.cfg.replication.synchronous_mode_strict {
+            "*".into()
+        } else {
+            String::new()
+        }
+    }
+
+    /// The leader keeps one healthy standby synchronous and the sync record naming it. The
+    /// order makes the record safe to promote from: a standby is recorded only once it is
+    /// synchronous and caught up, and the record drops it before PostgreSQL stops waiting
+    /// for it.
+    fn manage_sync(&mut self, v: &View) -> Result<(), String> {
+        let me = self.cfg.name.clone();
+        let ours = v.sync.as_ref().filter(|s| s.leader == me);
+        let recorded = ours.and_then(|s| s.standby.clone());
+        let healthy = |m: &MemberRecord| {
+            m.name != me
+                && m.role == "replica"
+                && m.state == "streaming"
+                && m.upstream.as_deref() == Some(me.as_str())
+                && !m.down
+                && !v.down.contains(&m.name)
+                && !m.nofailover
+        };
+        let desired = match recorded.as_deref().and_then(|r| v.member(r)) {
+            Some(m) if healthy(m) => Some(m.name.clone()),
+            _ => v
+                .members
+                .iter()
+                .filter(|m| healthy(m))
+                .max_by(|a, b| a.lsn.cmp(&b.lsn).then(b.name.cmp(&a.name)))
+                .map(|m| m.name.clone()),
+        };
+        let mut recorded = recorded;
+        if ours.is_none() || (recorded.is_some() && recorded != desired) {
+            self.dcs
+                .write_sync(&SyncState {
+                    leader: me.clone(),
+                    standby: None,
+                })
+                .map_err(|e| format!("cannot write the sync record: {e}"))?;
+            if let Some(old) = &recorded {
+                log(format!("{old} is no longer the synchronous standby"));
+            }
+            recorded = None;
+        }
+        let names = match &desired {
+            Some(n) => format!("\"{}\"", n.replace('"', "\"\"")),
+            None => self.unsynced_names(),
+        };
+        let current = match self.sync_names.clone() {
+            Some(n) => n,
+            None => self.pg.sync_names()?,
+        };
+        if current != names {
+            self.pg.set_sync_names(&names)?;
+        }
+        self.sync_names = Some(names);
+        if let (None, Some(d)) = (&recorded, &desired) {
+            if self.pg.is_sync_and_caught_up(d)? {
+                self.dcs
+                    .write_sync(&SyncState {
+                        leader: me,
+                        standby: Some(d.clone()),
+                    })
+                    .map_err(|e| format!("cannot write the sync record: {e}"))?;
+                log(format!("{d} is the synchronous standby"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A planned switchover: stop accepting writes with a clean shutdown (walsenders send
+    /// every record, the shutdown checkpoint included, before they exit), tell `to` where
+    /// that last record is, give up the key, and come back as a standby following `to`.
+    fn hand_over(&mut self, to: &str, view: Option<&View>) -> Result<(), String> {
+        let v = view.ok_or("etcd is unreachable")?;
+        let conn = v
+            .member(to)
+            .map(|m| m.conn.clone())
+            .ok_or_else(|| format!("{to} has not published its address"))?;
+        let (request, rev) = match &v.request {
+            Some((r, rev)) => (r.clone(), Some(*rev)),
+            // Maintenance on the leader: a switchover nobody filed.
+            None => (
+                Request {
+                    kind: RequestKind::Switchover,
+                    from: Some(self.cfg.name.clone()),
+                    to: Some(to.to_string()),
+                    at: None,
+                    requested_at: unix_now(),
+                    handed_over: None,
+                },
+                None,
+            ),
+        };
+        let started = monotonic_ms();
+        log(format!("switchover to {to}: shutting down cleanly"));
+        self.state = "handing over".into();
+        let _ = self.guard.standby();
+        self.pg.stop("fast")?;
+        let handed = (|| {
+            let lsn = self.pg.shutdown_checkpoint()?;
+            self.pg.prepare_standby(Some(&conn))?;
+            let r = Request {
+                handed_over: Some(HandedOver {
+                    to: to.to_string(),
+                    lsn,
+                    at: unix_now(),
+                }),
+                ..request
+            };
+            let written = match rev {
+                Some(rev) => self.dcs.update_request(&r, rev),
+                None => self.dcs.file_request(&r),
+            }
+            .map_err(|e| e.to_string())?;
+            if !written {
+                return Err("the request changed meanwhile".to_string());
+            }
+            Ok(lsn)
+        })();
+        let lsn = match handed {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                // Still the leader: come back as the primary.
+                let _ = std::fs::remove_file(self.pg.data.path.join("standby.signal"));
+                self.pg.start()?;
+                return Err(format!("switchover to {to} abandoned: {e}"));
+            }
+        };
+        if let Some(rev) = self.my_revision {
+            let _ = self.dcs.release_leader(rev);
+        }
+        self.lost_leadership();
+        self.handed_over = true;
+        log(format!(
+            "handed over to {to} after {} ms (last record at {:X}); restarting as its standby",
+            monotonic_ms().saturating_sub(started),
+            lsn
+        ));
+        self.state = "starting".into();
+        self.pg.start()
+    }
+
     fn ensure_slots(&mut self, view: Option<&View>) {
         let Some(v) = view else { return };
         let names: Vec<String> = v.members.iter().map(|m| m.name.clone()).collect();
         if names != self.slots_for {
             match self.pg.ensure_slots(&names) {
                 Ok(()) => self.slots_for = names,
-                Err(e) => log(format!("cannot create replication slots: {e}")),
+                Err(e) => warn(format!("cannot create replication slots: {e}")),
             }
         }
     }
@@ -390,6 +758,7 @@ impl Agent {
             priority: self.cfg.tags.priority,
             settings: obs.settings.clone(),
             warnings: self.standby_warnings(obs, view),
+            down: self.down,
         }
     }
 
@@ -429,6 +798,14 @@ impl Agent {
             None => members.push(me.clone()),
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
+        let now = monotonic_ms();
+        let leader_alive = match v.leader.as_ref() {
+            Some(l) if l.name == self.cfg.name => now < writable_until,
+            Some(_) => self
+                .leader_seen
+                .is_some_and(|(_, since)| now.saturating_sub(since) < self.cfg.timing().ttl),
+            None => false,
+        };
         if let Ok(mut s) = self.shared.lock() {
             *s = Snapshot {
                 me: Some(me),
@@ -437,6 +814,16 @@ impl Agent {
                 writable_until,
                 etcd_ok: v.leader.is_some() || !v.members.is_empty(),
                 last_action: format!("{action:?}"),
+                down: self.down,
+                paused: v.paused,
+                leader_alive,
+                sync_standby: v
+                    .sync
+                    .as_ref()
+                    .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
+                    .and_then(|s| s.standby.clone()),
+                request: v.request.as_ref().map(|(r, _)| r.clone()),
+                counters: self.counters.clone(),
             };
         }
     }

@@ -7,10 +7,9 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::dcs::{Dcs, View};
-use crate::etcd::Client;
 
 pub fn status(cfg: &Config, as_json: bool) -> Result<String, String> {
-    let etcd = Client::new(&cfg.etcd.endpoints, Duration::from_secs(3))?;
+    let etcd = cfg.etcd_client(Duration::from_secs(3))?;
     let view = Dcs::new(etcd, &cfg.cluster).read().map_err(|e| {
         format!(
             "{e} (endpoints: {}); is etcd running there?",
@@ -25,7 +24,8 @@ pub fn status(cfg: &Config, as_json: bool) -> Result<String, String> {
 }
 
 /// The contract other tools read: `leader` (a name or null) and `members`, each with
-/// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`.
+/// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`, `down`; also `paused`,
+/// `sync_standby`, the pending `request` and the last request's `outcome`.
 pub fn status_json(view: &View) -> Value {
     let leader = view.leader.as_ref().map(|l| l.name.clone());
     let leader_lsn = leader.as_ref().and_then(|l| view.member(l)).map(|m| m.lsn);
@@ -48,10 +48,24 @@ pub fn status_json(view: &View) -> Value {
                 "leader": leader.as_deref() == Some(m.name.as_str()),
                 "upstream": m.upstream,
                 "api": m.api,
+                "down": view.down.contains(&m.name),
+                "warnings": m.warnings,
             })
         })
         .collect();
-    json!({"leader": leader, "members": members})
+    let sync_standby = view
+        .sync
+        .as_ref()
+        .filter(|s| leader.as_deref() == Some(s.leader.as_str()))
+        .and_then(|s| s.standby.clone());
+    json!({
+        "leader": leader,
+        "members": members,
+        "paused": view.paused,
+        "sync_standby": sync_standby,
+        "request": view.request.as_ref().map(|(r, _)| r),
+        "outcome": view.outcome,
+    })
 }
 
 fn table(cluster: &str, doc: &Value) -> String {
@@ -63,6 +77,7 @@ fn table(cluster: &str, doc: &Value) -> String {
         "TL".into(),
         "LAG".into(),
         "LEADER".into(),
+        "NOTE".into(),
     ]];
     for m in doc["members"].as_array().into_iter().flatten() {
         let s = |k: &str| match &m[k] {
@@ -82,9 +97,17 @@ fn table(cluster: &str, doc: &Value) -> String {
             } else {
                 String::new()
             },
+            [
+                (m["down"] == json!(true)).then_some("down (maintenance)".to_string()),
+                (doc["sync_standby"] == m["name"]).then_some("synchronous".to_string()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", "),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
@@ -99,6 +122,29 @@ fn table(cluster: &str, doc: &Value) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    if doc["paused"] == json!(true) {
+        out.push_str("automatic failover is PAUSED (pgshift resume)\n");
+    }
+    if let Some(r) = doc["request"].as_object() {
+        out.push_str(&format!(
+            "pending {}: to {}{}\n",
+            r["kind"].as_str().unwrap_or("request"),
+            r["to"].as_str().unwrap_or("the best standby"),
+            r["at"]
+                .as_u64()
+                .map(|t| format!(" at {t}"))
+                .unwrap_or_default()
+        ));
+    }
+    for m in doc["members"].as_array().into_iter().flatten() {
+        for w in m["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{}: {}\n",
+                m["name"].as_str().unwrap_or(""),
+                w.as_str().unwrap_or("")
+            ));
+        }
     }
     out
 }

@@ -26,6 +26,31 @@ pub struct Config {
     pub timing: TimingConfig,
     #[serde(default)]
     pub tags: Tags,
+    /// Where this node keeps state that must survive restarts without etcd (maintenance).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub log: Log,
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/pgshift".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// "text" (default) or "json" (one object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +60,16 @@ pub struct Api {
     pub listen: String,
     /// host:port others (and the CLI) use to reach this node's API.
     pub connect_address: Option<String>,
+    /// A file (mode 0600) holding the bearer token mutating requests must present.
+    pub token_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate and key (PEM).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Accept mutating requests from clients presenting a certificate signed by this CA.
+    pub tls_client_ca: Option<PathBuf>,
+    /// The CA that signed the agents' API certificates: the CLI verifies the API with it
+    /// (and presents tls_cert/tls_key as its own client certificate).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for Api {
@@ -42,6 +77,11 @@ impl Default for Api {
         Api {
             listen: default_listen(),
             connect_address: None,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_ca: None,
         }
     }
 }
@@ -53,8 +93,13 @@ fn default_listen() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Etcd {
-    /// `http://host:port` client URLs of the etcd members.
+    /// `http://host:port` or `https://host:port` client URLs of the etcd members.
     pub endpoints: Vec<String>,
+    /// For https endpoints: the CA that signed etcd's certificates.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key, when etcd asks for one (client-cert-auth).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +146,13 @@ pub struct Replication {
     /// its password in the same passfile.
     #[serde(default = "default_rewind_user")]
     pub rewind_user: String,
+    /// The leader keeps one standby synchronous and only that one may be promoted: no
+    /// acknowledged commit is lost by a failover.
+    #[serde(default)]
+    pub synchronous_mode: bool,
+    /// With no healthy standby, block writes (true) rather than go on asynchronously.
+    #[serde(default)]
+    pub synchronous_mode_strict: bool,
 }
 
 fn default_rewind_user() -> String {
@@ -214,7 +266,16 @@ impl Config {
             return Err("etcd.endpoints is empty: list the etcd members' client URLs".into());
         }
         for e in &self.etcd.endpoints {
-            crate::etcd::Endpoint::parse(e).map_err(|why| format!("etcd.endpoints: {why}"))?;
+            let ep =
+                crate::etcd::Endpoint::parse(e).map_err(|why| format!("etcd.endpoints: {why}"))?;
+            if ep.tls && self.etcd.ca_file.is_none() {
+                return Err(format!(
+                    "etcd.endpoints: {e} is https: set etcd.ca_file to the CA that signed etcd's certificate"
+                ));
+            }
+        }
+        if self.etcd.cert_file.is_some() != self.etcd.key_file.is_some() {
+            return Err("etcd.cert_file and etcd.key_file go together".into());
         }
         if !self.postgresql.data_directory.is_absolute() {
             return Err("postgresql.data_directory must be an absolute path".into());
@@ -225,6 +286,15 @@ impl Config {
         )?;
         if let Some(a) = &self.api.connect_address {
             host_port("api.connect_address", a)?;
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            return Err("api.tls_cert and api.tls_key go together".into());
+        }
+        if self.api.tls_client_ca.is_some() && self.api.tls_cert.is_none() {
+            return Err("api.tls_client_ca needs api.tls_cert and api.tls_key (client certificates need TLS)".into());
+        }
+        if self.replication.synchronous_mode_strict && !self.replication.synchronous_mode {
+            return Err("replication.synchronous_mode_strict needs synchronous_mode = true".into());
         }
         let t = &self.timing;
         for (k, v) in [
@@ -254,6 +324,19 @@ impl Config {
             loop_wait: ms(self.timing.loop_wait),
             retry_timeout: ms(self.timing.retry_timeout),
         }
+    }
+
+    /// A client for this cluster's etcd, over TLS where the endpoints say https.
+    pub fn etcd_client(&self, timeout: std::time::Duration) -> Result<crate::etcd::Client, String> {
+        let e = &self.etcd;
+        let tls = match &e.ca_file {
+            Some(ca) => Some(crate::tls::client(
+                ca,
+                e.cert_file.as_deref().zip(e.key_file.as_deref()),
+            )?),
+            None => None,
+        };
+        crate::etcd::Client::new(&e.endpoints, timeout, tls)
     }
 
     /// The API address others use: connect_address, or the listen address.

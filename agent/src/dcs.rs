@@ -2,14 +2,20 @@
 //! - `leader`: the leader's node name, bound to its agent's lease and rewritten every loop
 //!   (each write bumps the key's mod_revision, which followers time; see `decide`);
 //! - `members/<name>`: each node's published facts (JSON), bound to its agent's lease;
-//! - `history`: the leader changes, newest last (JSON list).
+//! - `history`: the leader changes, newest last (JSON list);
+//! - `request`: the pending switchover or failover (`records::Request`), `outcome`: what
+//!   became of the last one;
+//! - `sync`: the synchronous standby (`records::SyncState`), written by the leader;
+//! - `pause`: present while automatic failover is paused;
+//! - `down/<name>`: present while that node is in maintenance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::decide::{Leader, Member};
 use crate::etcd::{self, Client};
+use crate::records::{Outcome, Request, SyncState};
 
 /// What a node publishes about itself; also what `/cluster` and `pgshift status` show.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +44,9 @@ pub struct MemberRecord {
     /// Problems this node sees in itself, for people (status, /status).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The node applies maintenance (`pgshift down`): what the CLI waits for.
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// Settings that must be at least the primary's on every standby.
@@ -65,7 +74,8 @@ impl MemberRecord {
         self.conn.rsplit_once(':').map_or(&self.conn, |(h, _)| h)
     }
 
-    pub fn as_member(&self) -> Member {
+    /// `down`: whether etcd has it in maintenance (the record may not say so yet).
+    pub fn as_member(&self, down: bool) -> Member {
         Member {
             name: self.name.clone(),
             running: self.role != "stopped",
@@ -74,6 +84,9 @@ impl MemberRecord {
             lsn: self.lsn,
             nofailover: self.nofailover,
             priority: self.priority,
+            down: down || self.down,
+            streaming: self.state == "streaming",
+            upstream: self.upstream.clone(),
         }
     }
 }
@@ -93,6 +106,12 @@ pub struct View {
     pub leader: Option<Leader>,
     pub members: Vec<MemberRecord>,
     pub history: Vec<HistoryEntry>,
+    /// The pending request and its key's mod_revision.
+    pub request: Option<(Request, i64)>,
+    pub outcome: Option<Outcome>,
+    pub sync: Option<SyncState>,
+    pub paused: bool,
+    pub down: BTreeSet<String>,
 }
 
 impl View {
@@ -141,6 +160,18 @@ impl Dcs {
                 }
             } else if rest == "history" {
                 view.history = serde_json::from_str(&kv.value).unwrap_or_default();
+            } else if rest == "request" {
+                view.request = serde_json::from_str(&kv.value)
+                    .ok()
+                    .map(|r| (r, kv.mod_revision));
+            } else if rest == "outcome" {
+                view.outcome = serde_json::from_str(&kv.value).ok();
+            } else if rest == "sync" {
+                view.sync = serde_json::from_str(&kv.value).ok();
+            } else if rest == "pause" {
+                view.paused = true;
+            } else if let Some(name) = rest.strip_prefix("down/") {
+                view.down.insert(name.to_string());
             }
         }
         view.members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -168,6 +199,61 @@ impl Dcs {
     /// Gives the key up (a fenced or demoted leader), only if it is still ours.
     pub fn release_leader(&self, revision: i64) -> Result<bool, etcd::Error> {
         self.etcd.delete_if(&self.leader_key(), revision)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// Files a request unless one is pending; false when one is.
+    pub fn file_request(&self, r: &Request) -> Result<bool, etcd::Error> {
+        let value = serde_json::to_string(r).expect("serializable");
+        Ok(self
+            .etcd
+            .put_if(&self.key("request"), &value, 0, None)?
+            .is_some())
+    }
+
+    /// Replaces the request at `revision` (the leader marking its handover).
+    pub fn update_request(&self, r: &Request, revision: i64) -> Result<bool, etcd::Error> {
+        let value = serde_json::to_string(r).expect("serializable");
+        Ok(self
+            .etcd
+            .put_if(&self.key("request"), &value, 0, Some(revision))?
+            .is_some())
+    }
+
+    /// Closes the request at `revision` and records its outcome.
+    pub fn end_request(&self, revision: i64, outcome: &Outcome) -> Result<bool, etcd::Error> {
+        if !self.etcd.delete_if(&self.key("request"), revision)? {
+            return Ok(false);
+        }
+        let value = serde_json::to_string(outcome).expect("serializable");
+        self.etcd.put(&self.key("outcome"), &value, 0)?;
+        Ok(true)
+    }
+
+    pub fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
+        let value = serde_json::to_string(s).expect("serializable");
+        self.etcd.put(&self.key("sync"), &value, 0).map(|_| ())
+    }
+
+    pub fn set_paused(&self, paused: bool, by: &str) -> Result<(), etcd::Error> {
+        if paused {
+            self.etcd.put(&self.key("pause"), by, 0).map(|_| ())
+        } else {
+            self.etcd.delete(&self.key("pause"))
+        }
+    }
+
+    /// Maintenance on or off for `node` (not bound to any lease: it outlives every agent).
+    pub fn set_down(&self, node: &str, down: bool, by: &str) -> Result<(), etcd::Error> {
+        let key = self.key(&format!("down/{node}"));
+        if down {
+            self.etcd.put(&key, by, 0).map(|_| ())
+        } else {
+            self.etcd.delete(&key)
+        }
     }
 
     pub fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
@@ -202,6 +288,7 @@ mod tests {
             priority: 1,
             settings: BTreeMap::new(),
             warnings: vec![],
+            down: false,
         };
         leader.settings.insert("max_connections".into(), 200);
         leader.settings.insert("max_wal_senders".into(), 10);

@@ -15,6 +15,8 @@
 
 use std::cmp::Ordering;
 
+use crate::records::{Request, RequestKind, SyncState};
+
 /// Milliseconds on the caller's monotonic clock.
 pub type Millis = u64;
 
@@ -36,6 +38,11 @@ pub struct Member {
     pub lsn: u64,
     pub nofailover: bool,
     pub priority: i32,
+    /// In maintenance (`pgshift down`): out of rotation, never a candidate.
+    pub down: bool,
+    /// Streaming from `upstream`.
+    pub streaming: bool,
+    pub upstream: Option<String>,
 }
 
 /// The leader key: who, and the revision of its last write.
@@ -88,6 +95,17 @@ pub struct Facts {
     /// Whether the cluster ever had a leader (etcd holds its history). Until then only a
     /// primary may take the key: a standby whose agent starts first must not promote.
     pub initialized: bool,
+    /// Wall clock, Unix seconds (scheduled switchovers, request timeouts).
+    pub wall: u64,
+    /// Automatic failover is paused cluster-wide (`pgshift pause`).
+    pub paused: bool,
+    /// This node is in maintenance (`pgshift down`).
+    pub down: bool,
+    /// The pending switchover or failover request.
+    pub request: Option<Request>,
+    /// Synchronous mode: only the standby the sync record names may be promoted.
+    pub synchronous_mode: bool,
+    pub sync: Option<SyncState>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +130,10 @@ pub enum Action {
     Follow { leader: String },
     /// Become `leader`'s standby after diverging from it: rewind (or rebuild), then stream.
     Rejoin { leader: String },
+    /// Planned switchover: shut down cleanly, release the key to `to`, restart as a standby.
+    HandOver { to: String },
+    /// Renew the leader key, then close the pending request with this outcome.
+    EndRequest { ok: bool, message: String },
     /// Nothing to do now.
     Wait { reason: String },
 }
@@ -150,7 +172,7 @@ pub fn decide(f: &Facts) -> Action {
             } else if f.local.in_recovery {
                 Action::Promote
             } else {
-                Action::RenewLeader
+                leading(f, members)
             }
         }
         Some(l) if !stale => follow(f, &l.name, writable),
@@ -216,6 +238,121 @@ fn follow(f: &Facts, leader: &str, writable: bool) -> Action {
     wait(format!("streaming from {leader}"))
 }
 
+/// This node leads and PostgreSQL is its writable primary: renew, or carry out a request.
+fn leading(f: &Facts, members: &[Member]) -> Action {
+    let end = |ok: bool, message: String| Action::EndRequest { ok, message };
+    if let Some(r) = &f.request {
+        match (&r.kind, &r.handed_over) {
+            // Someone took over through the request and it is me: it is done. (A failover
+            // naming another node while I lead is moot.)
+            (_, Some(h)) => {
+                return end(h.to == f.me, format!("{} leads now", f.me));
+            }
+            (RequestKind::Failover, None) => {
+                return end(
+                    r.to.as_deref() == Some(f.me.as_str()),
+                    format!("{} leads now", f.me),
+                );
+            }
+            (RequestKind::Switchover, None) => {
+                if r.from.as_deref().is_some_and(|from| from != f.me) {
+                    return end(
+                        false,
+                        format!(
+                            "{} is no longer the leader ({} is)",
+                            r.from.as_deref().unwrap_or(""),
+                            f.me
+                        ),
+                    );
+                }
+                if r.expired(f.wall) {
+                    return end(
+                        false,
+                        format!(
+                            "not carried out within {} s of its time: {}",
+                            crate::records::REQUEST_TIMEOUT_SECS,
+                            match switchover(f, members, r.to.as_deref()) {
+                                Step::Wait(why) | Step::Refuse(why) => why,
+                                Step::Go(_) => "the candidate became ready too late".into(),
+                            }
+                        ),
+                    );
+                }
+                if r.due() <= f.wall {
+                    return match switchover(f, members, r.to.as_deref()) {
+                        Step::Go(to) => Action::HandOver { to },
+                        Step::Refuse(why) => end(false, why),
+                        // Leadership must go on while we wait for the candidate.
+                        Step::Wait(_) => Action::RenewLeader,
+                    };
+                }
+            }
+        }
+    }
+    if f.down {
+        // Maintenance on the leader: hand over to whoever can take it; with nobody, go on
+        // leading (status shows why).
+        if let Step::Go(to) = switchover(f, members, None) {
+            return Action::HandOver { to };
+        }
+    }
+    Action::RenewLeader
+}
+
+enum Step {
+    Go(String),
+    Wait(String),
+    Refuse(String),
+}
+
+/// Whether a switchover to `to` (or the best standby) can go now.
+fn switchover(f: &Facts, members: &[Member], to: Option<&str>) -> Step {
+    let streams = |m: &Member| {
+        m.running && m.in_recovery && m.streaming && m.upstream.as_deref() == Some(&f.me)
+    };
+    let candidate = match to {
+        Some(name) if name == f.me => {
+            return Step::Refuse(format!("{name} is already the leader"));
+        }
+        Some(name) => match members.iter().find(|m| m.name == name) {
+            Some(m) if m.down => return Step::Refuse(format!("{name} is down (maintenance)")),
+            Some(m) if m.nofailover => return Step::Refuse(format!("{name} is tagged nofailover")),
+            Some(m) => m,
+            None => return Step::Refuse(format!("{name} is not a member of the cluster")),
+        },
+        None => {
+            let best = members
+                .iter()
+                .filter(|m| streams(m) && !m.down && !m.nofailover)
+                .max_by(|a, b| rank(a, b));
+            match best {
+                Some(m) => m,
+                None => {
+                    return Step::Refuse(
+                        "no standby can take over (none is streaming, up and failover-eligible)"
+                            .into(),
+                    )
+                }
+            }
+        }
+    };
+    if !streams(candidate) {
+        return Step::Wait(format!(
+            "waiting for {} to stream from {}",
+            candidate.name, f.me
+        ));
+    }
+    // The clean shutdown sends it everything; a big backlog would only make that long.
+    let lag = f.local.lsn.saturating_sub(candidate.lsn);
+    if lag > f.maximum_lag_on_failover {
+        return Step::Wait(format!(
+            "waiting for {} to catch up ({lag} bytes behind)",
+            candidate.name
+        ));
+    }
+    Step::Go(candidate.name.clone())
+}
+
 /// The leader key is absent or stale: the most advanced eligible node takes it.
 fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: bool) -> Action {
     let expected = leader.map(|l| l.revision);
@@ -233,11 +370,54 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
     if leader.is_none() && !f.initialized {
         return wait("no leader has been elected yet: waiting for the primary's agent");
     }
+    // An operator's request names the node to promote: it alone takes the key, whatever
+    // the automatic rules would say (pause, ranking, synchronous mode).
+    if let Some(r) = &f.request {
+        if let Some(target) = r.promotes(f.wall) {
+            if target != f.me {
+                return wait(format!("{target} is taking over ({:?})", r.kind));
+            }
+            if f.local.diverged {
+                return wait("asked to take over, but this node's history diverged");
+            }
+            if let Some(h) = r.handed_over.as_ref().filter(|h| f.local.lsn <= h.lsn) {
+                return wait(format!(
+                    "receiving the old leader's last records (at {:X}, need past {:X})",
+                    f.local.lsn, h.lsn
+                ));
+            }
+            return Action::TakeLeader {
+                expected,
+                promote: true,
+            };
+        }
+    }
+    if f.paused {
+        return wait("no leader, and automatic failover is paused");
+    }
+    if f.down {
+        return wait("no leader, and this node is down (maintenance)");
+    }
     if f.nofailover {
         return wait("no leader, and this node is tagged nofailover");
     }
     if f.local.diverged {
         return wait("no leader, and this node's history diverged: it cannot be promoted");
+    }
+    if f.synchronous_mode {
+        // Only the synchronous standby is known to hold every acknowledged commit.
+        let standby = f.sync.as_ref().and_then(|s| s.standby.as_deref());
+        return if standby == Some(f.me.as_str()) {
+            Action::TakeLeader {
+                expected,
+                promote: true,
+            }
+        } else {
+            wait(format!(
+                "no leader; synchronous mode allows only the synchronous standby ({}) to be promoted",
+                standby.unwrap_or("none")
+            ))
+        };
     }
     let leader_lsn = leader
         .and_then(|l| members.iter().find(|m| m.name == l.name))
@@ -259,6 +439,9 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         lsn: f.local.lsn,
         nofailover: false,
         priority: f.priority,
+        down: false,
+        streaming: true,
+        upstream: None,
     };
     let better = members.iter().find(|m| {
         m.name != f.me
@@ -266,6 +449,7 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
             && m.running
             && m.in_recovery
             && !m.nofailover
+            && !m.down
             && rank(m, &me) == Ordering::Greater
     });
     if let Some(b) = better {
@@ -306,6 +490,9 @@ mod tests {
             lsn,
             nofailover: false,
             priority: 1,
+            down: false,
+            streaming: in_recovery,
+            upstream: in_recovery.then(|| "db1".into()),
         }
     }
 
@@ -363,6 +550,12 @@ mod tests {
             nofailover: false,
             priority: 1,
             initialized: true,
+            wall: 1_000_000,
+            paused: false,
+            down: false,
+            request: None,
+            synchronous_mode: false,
+            sync: None,
         }
     }
 
@@ -689,6 +882,263 @@ mod tests {
                 }),
             ),
         ];
+        // Operator requests, maintenance, pause and synchronous mode.
+        let lead = |request: Option<Request>| Facts {
+            me: "db1".into(),
+            last_leader_write: Some(9_800),
+            request,
+            ..facts(primary(100), read(leader("db1", 7), both(100, 100)))
+        };
+        let sw = |to: Option<&str>| Request {
+            kind: RequestKind::Switchover,
+            from: Some("db1".into()),
+            to: to.map(Into::into),
+            at: None,
+            requested_at: 1_000_000,
+            handed_over: None,
+        };
+        let handed = |to: &str, lsn: u64, at: u64| Request {
+            handed_over: Some(crate::records::HandedOver {
+                to: to.into(),
+                lsn,
+                at,
+            }),
+            ..sw(Some(to))
+        };
+        let ends = |ok: bool| -> Check {
+            Box::new(move |a| matches!(a, Action::EndRequest { ok: o, .. } if *o == ok))
+        };
+        let hand = |to: &str| Action::HandOver { to: to.into() };
+        rows.extend::<Vec<(&str, Facts, Check)>>(vec![
+            (
+                "switchover to a caught-up streaming standby: hand over",
+                lead(Some(sw(Some("db2")))),
+                is(hand("db2")),
+            ),
+            (
+                "switchover to whoever is best: hand over to it",
+                lead(Some(sw(None))),
+                is(hand("db2")),
+            ),
+            (
+                "switchover, candidate too far behind: keep leading meanwhile",
+                Facts {
+                    maximum_lag_on_failover: 10,
+                    cluster: read(leader("db1", 7), both(100, 50)),
+                    ..lead(Some(sw(Some("db2"))))
+                },
+                is(Action::RenewLeader),
+            ),
+            (
+                "switchover, candidate not streaming yet: keep leading meanwhile",
+                Facts {
+                    cluster: read(
+                        leader("db1", 7),
+                        vec![Member {
+                            streaming: false,
+                            ..member("db2", true, 100)
+                        }],
+                    ),
+                    ..lead(Some(sw(Some("db2"))))
+                },
+                is(Action::RenewLeader),
+            ),
+            (
+                "switchover scheduled later: keep leading",
+                lead(Some(Request {
+                    at: Some(1_000_100),
+                    ..sw(Some("db2"))
+                })),
+                is(Action::RenewLeader),
+            ),
+            (
+                "switchover not possible within its time: end it, failed",
+                lead(Some(Request {
+                    requested_at: 1_000_000 - 61,
+                    ..sw(Some("db3"))
+                })),
+                ends(false),
+            ),
+            (
+                "switchover to a node in maintenance: refused",
+                Facts {
+                    cluster: read(
+                        leader("db1", 7),
+                        vec![Member {
+                            down: true,
+                            ..member("db2", true, 100)
+                        }],
+                    ),
+                    ..lead(Some(sw(Some("db2"))))
+                },
+                ends(false),
+            ),
+            (
+                "switchover asked of a former leader: refused",
+                lead(Some(Request {
+                    from: Some("db3".into()),
+                    ..sw(None)
+                })),
+                ends(false),
+            ),
+            (
+                "switchover with no standby at all: refused",
+                Facts {
+                    cluster: read(leader("db1", 7), vec![]),
+                    ..lead(Some(sw(None)))
+                },
+                ends(false),
+            ),
+            (
+                "the leader is put down: hand over",
+                Facts {
+                    down: true,
+                    ..lead(None)
+                },
+                is(hand("db2")),
+            ),
+            (
+                "the leader is put down, nobody can take over: go on leading",
+                Facts {
+                    down: true,
+                    cluster: read(leader("db1", 7), vec![]),
+                    ..lead(None)
+                },
+                is(Action::RenewLeader),
+            ),
+            (
+                "I took over through a handover: close the request",
+                Facts {
+                    me: "db2".into(),
+                    request: Some(handed("db2", 90, 999_999)),
+                    cluster: read(leader("db2", 8), both(100, 100)),
+                    ..lead(None)
+                },
+                ends(true),
+            ),
+            (
+                "handed over to me, and I received past its last record: take the key",
+                Facts {
+                    request: Some(handed("db2", 90, 999_999)),
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                is(take(None)),
+            ),
+            (
+                "handed over to me, last record not received yet: wait",
+                Facts {
+                    request: Some(handed("db2", 100, 999_999)),
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "handed over to db3: I stand back though I rank higher",
+                Facts {
+                    request: Some(handed("db3", 100, 999_999)),
+                    ..facts(
+                        standby("db1", 500),
+                        read(None, vec![member("db3", true, 100)]),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "a handover nobody completed in time: normal election",
+                Facts {
+                    request: Some(handed("db3", 100, 1_000_000 - 15)),
+                    ..facts(standby("db1", 500), read(None, vec![]))
+                },
+                is(take(None)),
+            ),
+            (
+                "failover --to me with a dead leader: take it despite lag and pause",
+                Facts {
+                    leader_seen: Some((7, 1_000)),
+                    paused: true,
+                    request: Some(Request {
+                        kind: RequestKind::Failover,
+                        from: None,
+                        ..sw(Some("db2"))
+                    }),
+                    ..facts(
+                        standby("db1", 100),
+                        read(leader("db1", 7), both(100 + (2 << 20), 100)),
+                    )
+                },
+                is(take(Some(7))),
+            ),
+            (
+                "paused: a dead leader is not replaced",
+                Facts {
+                    paused: true,
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "down: never promoted",
+                Facts {
+                    down: true,
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "a better candidate is down: I take it",
+                facts(
+                    standby("db1", 100),
+                    read(
+                        None,
+                        vec![Member {
+                            down: true,
+                            ..member("db3", true, 150)
+                        }],
+                    ),
+                ),
+                is(take(None)),
+            ),
+            (
+                "synchronous mode, I am the synchronous standby: take it, lag or not",
+                Facts {
+                    leader_seen: Some((7, 1_000)),
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: Some("db2".into()),
+                    }),
+                    ..facts(
+                        standby("db1", 100),
+                        read(leader("db1", 7), both(100 + (2 << 20), 100)),
+                    )
+                },
+                is(take(Some(7))),
+            ),
+            (
+                "synchronous mode, another node is the synchronous standby: wait",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: Some("db3".into()),
+                    }),
+                    ..facts(standby("db1", 500), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "synchronous mode, no synchronous standby recorded: nobody is promoted",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: None,
+                    }),
+                    ..facts(standby("db1", 500), read(None, vec![]))
+                },
+                waits(),
+            ),
+        ]);
         // Two candidates racing: both see the same stale revision and both decide to take
         // it; the transaction on that revision lets one win. Each side's decision is a take.
         let racing = |me: &str, other: &str| Facts {

@@ -3,10 +3,11 @@
 //! (range, put, transactions on a revision, leases); gRPC would cost megabytes of binary
 //! and resident memory for them.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -16,29 +17,29 @@ use serde_json::{json, Value};
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?}: expected http://host:port (TLS to etcd is not supported yet)")
-        })?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(format!(
+                    "{url:?}: expected http://host:port or https://host:port"
+                ))
+            }
+        };
         let rest = rest.trim_end_matches('/');
         match rest.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() => Ok(Endpoint {
                 host: h.trim_matches(['[', ']']).to_string(),
                 port: p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+                tls,
             }),
-            _ => Err(format!("{url:?}: expected http://host:port")),
+            _ => Err(format!("{url:?}: expected http(s)://host:port")),
         }
-    }
-
-    fn addr(&self) -> Result<SocketAddr, String> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("{}:{}: {e}", self.host, self.port))?
-            .next()
-            .ok_or_else(|| format!("{}:{}: no address", self.host, self.port))
     }
 }
 
@@ -79,18 +80,28 @@ pub struct Client {
     /// The endpoint that answered last: tried first next time.
     preferred: AtomicUsize,
     timeout: Duration,
+    /// For https:// endpoints.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl Client {
-    pub fn new(urls: &[String], timeout: Duration) -> Result<Client, String> {
+    pub fn new(
+        urls: &[String],
+        timeout: Duration,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Result<Client, String> {
         let endpoints = urls
             .iter()
             .map(|u| Endpoint::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.iter().any(|e| e.tls) && tls.is_none() {
+            return Err("https:// etcd endpoints need etcd.ca_file".into());
+        }
         Ok(Client {
             endpoints,
             preferred: AtomicUsize::new(0),
             timeout,
+            tls,
         })
     }
 
@@ -197,7 +208,8 @@ impl Client {
             // Leave the other endpoints a share of the time when one hangs.
             let share = left / (n - i) as u32;
             let ep = &self.endpoints[idx];
-            match post(ep, path, body, share.max(Duration::from_millis(100))) {
+            let tls = if ep.tls { self.tls.as_ref() } else { None };
+            match post(ep, tls, path, body, share.max(Duration::from_millis(100))) {
                 Ok((200, v)) => {
                     self.preferred.store(idx, Ordering::Relaxed);
                     return Ok(v);
@@ -272,29 +284,24 @@ fn prefix_end(prefix: &str) -> String {
     "\0".into()
 }
 
-/// One HTTP/1.1 request with `Connection: close`; (status, JSON body).
+/// One request to the JSON gateway; (status, JSON body).
 fn post(
     ep: &Endpoint,
+    tls: Option<&Arc<ClientConfig>>,
     path: &str,
     body: &Value,
     timeout: Duration,
 ) -> Result<(u16, Value), String> {
-    let addr = ep.addr()?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_nodelay(true).ok();
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {ep}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let (status, payload) = parse_response(&raw)?;
+    let (status, payload) = crate::http::request(
+        &ep.host,
+        ep.port,
+        tls,
+        "POST",
+        path,
+        &[],
+        &body.to_string(),
+        timeout,
+    )?;
     match serde_json::from_slice(&payload) {
         Ok(v) => Ok((status, v)),
         // Not the JSON gateway (e.g. 404 when etcd runs with enable-grpc-gateway off).
@@ -303,54 +310,6 @@ fn post(
             json!({"error": String::from_utf8_lossy(&payload).trim().to_string()}),
         )),
         Err(e) => Err(format!("bad JSON from etcd: {e}")),
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("truncated HTTP response")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = &raw[split + 4..];
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("no HTTP status")?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)?
-        } else {
-            body.to_vec()
-        },
-    ))
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("bad chunked body")?;
-        let size_text = String::from_utf8_lossy(&body[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        body = &body[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = body.get(size + 2..).unwrap_or_default();
     }
 }
 
@@ -364,24 +323,17 @@ mod tests {
             Endpoint::parse("http://10.77.0.11:2379").unwrap(),
             Endpoint {
                 host: "10.77.0.11".into(),
-                port: 2379
+                port: 2379,
+                tls: false
             }
         );
-        assert!(Endpoint::parse("https://x:1").is_err());
+        assert!(Endpoint::parse("https://x:1").unwrap().tls);
+        assert!(Endpoint::parse("ftp://x:1").is_err());
         assert!(Endpoint::parse("http://x").is_err());
     }
 
     #[test]
     fn prefix_ranges() {
         assert_eq!(prefix_end("/pgshift/main/"), "/pgshift/main0");
-    }
-
-    #[test]
-    fn responses() {
-        let (s, b) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((s, b.as_slice()), (200, b"{}".as_slice()));
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
-        let (_, b) = parse_response(raw).unwrap();
-        assert_eq!(b, b"{\"a\":1}");
     }
 }

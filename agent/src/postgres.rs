@@ -311,6 +311,70 @@ impl LocalPg {
         })
     }
 
+    /// After a clean shutdown: where its last record, the shutdown checkpoint, starts.
+    pub fn shutdown_checkpoint(&self) -> Result<u64, String> {
+        let c = self
+            .data
+            .control_data(&self.bin)
+            .map_err(|e| format!("pg_controldata: {e}"))?;
+        if c.state != "shut down" {
+            return Err(format!(
+                "the server is not cleanly shut down (pg_controldata says {:?})",
+                c.state
+            ));
+        }
+        c.latest_checkpoint
+            .as_deref()
+            .map(parse_lsn)
+            .filter(|l| *l > 0)
+            .ok_or_else(|| "pg_controldata shows no checkpoint location".into())
+    }
+
+    pub fn sync_names(&mut self) -> Result<String, String> {
+        self.with(|c| {
+            c.query_one("SELECT current_setting('synchronous_standby_names')", &[])
+                .map(|r| r.get(0))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// `synchronous_standby_names` through ALTER SYSTEM and a reload (also on a standby,
+    /// ahead of its promotion).
+    pub fn set_sync_names(&mut self, value: &str) -> Result<(), String> {
+        let q = pgshift_core::pg::sql::quote_literal(value);
+        self.with(|c| {
+            c.batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {q}; SELECT pg_reload_conf()"
+            ))
+            .map_err(|e| e.to_string())
+        })?;
+        // The reload is asynchronous: wait (briefly) until this backend sees it.
+        for _ in 0..50 {
+            if self.sync_names()? == value {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!(
+            "synchronous_standby_names is not {value:?} after the reload"
+        ))
+    }
+
+    /// Whether `standby` confirms commits synchronously and has flushed everything written
+    /// so far (so commits acknowledged before it became synchronous are on it too).
+    pub fn is_sync_and_caught_up(&mut self, standby: &str) -> Result<bool, String> {
+        self.with(|c| {
+            c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_replication
+                                 WHERE application_name = $1 AND sync_state = 'sync'
+                                   AND flush_lsn >= pg_current_wal_lsn())",
+                &[&standby],
+            )
+            .map(|r| r.get(0))
+            .map_err(|e| e.to_string())
+        })
+    }
+
     /// On the primary: a physical slot for each of `nodes` that lacks one.
     pub fn ensure_slots(&mut self, nodes: &[String]) -> Result<(), String> {
         let slots: Vec<String> = nodes

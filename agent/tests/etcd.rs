@@ -9,7 +9,12 @@ use pgshift_testkit::etcd::EtcdServer;
 #[test]
 fn revision_transactions_leases_and_outage() {
     let etcd = EtcdServer::start();
-    let c = Client::new(std::slice::from_ref(&etcd.url), Duration::from_secs(2)).unwrap();
+    let c = Client::new(
+        std::slice::from_ref(&etcd.url),
+        Duration::from_secs(2),
+        None,
+    )
+    .unwrap();
 
     // Taking an absent key succeeds once; the loser of a race sees the comparison fail.
     let first = c.put_if("/pgshift/t/leader", "db1", 0, None).unwrap();

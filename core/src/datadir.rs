@@ -31,6 +31,9 @@ pub struct ControlData {
     pub system_identifier: String,
     /// e.g. `in production`, `in archive recovery`, `shut down`, `shut down in recovery`.
     pub state: String,
+    /// Where the last checkpoint record starts (after a clean shutdown: the shutdown
+    /// checkpoint, the server's last WAL record).
+    pub latest_checkpoint: Option<String>,
 }
 
 impl ControlData {
@@ -43,6 +46,7 @@ impl ControlData {
         Some(ControlData {
             system_identifier: field("Database system identifier")?,
             state: field("Database cluster state")?,
+            latest_checkpoint: field("Latest checkpoint location"),
         })
     }
 }

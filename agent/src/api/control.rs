@@ -1,0 +1,304 @@
+//! Mutating requests (POST): switchover, failover, down/up, pause/resume. Each is checked
+//! against a fresh read of etcd and written there; the agents carry them out. Credentials
+//! are a client certificate verified during the TLS handshake (api.tls_client_ca) or the
+//! bearer token in api.token_file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use super::Snapshot;
+use crate::config::Config;
+use crate::dcs::{Dcs, View};
+use crate::records::{Outcome, Request, RequestKind};
+
+pub struct Control {
+    dcs: Mutex<Dcs>,
+    me: String,
+    token_file: Option<PathBuf>,
+    client_ca: bool,
+}
+
+type Answer = (u16, Value);
+
+fn error(status: u16, why: impl Into<String>) -> Answer {
+    (status, json!({"error": why.into()}))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The token, refusing a file others can read (it would be a password lying around).
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is accessible to group or others: chmod 600 it",
+            path.display()
+        ));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+impl Control {
+    pub fn new(cfg: &Config) -> Result<Control, String> {
+        Ok(Control {
+            dcs: Mutex::new(Dcs::new(
+                cfg.etcd_client(Duration::from_secs(2))?,
+                &cfg.cluster,
+            )),
+            me: cfg.name.clone(),
+            token_file: cfg.api.token_file.clone(),
+            client_ca: cfg.api.tls_client_ca.is_some(),
+        })
+    }
+
+    /// Ok, or (401 without credentials | 403 with wrong ones or none configured, why).
+    pub fn authorize(
+        &self,
+        client_cert: bool,
+        authorization: Option<&str>,
+    ) -> Result<(), (u16, String)> {
+        if client_cert && self.client_ca {
+            return Ok(());
+        }
+        let Some(path) = &self.token_file else {
+            return Err(if self.client_ca {
+                (
+                    401,
+                    "present a client certificate signed by the API's client CA".into(),
+                )
+            } else {
+                (
+                    403,
+                    "requests that change the cluster are disabled on this node: set api.token_file or api.tls_client_ca"
+                        .into(),
+                )
+            });
+        };
+        // Read at each request: rotating the token needs no restart.
+        let token = read_token(path).map_err(|e| (500, e))?;
+        match authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+            None => Err((
+                401,
+                "this request needs credentials: Authorization: Bearer <token> or a client certificate"
+                    .into(),
+            )),
+            Some(t) if bool::from(t.trim().as_bytes().ct_eq(token.as_bytes())) => Ok(()),
+            Some(_) => Err((403, "the bearer token is not valid".into())),
+        }
+    }
+
+    pub fn handle(&self, target: &str, body: &[u8], snap: &Snapshot) -> Answer {
+        let args: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => return error(400, "the body must be a JSON object"),
+            }
+        };
+        let dcs = match self.dcs.lock() {
+            Ok(d) => d,
+            Err(_) => return error(500, "internal lock poisoned"),
+        };
+        let view = match dcs.read() {
+            Ok(v) => v,
+            Err(e) => return error(503, format!("{e}: nothing was changed")),
+        };
+        let node = |key: &str| args[key].as_str().map(str::to_string);
+        match target {
+            "/switchover" => self.switchover(&dcs, &view, snap, node("to"), args["at"].as_u64()),
+            "/switchover/cancel" => cancel(&dcs, &view),
+            "/failover" => self.failover(&dcs, &view, snap, node("to")),
+            "/down" | "/up" => {
+                let n = node("node").unwrap_or_else(|| self.me.clone());
+                self.maintenance(&dcs, &view, &n, target == "/down")
+            }
+            "/pause" | "/resume" => {
+                let paused = target == "/pause";
+                match dcs.set_paused(paused, &self.me) {
+                    Ok(()) => (200, json!({"paused": paused})),
+                    Err(e) => error(503, e.to_string()),
+                }
+            }
+            _ => error(404, format!("no such request: POST {target}")),
+        }
+    }
+
+    fn switchover(
+        &self,
+        dcs: &Dcs,
+        v: &View,
+        snap: &Snapshot,
+        to: Option<String>,
+        at: Option<u64>,
+    ) -> Answer {
+        let Some(leader) = v.leader.as_ref().map(|l| l.name.clone()) else {
+            return error(
+                409,
+                "there is no leader to switch over from: use failover --to NODE",
+            );
+        };
+        if snap.leader.as_deref() == Some(leader.as_str()) && !snap.leader_alive {
+            return error(
+                409,
+                format!("the leader {leader} is not renewing its key: use failover --to NODE"),
+            );
+        }
+        if let Some(to) = &to {
+            if let Err(e) = candidate(v, to) {
+                return error(409, e);
+            }
+            if *to == leader {
+                return error(409, format!("{to} is already the leader"));
+            }
+        }
+        let now = unix_now();
+        if at.is_some_and(|t| t + 1 < now) {
+            return error(400, "the switchover time is in the past");
+        }
+        let r = Request {
+            kind: RequestKind::Switchover,
+            from: Some(leader),
+            to,
+            at,
+            requested_at: now,
+            handed_over: None,
+        };
+        file(dcs, v, r)
+    }
+
+    fn failover(&self, dcs: &Dcs, v: &View, snap: &Snapshot, to: Option<String>) -> Answer {
+        let Some(to) = to else {
+            return error(400, "failover needs the node to promote: --to NODE");
+        };
+        if let Some(l) = &v.leader {
+            if snap.leader_alive && snap.leader.as_deref() == Some(l.name.as_str()) {
+                return error(
+                    409,
+                    format!("{} is a healthy leader: use switchover", l.name),
+                );
+            }
+        }
+        if let Err(e) = candidate(v, &to) {
+            return error(409, e);
+        }
+        let r = Request {
+            kind: RequestKind::Failover,
+            from: None,
+            to: Some(to),
+            at: None,
+            requested_at: unix_now(),
+            handed_over: None,
+        };
+        file(dcs, v, r)
+    }
+
+    fn maintenance(&self, dcs: &Dcs, v: &View, node: &str, down: bool) -> Answer {
+        let known = node == self.me
+            || v.member(node).is_some()
+            || v.down.contains(node)
+            || v.history.iter().any(|h| h.leader == node);
+        if !known {
+            let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
+            return error(
+                400,
+                format!("no member named {node} (members: {})", names.join(", ")),
+            );
+        }
+        match dcs.set_down(node, down, &self.me) {
+            Ok(()) => (
+                200,
+                json!({
+                    "node": node,
+                    "down": down,
+                    "leader": v.leader.as_ref().is_some_and(|l| l.name == node),
+                }),
+            ),
+            Err(e) => error(503, e.to_string()),
+        }
+    }
+}
+
+/// Whether `name` can be promoted: a replica, not in maintenance, not nofailover.
+fn candidate(v: &View, name: &str) -> Result<(), String> {
+    let m = v.member(name).ok_or_else(|| {
+        let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
+        format!(
+            "no running member named {name} (members: {})",
+            names.join(", ")
+        )
+    })?;
+    if v.down.contains(name) {
+        return Err(format!(
+            "{name} is down (maintenance): pgshift up {name} first"
+        ));
+    }
+    if m.nofailover {
+        return Err(format!("{name} is tagged nofailover"));
+    }
+    if m.role != "replica" && v.leader.as_ref().is_none_or(|l| l.name != name) {
+        return Err(format!("{name} is not running as a standby ({})", m.role));
+    }
+    Ok(())
+}
+
+/// Files `r` unless another request is in force (an expired one is replaced).
+fn file(dcs: &Dcs, v: &View, r: Request) -> Answer {
+    let written = match &v.request {
+        Some((old, rev)) if old.expired(unix_now()) => dcs.update_request(&r, *rev),
+        Some((old, _)) => {
+            return error(
+                409,
+                format!(
+                    "a {:?} request is already pending: {}",
+                    old.kind,
+                    serde_json::to_string(old).unwrap_or_default()
+                ),
+            )
+        }
+        None => dcs.file_request(&r),
+    };
+    match written {
+        Ok(true) => (202, json!({"request": r})),
+        Ok(false) => error(409, "another request was filed at the same moment"),
+        Err(e) => error(503, e.to_string()),
+    }
+}
+
+fn cancel(dcs: &Dcs, v: &View) -> Answer {
+    match &v.request {
+        Some((r, rev)) if r.handed_over.is_none() => {
+            let outcome = Outcome {
+                request: r.clone(),
+                ok: false,
+                message: "cancelled".into(),
+                at: unix_now(),
+            };
+            match dcs.end_request(*rev, &outcome) {
+                Ok(true) => (200, json!({"cancelled": r})),
+                Ok(false) => error(409, "the request changed meanwhile"),
+                Err(e) => error(503, e.to_string()),
+            }
+        }
+        Some(_) => error(409, "the handover is already under way"),
+        None => error(409, "no request is pending"),
+    }
+}

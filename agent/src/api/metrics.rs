@@ -1,0 +1,147 @@
+//! `GET /metrics`: Prometheus text format, from the snapshot and the agent's counters.
+
+use std::fmt::Write;
+
+use super::Snapshot;
+
+/// What the loop counts and times, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Changes of the leader key's holder this agent saw.
+    pub leader_changes: u64,
+    /// The last successful leader-key write's round trip (ms), on the leader.
+    pub renew_ms: Option<u64>,
+    /// The last promotion of this node: from the last sign of life of the old leader (or
+    /// the handover) to the promotion done (ms).
+    pub last_failover_ms: Option<u64>,
+    pub promotions: u64,
+}
+
+pub fn render(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP pgshift_{name} {help}");
+        let _ = writeln!(out, "# TYPE pgshift_{name} {kind}");
+        let _ = writeln!(out, "pgshift_{name} {value}");
+    };
+    let me = snap.me.as_ref();
+    let role = me.map_or("unknown", |m| m.role.as_str());
+    let is = |r: &str| if role == r { "1" } else { "0" };
+    let leading = me.is_some_and(|m| snap.leader.as_deref() == Some(m.name.as_str()));
+    metric(
+        "primary",
+        "gauge",
+        "1 when this node's PostgreSQL runs as the primary.",
+        is("primary").into(),
+    );
+    metric(
+        "replica",
+        "gauge",
+        "1 when this node's PostgreSQL runs as a standby.",
+        is("replica").into(),
+    );
+    metric(
+        "leader",
+        "gauge",
+        "1 when this node holds the leader key.",
+        u8::from(leading).to_string(),
+    );
+    let leader_lsn = snap
+        .leader
+        .as_ref()
+        .and_then(|l| snap.members.iter().find(|m| &m.name == l))
+        .map(|m| m.lsn);
+    let lag = match (me, leader_lsn) {
+        (Some(m), Some(l)) if m.role == "replica" => l.saturating_sub(m.replayed_lsn) as i64,
+        (Some(m), _) if m.role == "primary" => 0,
+        _ => -1,
+    };
+    metric(
+        "lag_bytes",
+        "gauge",
+        "Bytes this standby's replay is behind the leader's last published position (-1 unknown).",
+        lag.to_string(),
+    );
+    metric(
+        "timeline",
+        "gauge",
+        "The PostgreSQL timeline.",
+        me.map_or(0, |m| m.timeline).to_string(),
+    );
+    metric(
+        "down",
+        "gauge",
+        "1 while this node is in maintenance.",
+        u8::from(snap.down).to_string(),
+    );
+    metric(
+        "paused",
+        "gauge",
+        "1 while automatic failover is paused.",
+        u8::from(snap.paused).to_string(),
+    );
+    metric(
+        "etcd_reachable",
+        "gauge",
+        "1 when the last etcd read succeeded.",
+        u8::from(snap.etcd_ok).to_string(),
+    );
+    let c = &snap.counters;
+    metric(
+        "leader_changes_total",
+        "counter",
+        "Changes of the leader this agent saw.",
+        c.leader_changes.to_string(),
+    );
+    metric(
+        "promotions_total",
+        "counter",
+        "Promotions of this node.",
+        c.promotions.to_string(),
+    );
+    metric(
+        "lease_renew_seconds",
+        "gauge",
+        "Round trip of the last leader-key renewal (NaN when not leader yet).",
+        c.renew_ms
+            .map_or("NaN".into(), |ms| format!("{:.3}", ms as f64 / 1000.0)),
+    );
+    metric(
+        "last_failover_duration_seconds",
+        "gauge",
+        "The last promotion of this node, from the old leader's last sign of life to the promotion done.",
+        c.last_failover_ms
+            .map_or("NaN".into(), |ms| format!("{:.3}", ms as f64 / 1000.0)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text() {
+        let snap = Snapshot {
+            counters: Counters {
+                leader_changes: 3,
+                renew_ms: Some(4),
+                ..Counters::default()
+            },
+            ..Snapshot::default()
+        };
+        let text = render(&snap);
+        assert!(text.contains(
+            "# TYPE pgshift_leader_changes_total counter\npgshift_leader_changes_total 3\n"
+        ));
+        assert!(text.contains("pgshift_lease_renew_seconds 0.004\n"));
+        assert!(text.contains("pgshift_last_failover_duration_seconds NaN\n"));
+        assert!(text.contains("pgshift_lag_bytes -1\n"));
+        // Every sample line is `name value` with the prefix.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = l.split_once(' ').unwrap();
+            assert!(name.starts_with("pgshift_"), "{l}");
+            assert!(value == "NaN" || value.parse::<f64>().is_ok(), "{l}");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The CLI's requests: `pgshift switchover | failover | down | up | pause | resume`. Each
+//! goes to the local agent's API with this host's credentials (the bearer token in
+//! api.token_file, or its certificate when the API asks for one), then waits in etcd until
+//! the cluster shows the result. Nothing here ever prompts.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::api::control::read_token;
+use crate::config::Config;
+use crate::dcs::{Dcs, View};
+
+pub struct Ctl<'a> {
+    cfg: &'a Config,
+    dcs: Dcs,
+}
+
+/// A POST to the local agent's API; the JSON answer, or why it failed.
+fn post(cfg: &Config, path: &str, body: Value) -> Result<Value, String> {
+    let (host, port) = local_api(cfg)?;
+    let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
+        (Some(cert), Some(ca)) => Some(crate::tls::client(
+            ca,
+            cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
+        )?),
+        (Some(_), None) => {
+            return Err("the API serves TLS: set api.tls_ca so the CLI can verify it".into())
+        }
+        _ => None,
+    };
+    let mut headers = Vec::new();
+    if let Some(path) = &cfg.api.token_file {
+        headers.push(format!("Authorization: Bearer {}", read_token(path)?));
+    }
+    let (status, raw) = crate::http::request(
+        &host,
+        port,
+        tls.as_ref(),
+        "POST",
+        path,
+        &headers,
+        &body.to_string(),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| format!("the local agent's API at {host}:{port} does not answer ({e}); is `pgshift agent` running?"))?;
+    let answer: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    if (200..300).contains(&status) {
+        Ok(answer)
+    } else {
+        Err(format!(
+            "{} ({status})",
+            answer["error"].as_str().unwrap_or("the agent refused")
+        ))
+    }
+}
+
+/// Where this host's agent listens, as a client reaches it.
+fn local_api(cfg: &Config) -> Result<(String, u16), String> {
+    let (h, p) = cfg
+        .api
+        .listen
+        .rsplit_once(':')
+        .ok_or("api.listen is not host:port")?;
+    let port = p.parse().map_err(|_| "api.listen has a bad port")?;
+    let host = match h {
+        // A wildcard listener is reached on loopback; by name when TLS must verify it.
+        "0.0.0.0" | "[::]" | "::" => "localhost",
+        h => h.trim_matches(['[', ']']),
+    };
+    Ok((host.to_string(), port))
+}
+
+fn wait_until<T>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>, String>,
+) -> Result<Option<T>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(t) = check()? {
+            return Ok(Some(t));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl<'a> Ctl<'a> {
+    pub fn new(cfg: &'a Config) -> Result<Ctl<'a>, String> {
+        Ok(Ctl {
+            cfg,
+            dcs: Dcs::new(cfg.etcd_client(Duration::from_secs(3))?, &cfg.cluster),
+        })
+    }
+
+    fn read(&self) -> Result<Option<View>, String> {
+        // A failed read while the cluster moves is not fatal: try again.
+        Ok(self.dcs.read().ok())
+    }
+
+    /// Waits until `node` leads as a running primary; or the request ended otherwise.
+    fn wait_leader(
+        &self,
+        node: Option<&str>,
+        from: Option<&str>,
+        requested_at: u64,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let got =
+            wait_until(timeout, || {
+                let Some(v) = self.read()? else {
+                    return Ok(None);
+                };
+                let leader = v.leader.as_ref().map(|l| l.name.clone());
+                let primary = leader
+                    .as_deref()
+                    .and_then(|l| v.member(l))
+                    .is_some_and(|m| m.role == "primary");
+                let arrived = match (node, &leader) {
+                    (Some(n), Some(l)) => l == n,
+                    (None, Some(l)) => Some(l.as_str()) != from,
+                    _ => false,
+                };
+                if arrived && primary && v.request.is_none() {
+                    return Ok(Some(Ok(leader.unwrap_or_default())));
+                }
+                if let Some(o) = v.outcome.as_ref().filter(|o| {
+                    !o.ok && o.request.requested_at == requested_at && v.request.is_none()
+                }) {
+                    return Ok(Some(Err(o.message.clone())));
+                }
+                Ok(None)
+            })?;
+        match got {
+            Some(r) => r,
+            None => Err(format!(
+                "not done after {} s; `pgshift status` shows where it stands",
+                timeout.as_secs()
+            )),
+        }
+    }
+
+    pub fn switchover(
+        &self,
+        to: Option<&str>,
+        at: Option<u64>,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let started = Instant::now();
+        let answer = post(self.cfg, "/switchover", json!({"to": to, "at": at}))?;
+        let r = &answer["request"];
+        let from = r["from"].as_str().unwrap_or("").to_string();
+        if let Some(at) = at.filter(|t| *t > unix_now()) {
+            return Ok(format!(
+                "switchover from {from} to {} scheduled at {} (in {} s); `pgshift switchover --cancel` cancels it",
+                to.unwrap_or("the best standby"),
+                at,
+                at - unix_now()
+            ));
+        }
+        let leader = self.wait_leader(
+            to,
+            Some(&from),
+            r["requested_at"].as_u64().unwrap_or(0),
+            timeout,
+        )?;
+        Ok(format!(
+            "switched over from {from} to {leader} in {:.2} s",
+            started.elapsed().as_secs_f64()
+        ))
+    }
+
+    pub fn cancel(&self) -> Result<String, String> {
+        post(self.cfg, "/switchover/cancel", json!({}))?;
+        Ok("switchover cancelled".into())
+    }
+
+    pub fn failover(&self, to: &str, timeout: Duration) -> Result<String, String> {
+        let started = Instant::now();
+        let answer = post(self.cfg, "/failover", json!({"to": to}))?;
+        let requested = answer["request"]["requested_at"].as_u64().unwrap_or(0);
+        let leader = self.wait_leader(Some(to), None, requested, timeout)?;
+        Ok(format!(
+            "{leader} promoted in {:.2} s",
+            started.elapsed().as_secs_f64()
+        ))
+    }
+
+    /// Maintenance on or off; returns once the node's agent applies it (its health checks
+    /// answer accordingly) and, for a leader put down, once another node leads.
+    pub fn maintenance(
+        &self,
+        node: Option<&str>,
+        down: bool,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let path = if down { "/down" } else { "/up" };
+        let answer = post(self.cfg, path, json!({"node": node}))?;
+        let node = answer["node"].as_str().unwrap_or_default().to_string();
+        let was_leader = answer["leader"].as_bool().unwrap_or(false);
+        let alive = self.read()?.is_some_and(|v| v.member(&node).is_some());
+        if !alive {
+            return Ok(format!(
+                "{node} is {} (recorded in etcd; its agent is not running and applies it when it starts)",
+                if down { "down" } else { "up" }
+            ));
+        }
+        let applied = wait_until(timeout, || {
+            Ok(self.read()?.and_then(|v| {
+                let m = v.member(&node)?;
+                let moved =
+                    !(down && was_leader) || v.leader.as_ref().is_some_and(|l| l.name != node);
+                (m.down == down && moved).then_some(())
+            }))
+        })?;
+        match applied {
+            Some(()) if down && was_leader => Ok(format!(
+                "{node} is down: it handed the leadership over and is out of rotation"
+            )),
+            Some(()) => Ok(format!(
+                "{node} is {}",
+                if down {
+                    "down: out of rotation, never promoted"
+                } else {
+                    "up: back in rotation"
+                }
+            )),
+            None if down && was_leader => Err(format!(
+                "{node} is marked down but still leads after {} s: no standby could take over (see pgshift status)",
+                timeout.as_secs()
+            )),
+            None => Err(format!(
+                "{node}'s agent did not confirm within {} s",
+                timeout.as_secs()
+            )),
+        }
+    }
+
+    pub fn pause(&self, paused: bool) -> Result<String, String> {
+        post(
+            self.cfg,
+            if paused { "/pause" } else { "/resume" },
+            json!({}),
+        )?;
+        Ok(if paused {
+            "automatic failover paused cluster-wide (pgshift resume restarts it)".into()
+        } else {
+            "automatic failover resumed".into()
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `--at`: Unix seconds, `+N[s|m|h]` from now, or RFC 3339 (`2026-12-01T10:00:00Z`,
+/// `...+01:00`).
+pub fn parse_at(text: &str, now: u64) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "--at {text:?}: give RFC 3339 (2026-12-01T10:00:00Z), +30s/+5m/+1h, or Unix seconds"
+        )
+    };
+    if let Some(rel) = text.strip_prefix('+') {
+        let (n, unit) = rel.split_at(rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len()));
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let mult = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(bad()),
+        };
+        return Ok(now + n * mult);
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    let b = text.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        text.get(r).and_then(|s| s.parse().ok()).ok_or_else(bad)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return Err(bad());
+    }
+    // Skip fractional seconds, then the zone.
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) => {
+            let oh: i64 = z[1..3].parse().map_err(|_| bad())?;
+            let om: i64 = z[4..6].parse().map_err(|_| bad())?;
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return Err(bad()),
+    };
+    // Days from the civil date (proleptic Gregorian), after Howard Hinnant.
+    let (y, mo) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset;
+    u64::try_from(secs).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_at("2026-12-01T00:00:00Z", 0).unwrap(), 1_796_083_200);
+        assert_eq!(parse_at("1970-01-01T01:00:00+01:00", 0).unwrap(), 0);
+        assert_eq!(parse_at("2000-02-29T12:30:15.25Z", 0).unwrap(), 951_827_415);
+        assert_eq!(parse_at("+90", 1000).unwrap(), 1090);
+        assert_eq!(parse_at("+5m", 1000).unwrap(), 1300);
+        assert_eq!(parse_at("1800000000", 0).unwrap(), 1_800_000_000);
+        for bad in [
+            "tomorrow",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01T00:00:00",
+            "+5d",
+            "",
+        ] {
+            assert!(parse_at(bad, 0).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The operator's requests and the leader's synchronous-replication record, as they live in
+//! etcd (JSON). Plain data: `decide` reads them, the API writes requests, the leader writes
+//! the sync record.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    /// A planned move of a healthy leader: it hands over after a clean shutdown.
+    Switchover,
+    /// A forced promotion of `to` while no healthy leader exists.
+    Failover,
+}
+
+/// `/pgshift/<cluster>/request`: at most one at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub kind: RequestKind,
+    /// The leader when the switchover was asked for; only it acts on it.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The node to promote (None: the leader picks the best standby).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Not before this time (Unix seconds): a scheduled switchover.
+    #[serde(default)]
+    pub at: Option<u64>,
+    /// Unix seconds when it was asked for.
+    pub requested_at: u64,
+    /// Set by the leader once it has shut down cleanly and released the key.
+    #[serde(default)]
+    pub handed_over: Option<HandedOver>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedOver {
+    pub to: String,
+    /// Where the old leader's shutdown checkpoint record starts: the candidate takes over
+    /// only once it received past it, so it has every record the old leader wrote.
+    pub lsn: u64,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// How long a request may wait for its moment before the leader drops it (seconds after
+/// `at`, or after `requested_at` when unscheduled).
+pub const REQUEST_TIMEOUT_SECS: u64 = 60;
+
+/// How long other nodes keep out of a handover's way (seconds after it): if the candidate
+/// has not taken the key by then, normal election resumes (the old leader, a clean standby
+/// with every record, is a fine candidate itself).
+pub const HANDOVER_TIMEOUT_SECS: u64 = 15;
+
+impl Request {
+    /// The moment it may run (Unix seconds).
+    pub fn due(&self) -> u64 {
+        self.at.unwrap_or(self.requested_at)
+    }
+
+    pub fn expired(&self, wall: u64) -> bool {
+        match &self.handed_over {
+            Some(h) => wall >= h.at + HANDOVER_TIMEOUT_SECS,
+            None => wall >= self.due() + REQUEST_TIMEOUT_SECS,
+        }
+    }
+
+    /// The node this request wants promoted now, if it names one and is still in force.
+    pub fn promotes(&self, wall: u64) -> Option<&str> {
+        if self.expired(wall) {
+            return None;
+        }
+        match (&self.kind, &self.handed_over) {
+            (_, Some(h)) => Some(&h.to),
+            (RequestKind::Failover, None) => self.to.as_deref(),
+            (RequestKind::Switchover, None) => None,
+        }
+    }
+}
+
+/// `/pgshift/<cluster>/sync`: the standby that confirms every commit of `leader`. Written
+/// by the leader only after that standby is synchronous (and caught up), and cleared before
+/// the leader stops waiting for it, so whoever it names holds every acknowledged commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncState {
+    pub leader: String,
+    #[serde(default)]
+    pub standby: Option<String>,
+}
+
+/// `/pgshift/<cluster>/outcome`: what became of the last request, for the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub request: Request,
+    pub ok: bool,
+    pub message: String,
+    /// Unix seconds.
+    pub at: u64,
+}
