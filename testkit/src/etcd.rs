@@ -16,14 +16,31 @@ pub struct EtcdServer {
 
 impl EtcdServer {
     pub fn start() -> EtcdServer {
+        EtcdServer::start_with(None)
+    }
+
+    /// With `tls` (certificate, key, client CA): an https client URL that requires client
+    /// certificates signed by that CA.
+    pub fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("pgshift-etcd-")
             .tempdir()
             .unwrap();
         let (port, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some((cert, key, ca)) = &tls {
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "test", "--data-dir"])
             .arg(dir.path().join("data"))
             .args([
