@@ -1,8 +1,8 @@
 """The pgshift agent on the lab: site.yml builds the cluster (etcd on db1/db2/aux, agents on
-db1/db2), then faults. A probe writes to both database hosts every 50 ms with
-`synchronous_commit = local` and records which writes each host acknowledged and when, so
-each test can check that no two hosts ever acknowledged writes at the same time and that
-every write acknowledged before the fault survived.
+db1/db2, synchronous mode on), then faults and planned operations. A probe writes to both
+database hosts every 50 ms (each write its own connection, synchronous_commit on) and
+records which writes each host acknowledged and when, so each test can check that no two
+hosts ever acknowledged writes at the same time and that every acknowledged write survived.
 
 The tests run in file order against one cluster; the module fixture always runs
 `lab/lab down` at the end, also after a failure.
@@ -105,17 +105,19 @@ def roles():
     leader = doc["leader"]
     other = [h for h in IPS if h != leader][0]
     wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), 60, 0.5)
-    # Settled: the standby has replayed everything (a standby that just rejoined may still
-    # be catching up, and asynchronous replication loses what a crashed primary had not sent).
+    # Settled: the standby has replayed everything and is the synchronous standby (only
+    # that one may be promoted, so a fault before then would rightly not fail over).
     wait_for(f"{other} caught up", lambda: member(cluster_status(leader) or {"members": []}, other) and
              member(cluster_status(leader), other)["lag_bytes"] == 0, 60, 0.5)
+    wait_for(f"{other} synchronous", lambda: (cluster_status(leader) or {}).get("sync_standby") == other, 60, 0.2)
     return leader, other
 
 
 class Probe:
     """Writes (id, host) rows to every database host every 50 ms over TCP, each in its own
-    connection with synchronous_commit = local, and records the acknowledged ones. Ids are
-    unique across probes (a table outlives one test)."""
+    connection (synchronous_commit on: an acknowledged write is on the synchronous standby),
+    and records the acknowledged ones. Ids are unique across probes (a table outlives one
+    test)."""
 
     ids = itertools.count(1)
     lock = threading.Lock()
@@ -132,7 +134,7 @@ class Probe:
             with Probe.lock:
                 n = next(Probe.ids)
             cmd = [PSQL, "-XAtq", "-h", IPS[host], "-U", "probe", "-d", "postgres", "-c",
-                   f"SET synchronous_commit = local; INSERT INTO probe (id, host) VALUES ({n}, '{host}')"]
+                   f"INSERT INTO probe (id, host) VALUES ({n}, '{host}')"]
             try:
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2)
                 if p.returncode == 0:
@@ -152,6 +154,11 @@ class Probe:
 
     def first_ack(self, host, after):
         return next((t for t, _ in self.acks[host] if t > after), None)
+
+    def lost_on(self, host):
+        """Writes any host acknowledged that `host` does not have."""
+        ids = set(map(int, sql(host, "SELECT id FROM probe").split()))
+        return sorted({n for acks in self.acks.values() for _, n in acks} - ids)
 
     def overlaps(self):
         """Moments at which two hosts both acknowledged writes: a write acknowledged by one
@@ -231,6 +238,139 @@ def test_cluster_up_status_and_health_endpoints(cluster):
     assert on("db1", "test -e /etc/pgshift-lab/boot.d/10-postgresql.conf").returncode != 0
 
 
+LOG = "/etc/pgshift-lab/log/pgshift-agent.log"
+
+
+def log_mark(host):
+    """The agent log's length now: `log_since` reads what came after."""
+    return int(out(host, f"wc -l < {LOG}").strip())
+
+
+def log_since(host, mark):
+    return out(host, f"tail -n +{mark + 1} {LOG}")
+
+
+def test_requests_need_credentials_and_metrics_are_served(cluster):
+    leader, other = roles()
+    post = "curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' http://127.0.0.1:8008/switchover"
+    assert on(other, post).stdout.strip() == "401"
+    assert on(other, post.replace("-X POST", "-H 'Authorization: Bearer wrong' -X POST")).stdout.strip() == "403"
+    doc = cluster_status(leader)
+    assert doc["leader"] == leader and doc["request"] is None, doc
+    metrics = out(leader, "curl -s http://127.0.0.1:8008/metrics")
+    for line in ["pgshift_leader 1", "pgshift_primary 1", "pgshift_lag_bytes 0", "pgshift_timeline "]:
+        assert line in metrics, metrics
+    assert "pgshift_replica 1" in out(other, "curl -s http://127.0.0.1:8008/metrics")
+    # SIGHUP reloads the configuration.
+    mark = log_mark(other)
+    out(other, f"kill -HUP $({AGENT_PID})")
+    wait_for("the reload logged", lambda: "configuration reloaded" in log_since(other, mark), 10)
+
+
+def test_switchover_loses_nothing_and_pauses_writes_briefly(cluster):
+    """Planned switchovers back and forth under the probe: zero lost writes, the write gap
+    (last acknowledgement by the old primary to the first by the new one) recorded; the old
+    primary follows without a rewind."""
+    gaps = []
+    for i in range(4):
+        old, new = roles()
+        timeline = member(cluster_status(old), old)["timeline"]
+        mark = log_mark(old)
+        probe = Probe(cluster["passfile"])
+        probe.start()
+        try:
+            wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
+            t0 = time.monotonic()
+            # From either host: the CLI talks to its local agent.
+            res = on([old, new][i % 2], f"pgshift switchover --to {new}", timeout=90)
+            command = time.monotonic() - t0
+            assert res.returncode == 0, res.stdout + res.stderr
+            first_new = wait_for(f"{new} acknowledging writes", lambda: probe.first_ack(new, t0), 10, 0.05)
+            time.sleep(1)
+        finally:
+            probe.stop()
+        last_old = max((t for t, _ in probe.acks[old] if t < first_new), default=t0)
+        late = [n for t, n in probe.acks[old] if t >= first_new]
+        assert not late, f"{old} acknowledged writes after {new} took over: {late[:5]}"
+        lost = probe.lost_on(new)
+        assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        gaps.append(first_new - last_old)
+        cluster["results"].setdefault("switchover", []).append({
+            "write_gap_seconds": round(first_new - last_old, 3),
+            "command_seconds": round(command, 2),
+            "output": res.stdout.strip(),
+        })
+        wait_for(f"{old} streaming from {new}", streaming_from(old, new), 60, 0.2)
+        assert member(cluster_status(new), new)["timeline"] == timeline + 1
+        log = log_since(old, mark)
+        assert "handed over" in log, log[-2000:]
+        assert "Rejoin" not in log and "rewound" not in log, log[-2000:]
+    gaps.sort()
+    median = (gaps[1] + gaps[2]) / 2
+    cluster["results"]["switchover_median_gap_seconds"] = round(median, 3)
+    assert median <= 1.0, gaps
+
+
+def test_down_keeps_a_standby_out_of_rotation_across_a_reboot(cluster):
+    leader, other = roles()
+    res = on(leader, f"pgshift down {other}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # In effect when the command returns.
+    assert http_status(other, "/replica") == "503"
+    doc = cluster_status(leader)
+    assert member(doc, other)["down"] is True, doc
+    assert "down (maintenance)" in out(other, "pgshift status")
+    # Not synchronous any more (the leader goes on without it: non-strict).
+    wait_for("no synchronous standby", lambda: (cluster_status(leader) or {}).get("sync_standby", "x") is None, 10)
+    lab("crash", other)
+    lab("boot", other)
+    wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), 60, 0.5)
+    assert http_status(other, "/replica") == "503"
+    assert on(other, "test -e /var/lib/pgshift/down").returncode == 0
+    assert member(cluster_status(other), other)["down"] is True
+    res = on(other, "pgshift up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert http_status(other, "/replica") == "200"
+    assert on(other, "test -e /var/lib/pgshift/down").returncode != 0
+    roles()
+
+
+def test_down_of_the_leader_switches_over_first(cluster):
+    leader, other = roles()
+    res = on(other, f"pgshift down {leader}", timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = cluster_status(other)
+    assert doc["leader"] == other, doc
+    assert http_status(leader, "/primary") == "503"
+    wait_for(f"{leader} streaming from {other}", streaming_from(leader, other), 60, 0.2)
+    assert http_status(leader, "/replica") == "503"
+    res = on(leader, "pgshift up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert http_status(leader, "/replica") == "200"
+    roles()
+
+
+def test_pause_stops_failover_and_failover_to_forces_one(cluster):
+    leader, other = roles()
+    assert on(leader, "pgshift pause").returncode == 0
+    assert cluster_status(other)["paused"] is True
+    assert "PAUSED" in out(other, "pgshift status")
+    lab("crash", leader)
+    try:
+        time.sleep(7)  # ttl 3 s, twice over
+        doc = cluster_status(other)
+        assert doc["leader"] is None and member(doc, other)["role"] == "replica", doc
+        res = on(other, f"pgshift failover --to {other}", timeout=90)
+        assert res.returncode == 0, res.stdout + res.stderr
+        doc = cluster_status(other)
+        assert doc["leader"] == other and member(doc, other)["role"] == "primary", doc
+    finally:
+        on(other, "pgshift resume")
+        lab("boot", leader)
+    assert cluster_status(other)["paused"] is False
+    wait_for(f"{leader} streaming from {other}", streaming_from(leader, other), 120, 0.5)
+
+
 def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
     """Runs the probe, injects a fault on `old`, waits for `new` to take writes, recovers,
     waits for `old` to stream from `new`; records and checks the numbers."""
@@ -250,10 +390,10 @@ def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
     # never acknowledged another.
     late = [(round(t - first_new, 3), n) for t, n in probe.acks[old] if t >= first_new]
     assert not late, f"{old} acknowledged writes after {new} took over: {late[:5]}"
-    # Every write acknowledged before the fault is on the new primary.
+    # Every acknowledged write is on the new primary (synchronous mode), also those the old
+    # primary acknowledged after the fault.
     before = [n for t, n in probe.acks[old] if t < t_fault]
-    ids = set(map(int, sql(new, "SELECT id FROM probe").split()))
-    lost = sorted(set(before) - ids)
+    lost = probe.lost_on(new)
     cluster["results"].setdefault(name, []).append({
         "failover_seconds": round(failover, 2),
         "old_last_ack_after_fault": round(last_old - t_fault, 3),
@@ -342,9 +482,7 @@ def test_freeze_of_the_primary_longer_than_ttl(cluster):
         probe.stop()
     after_thaw = [(t, n) for t, n in probe.acks[old] if t >= t_thaw]
     window = max((t for t, _ in after_thaw), default=t_thaw) - t_thaw
-    before = [n for t, n in probe.acks[old] if t < t_fault]
-    ids = set(map(int, sql(new, "SELECT id FROM probe").split()))
-    lost = sorted(set(before) - ids)
+    lost = probe.lost_on(new)
     cluster["results"].setdefault("freeze", []).append({
         "failover_seconds": round(first_new - t_fault, 2),
         "acked_by_old_primary_after_thaw": len(after_thaw),
@@ -352,9 +490,9 @@ def test_freeze_of_the_primary_longer_than_ttl(cluster):
         "lost": len(lost),
     })
     assert not lost, lost[:10]
-    # Acknowledged by the thawed old primary while db1 already led: the window part 2 must
-    # close with synchronous replication. Record it; it must stay small.
-    assert len(after_thaw) <= 3, (window, after_thaw)
+    # The thawed old primary cannot acknowledge anything: its synchronous standby follows
+    # the new leader now, so its commits wait until the guard fences it.
+    assert not after_thaw, (window, after_thaw)
     started = time.monotonic()
     wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.5)
     cluster["results"]["freeze"][-1]["rejoin_seconds"] = round(time.monotonic() - started, 1)
