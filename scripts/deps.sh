@@ -50,9 +50,12 @@ case "$what" in
     build) rust ;;
     all)
         # PostgreSQL for the tests and the lab hosts (which share /usr with this machine), and
-        # what the lab needs: sshd per host, nftables for partitions.
+        # what the lab needs: sshd per host, nftables for partitions. haproxy routes clients to
+        # the agent's primary/replicas (playbooks/haproxy.yml); like every daemon here it is
+        # installed without being started on this machine (policy-rc.d above).
         debian_packages postgresql-15 postgresql-client-15 gcc openssh-server openssh-client \
-            nftables iproute2 procps util-linux openssl pebble certbot pgbackrest etcd-server etcd-client
+            nftables iproute2 procps util-linux openssl pebble certbot pgbackrest etcd-server etcd-client \
+            haproxy
         rust
         venv
         ;;

@@ -111,12 +111,14 @@ def test_up_writes_inventory_and_known_hosts(up):
     assert inv["repository"]["hosts"] == ["aux"]
     assert inv["witness"]["hosts"] == ["aux"]
     assert sorted(inv["etcd"]["hosts"]) == ["aux", "db1", "db2"]
+    assert inv["haproxy"]["hosts"] == ["aux"]
     hv = inv["_meta"]["hostvars"]
     for host, ip in IPS.items():
         assert hv[host]["ansible_host"] == ip
         assert hv[host]["ansible_user"] == "root"
         assert hv[host]["ansible_become_method"] == "su"
         assert hv[host]["lab_hosts"] == IPS
+        assert hv[host]["pgshift_demo_clients"] == ["10.77.0.0/24"]
         assert f"UserKnownHostsFile={STATE}/known_hosts" in hv[host]["ansible_ssh_common_args"]
         assert "StrictHostKeyChecking=yes" in hv[host]["ansible_ssh_common_args"]
         assert hv[host]["ansible_ssh_private_key_file"] == str(STATE / "id_ed25519")

@@ -1,0 +1,289 @@
+"""HAProxy on the lab's aux host, following the pgshift agent: site.yml (twice: the second
+run changes nothing) builds the cluster with the `demo` database and HAProxy on aux, port
+5000 read-write (the agent's GET /primary), 5001 read-only (GET /replica). Then the
+primary's host crashes while a client writes through 5000 every ~50 ms; the numbers go to
+target/haproxy-results.json.
+
+The tests run in file order against one cluster; the module fixture always runs
+`lab/lab down` at the end, also after a failure.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+# The lab helpers of the agent's fault tests (tests/agent is on sys.path under pytest).
+from test_failover import (
+    INVENTORY, IPS, PSQL, ROOT, VENV_BIN, _REQUIRED, lab, on, roles, streaming_from, wait_for,
+)
+
+AUX = "10.77.0.13"
+RW, RO = 5000, 5001
+RESULTS = ROOT / "target" / "haproxy-results.json"
+HOST_OF = {ip: h for h, ip in IPS.items()}
+
+pytestmark = [
+    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
+    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
+    pytest.mark.skipif(not _REQUIRED and not os.path.exists("/usr/sbin/haproxy"), reason="needs haproxy"),
+]
+
+RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def site():
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+               ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
+    started = time.monotonic()
+    res = subprocess.run([VENV_BIN / "ansible-playbook", "-i", INVENTORY, ROOT / "playbooks" / "site.yml"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    recap = {h: {"ok": int(ok), "changed": int(ch), "unreachable": int(u), "failed": int(f)}
+             for h, ok, ch, u, f in RECAP.findall(res.stdout.split("PLAY RECAP")[-1])}
+    return round(time.monotonic() - started, 1), recap, res.stdout
+
+
+def psql(port, query, timeout=3, host=AUX):
+    """One connection as demo (through HAProxy on aux unless told): (ok, stdout or error text)."""
+    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": "demo", "PGCONNECT_TIMEOUT": "1"}
+    cmd = [PSQL, "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(port), "-U", "demo", "-d", "demo",
+           "-c", query]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, "timeout"
+    return p.returncode == 0, (p.stdout if p.returncode == 0 else p.stderr).strip()
+
+
+def haproxy_states():
+    """{(proxy, server): status} from the stats page on aux's loopback."""
+    res = on("aux", "curl -s 'http://127.0.0.1:7000/;csv'", timeout=10)
+    states = {}
+    for line in res.stdout.splitlines():
+        f = line.split(",")
+        if len(f) > 17 and f[0].startswith("postgres_") and f[1] in IPS:
+            states[(f[0], f[1])] = f[17]
+    return states
+
+
+class Writer:
+    """Writes through HAProxy's read-write port (or straight to one database host) every
+    ~50 ms, each write its own connection (default synchronous_commit), and records
+    (monotonic, host that took it)."""
+
+    def __init__(self, host=AUX, port=RW, first_id=1):
+        self.host, self.port = host, port
+        self.acks = []
+        self.failures = 0
+        self.stop_flag = threading.Event()
+        self.n = first_id - 1
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self.stop_flag.is_set():
+            self.n += 1
+            ok, res = psql(self.port, f"INSERT INTO through_haproxy (id) VALUES ({self.n}) "
+                           "RETURNING host(inet_server_addr())", 2, self.host)
+            if ok:
+                self.acks.append((time.monotonic(), HOST_OF.get(res, res)))
+            else:
+                self.failures += 1
+            time.sleep(0.05)
+
+    def first_ack(self, host, after):
+        return next((t for t, h in self.acks if h == host and t > after), None)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(timeout=5)
+
+
+class ApiWatch:
+    """Polls GET /primary on one host's agent every 20 ms, as HAProxy's check does, and
+    records when it first answered 200."""
+
+    def __init__(self, host):
+        self.url = f"http://{IPS[host]}:8008/primary"
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # lab only, no proxy
+        self.first_200 = None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self.stop_flag.is_set() and self.first_200 is None:
+            try:
+                with self.opener.open(self.url, timeout=0.5) as resp:
+                    if resp.status == 200:
+                        self.first_200 = time.monotonic()
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    results = {}
+    try:
+        lab("down", check=False)
+        lab("up")
+        runs = [site(), site()]
+        results["site_seconds"] = [r[0] for r in runs]
+        yield {"results": results, "recaps": [r[1] for r in runs], "second_output": runs[1][2]}
+    finally:
+        print(json.dumps(results, indent=2))
+        logs = ROOT / "target" / "agent-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        res = on("aux", "tail -n 400 /etc/pgshift-lab/log/haproxy.log", timeout=10)
+        (logs / "haproxy-aux.log").write_text(res.stdout + res.stderr)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2))
+        lab("down", check=False)
+
+
+def test_second_site_run_changes_nothing(cluster):
+    first, second = cluster["recaps"]
+    assert set(first) == set(second) == {"db1", "db2", "aux"}, cluster["recaps"]
+    changed = {h: r["changed"] for h, r in second.items() if r["changed"] or r["failed"] or r["unreachable"]}
+    assert not changed, f"second run of site.yml: {second}\n" + "\n".join(
+        line for line in cluster["second_output"].splitlines() if line.startswith("changed:"))
+
+
+def test_read_write_and_read_only_ports(cluster):
+    leader, standby = roles()
+    ok, res = psql(RW, "CREATE TABLE through_haproxy (id int PRIMARY KEY, at timestamptz DEFAULT now());"
+                       "INSERT INTO through_haproxy (id) VALUES (0);"
+                       "SELECT pg_is_in_recovery(), host(inet_server_addr())")
+    assert ok, res
+    assert res.splitlines()[-1] == f"f|{IPS[leader]}", res
+    # The standby has the table once it has replayed it.
+    ro = wait_for("the table on the read-only port",
+                  lambda: (lambda r: r[1] if r[0] else None)(
+                      psql(RO, "SELECT pg_is_in_recovery(), host(inet_server_addr()), count(*) FROM through_haproxy")),
+                  10, 0.1)
+    assert ro == f"t|{IPS[standby]}|1", ro
+    ok, res = psql(RO, "INSERT INTO through_haproxy (id) VALUES (-1)")
+    assert not ok and "read-only transaction" in res, res
+    # The same from the lab hosts themselves (aux is HAProxy's own host).
+    for h in ("db1", "db2", "aux"):
+        got = on(h, f"PGPASSWORD=demo psql -XAtc 'SELECT pg_is_in_recovery()' 'host={AUX} port={RW} dbname=demo user=demo'"
+                    f" && PGPASSWORD=demo psql -XAtc 'SELECT pg_is_in_recovery()' 'host={AUX} port={RO} dbname=demo user=demo'")
+        assert got.returncode == 0 and got.stdout.split() == ["f", "t"], (h, got.stdout, got.stderr)
+    assert haproxy_states() == {("postgres_rw", leader): "UP", ("postgres_rw", standby): "DOWN",
+                                ("postgres_ro", leader): "DOWN", ("postgres_ro", standby): "UP"}
+
+
+def test_cut_between_haproxy_and_the_primary_closes_its_sessions(cluster):
+    """aux loses the database hosts (no failover: db1 and db2 keep etcd's quorum). An idle
+    session through 5000 sits on a TCP connection whose packets are now dropped: without
+    on-marked-down shutdown-sessions its next query would hang for up to timeout server
+    (30 min); with it HAProxy closes the session when the checks mark the primary down.
+    (A crash does not show this: the kernel closes the killed backends' sockets with a FIN
+    before the lab deletes the host's network.)"""
+    leader, _ = roles()
+    r = cluster["results"]["haproxy_cut_from_primary"] = {}
+    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": "demo"}
+    idle = subprocess.Popen([PSQL, "-XAtq", "-h", AUX, "-p", str(RW), "-U", "demo", "-d", "demo"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        idle.stdin.write("SELECT host(inet_server_addr());\n")
+        idle.stdin.flush()
+        assert idle.stdout.readline().strip() == IPS[leader]
+        lab("partition", "aux")
+        t_cut = time.monotonic()
+        # The query goes out at once; it fails when HAProxy marks the primary down.
+        idle.stdin.write("SELECT 1;\n")
+        idle.stdin.flush()
+        try:
+            rc = idle.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            rc = None
+        r["idle_session_closed_seconds"] = round(time.monotonic() - t_cut, 2)
+        assert rc not in (None, 0), f"the idle session still hangs {r['idle_session_closed_seconds']} s after the cut"
+    finally:
+        idle.kill()
+        idle.wait()
+        lab("heal", "aux")
+    t_heal = time.monotonic()
+    res = wait_for(f"writes through {RW} after the heal",
+                   lambda: (lambda x: x[1] if x[0] else None)(psql(RW, "SELECT host(inet_server_addr())", 2)), 10, 0.05)
+    r["read_write_back_after_heal_seconds"] = round(time.monotonic() - t_heal, 2)
+    assert res == IPS[leader]
+    assert r["idle_session_closed_seconds"] < 3, r
+
+
+def test_crash_of_the_primary_host_through_haproxy(cluster):
+    old, new = roles()
+    r = cluster["results"]["crash"] = {"old_primary": old, "new_primary": new}
+    # Beside the writes through HAProxy, the same writes straight to the standby that will
+    # take over, and a watch on its agent's /primary: what HAProxy adds to the failover.
+    with Writer() as w, Writer(IPS[new], 5432, first_id=10**6) as direct, ApiWatch(new) as api:
+        wait_for(f"writes through {RW} on {old}", lambda: sum(h == old for _, h in w.acks) >= 10, 20)
+        t_crash = time.monotonic()
+        lab("crash", old)
+        first_new = wait_for(f"writes through {RW} on {new}", lambda: w.first_ack(new, t_crash), 30, 0.02)
+        time.sleep(0.5)
+    r["writes_back_seconds"] = round(first_new - t_crash, 2)
+    first_direct = direct.first_ack(new, t_crash)
+    r["direct_writes_seconds"] = round(first_direct - t_crash, 2)
+    r["agent_primary_200_seconds"] = round(api.first_200 - t_crash, 2)
+    r["haproxy_added_seconds"] = round(first_new - first_direct, 2)
+    r["haproxy_after_agent_200_seconds"] = round(first_new - api.first_200, 2)
+    r["last_write_on_old_after_crash"] = round(max((t for t, h in w.acks if h == old), default=t_crash) - t_crash, 3)
+    r["failed_writes"] = w.failures
+    late = [round(t - first_new, 3) for t, h in w.acks if h == old and t > first_new]
+    assert not late, f"writes through {RW} reached {old} after {new} took over: {late}"
+    assert r["writes_back_seconds"] < 15, r
+    # HAProxy sees the new roles: the crashed host is down everywhere, the new primary is
+    # read-write only, so the read-only port has no server until the old primary rejoins.
+    states = wait_for("HAProxy's view of the new roles", lambda: (lambda s: s if s == {
+        ("postgres_rw", new): "UP", ("postgres_rw", old): "DOWN",
+        ("postgres_ro", new): "DOWN", ("postgres_ro", old): "DOWN"} else None)(haproxy_states()), 5, 0.2)
+    assert states
+    ok, res = psql(RO, "SELECT pg_is_in_recovery()")
+    assert not ok, f"the read-only port reached a server with no standby left: {res}"
+
+    # The old primary boots, rewinds and streams from the new one: the read-only port
+    # reaches it again within a few seconds of the agent reporting it streaming.
+    back = {}
+
+    def poll_ro():
+        while "t" not in back and time.monotonic() < t_boot + 120:
+            ok, res = psql(RO, "SELECT pg_is_in_recovery(), host(inet_server_addr())", 2)
+            if ok and res == f"t|{IPS[old]}":
+                back["t"] = time.monotonic()
+            time.sleep(0.05)
+
+    t_boot = time.monotonic()
+    lab("boot", old)
+    poller = threading.Thread(target=poll_ro, daemon=True)
+    poller.start()
+    wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.2)
+    t_streaming = time.monotonic()
+    r["rejoin_seconds"] = round(t_streaming - t_boot, 1)
+    poller.join(timeout=10)
+    assert "t" in back, f"the read-only port did not reach {old} within 10 s of it streaming"
+    # Negative: HAProxy followed the agent before this test's (coarser) polling saw it.
+    r["read_only_back_after_streaming_seconds"] = round(back["t"] - t_streaming, 2)
+    assert back["t"] - t_streaming < 5, r
+    ok, res = psql(RW, "SELECT pg_is_in_recovery(), host(inet_server_addr())")
+    assert ok and res == f"f|{IPS[new]}", res
