@@ -29,8 +29,9 @@ pub struct Agent {
     last_leader_write: Option<u64>,
     /// Our own last leader revision (what a renewal compares against).
     my_revision: Option<i64>,
-    /// Consecutive loops a running standby was not streaming.
-    not_streaming: u32,
+    /// Since when (monotonic ms) a running standby has not been streaming. Time, not a
+    /// count of loops: loops run faster while a request is under way.
+    not_streaming_since: Option<u64>,
     state: String,
     slots_for: Vec<String>,
     /// In maintenance: etcd's word when it answers, the copy on disk otherwise.
@@ -87,7 +88,7 @@ impl Agent {
             leader_seen: None,
             last_leader_write: None,
             my_revision: None,
-            not_streaming: 0,
+            not_streaming_since: None,
             state: "starting".into(),
             slots_for: Vec::new(),
             down: false,
@@ -309,9 +310,9 @@ impl Agent {
         let leader = view.and_then(|v| v.leader.clone());
         let upstream = upstream_name(obs, view);
         if obs.running && obs.in_recovery && !obs.streaming {
-            self.not_streaming += 1;
+            self.not_streaming_since.get_or_insert(now);
         } else {
-            self.not_streaming = 0;
+            self.not_streaming_since = None;
         }
         let leader_rec = leader
             .as_ref()
@@ -329,7 +330,9 @@ impl Agent {
         // undone. (Its timeline is no guide: the walreceiver fetches the leader's history
         // files even when it cannot stream.) A leader that just died is not a reason.
         let t = self.cfg.timing();
-        let long = (2 * t.ttl).div_ceil(t.loop_wait.max(1)) as u32;
+        let stuck = self
+            .not_streaming_since
+            .is_some_and(|since| now.saturating_sub(since) >= 2 * t.ttl);
         let leader_alive = self
             .leader_seen
             .is_some_and(|(_, since)| now.saturating_sub(since) < t.ttl);
@@ -337,7 +340,7 @@ impl Agent {
             (!obs.running && was_primary && !self.handed_over)
                 || (obs.running
                     && leader_alive
-                    && self.not_streaming >= long
+                    && stuck
                     && upstream.as_deref() == Some(l.name.as_str()))
         });
         Facts {
@@ -391,6 +394,35 @@ impl Agent {
         if let Err(e) = self.guard.primary_until(until) {
             warn(format!("cannot reach the fence guard: {e}"));
         }
+    }
+
+    /// Promotes while holding the key: a slow promotion must not cost the leadership (the
+    /// guard would stop the server that is just becoming the primary), so the key is
+    /// renewed while PostgreSQL works.
+    fn promote_leading(&mut self) -> Result<(), String> {
+        let retry = self.cfg.timing().retry_timeout;
+        let (dcs, guard, name, lease) = (&self.dcs, &mut self.guard, &self.cfg.name, self.lease);
+        let mut held = self.my_revision.zip(self.last_leader_write);
+        let r = self.pg.promote(|| {
+            let Some((rev, _)) = held else { return };
+            let sent = monotonic_ms();
+            // The key is bound to our lease: keep that alive too.
+            let _ = dcs.etcd.lease_keepalive(lease);
+            match dcs.write_leader(name, lease, Some(rev)) {
+                Ok(Some(new)) => {
+                    held = Some((new, sent));
+                    let _ = guard.primary_until(sent + retry);
+                    tracing::info!("promotion: still in recovery; leadership renewed");
+                }
+                r => warn(format!("promotion: cannot renew the leadership: {r:?}")),
+            }
+        });
+        if let Some((rev, sent)) = held {
+            self.my_revision = Some(rev);
+            self.leader_seen = Some((rev, sent));
+            self.last_leader_write = Some(sent);
+        }
+        r
     }
 
     fn lost_leadership(&mut self) {
@@ -477,14 +509,20 @@ impl Agent {
                                 self.pg.set_sync_names(&names)?;
                                 self.sync_names = Some(names);
                             }
+                            tracing::info!("promotion: synchronous settings done");
                             self.ensure_slots(view);
-                            self.pg.promote()?;
+                            tracing::info!("promotion: slots done");
+                            self.promote_leading()?;
                             let took = monotonic_ms().saturating_sub(since);
                             self.counters.promotions += 1;
                             self.counters.last_failover_ms = Some(took);
+                            self.state = "running".into();
+                            // Tell HAProxy now, not after the checkpoint and a loop.
+                            self.announce_leader(view, rev);
                             log(format!(
                                 "promoted ({took} ms after the old leader's last sign of life)"
                             ));
+                            self.pg.checkpoint()?;
                         }
                         self.state = "running".into();
                         self.ensure_slots(view);
@@ -494,9 +532,9 @@ impl Agent {
             }
             Action::Promote => {
                 self.state = "promoting".into();
-                self.pg.promote()?;
+                self.promote_leading()?;
                 self.state = "running".into();
-                Ok(())
+                self.pg.checkpoint()
             }
             Action::StartPrimary => {
                 self.state = "starting".into();
@@ -534,10 +572,25 @@ impl Agent {
                     .pg
                     .rewind_or_rebuild(&conn, &self.cfg.replication.rewind_user)?;
                 log(format!("rejoin {leader}: {how}"));
-                self.not_streaming = 0;
+                self.not_streaming_since = None;
                 self.pg.start()
             }
         }
+    }
+
+    /// Publishes this node as the leader at `revision` right away (API snapshot and member
+    /// record), without waiting for the end of the loop.
+    fn announce_leader(&mut self, view: Option<&View>, revision: i64) {
+        let Some(v) = view else { return };
+        let mut v = v.clone();
+        v.leader = Some(crate::decide::Leader {
+            name: self.cfg.name.clone(),
+            revision,
+        });
+        let obs = self.pg.observe();
+        let me = self.record(&obs, Some(&v));
+        self.update_snapshot(me.clone(), &v, &Action::Promote);
+        let _ = self.dcs.publish(&me, self.lease);
     }
 
     fn renew(&mut self, view: Option<&View>, obs: &Observed) -> Result<(), String> {

@@ -277,18 +277,36 @@ impl LocalPg {
         }
     }
 
-    pub fn promote(&mut self) -> Result<(), String> {
+    /// Promotes and returns once the server accepts writes. (pg_promote's own wait polls
+    /// every 100 ms; polling here every 10 ms takes up to that much off the write gap.)
+    /// `keep` runs every ~250 ms of waiting: the caller renews its leadership there (the
+    /// startup process may be busy in restore_command for a while before it notices).
+    pub fn promote(&mut self, mut keep: impl FnMut()) -> Result<(), String> {
         self.with(|c| {
-            let ok: bool = c
-                .query_one("SELECT pg_promote(true, 60)", &[])
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if !ok {
-                return Err("pg_promote did not finish within 60 s".into());
+            c.batch_execute("SELECT pg_promote(false)")
+                .map_err(|e| e.to_string())?;
+            tracing::info!("promotion: requested");
+            for i in 0..6000 {
+                if i % 25 == 24 {
+                    keep();
+                }
+                let recovering: bool = c
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                if !recovering {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            // A checkpoint on the new timeline: pg_rewind of the old primary needs it.
-            c.batch_execute("CHECKPOINT").map_err(|e| e.to_string())
+            Err("the promotion did not finish within 60 s".into())
         })
+    }
+
+    /// A checkpoint on the new timeline after a promotion: pg_rewind of the old primary
+    /// needs it (the control file names the timeline only after one).
+    pub fn checkpoint(&mut self) -> Result<(), String> {
+        self.with(|c| c.batch_execute("CHECKPOINT").map_err(|e| e.to_string()))
     }
 
     /// Streams from the node at `conn`: primary_conninfo and slot, applied by reload.
@@ -343,10 +361,11 @@ impl LocalPg {
     pub fn set_sync_names(&mut self, value: &str) -> Result<(), String> {
         let q = pgshift_core::pg::sql::quote_literal(value);
         self.with(|c| {
-            c.batch_execute(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = {q}; SELECT pg_reload_conf()"
-            ))
-            .map_err(|e| e.to_string())
+            // Two statements, not one batch: a batch runs as one transaction, and ALTER
+            // SYSTEM refuses to run inside one.
+            c.batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {q}"))
+                .and_then(|_| c.batch_execute("SELECT pg_reload_conf()"))
+                .map_err(|e| e.to_string())
         })?;
         // The reload is asynchronous: wait (briefly) until this backend sees it.
         for _ in 0..50 {

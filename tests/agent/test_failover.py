@@ -201,6 +201,8 @@ def teardown_cluster(results, results_file):
     for h in IPS:
         res = on(h, "tail -n 400 /etc/pgshift-lab/log/pgshift-agent.log", timeout=10)
         (logs / f"{h}.log").write_text(res.stdout + res.stderr)
+        res = on(h, "grep -v -e 'probe@' -e '^\\s' /var/log/postgresql/postgresql-15-main.log | tail -n 300", timeout=10)
+        (logs / f"{h}-postgresql.log").write_text(res.stdout + res.stderr)
     results_file.parent.mkdir(exist_ok=True)
     results_file.write_text(json.dumps(results, indent=2))
     lab("down", check=False)
