@@ -728,6 +728,10 @@ impl Agent {
         let started = monotonic_ms();
         log(format!("switchover to {to}: shutting down cleanly"));
         self.state = "handing over".into();
+        // Out of HAProxy's read-write pool before the server stops accepting connections.
+        if let Ok(mut s) = self.shared.lock() {
+            s.writable_until = 0;
+        }
         let _ = self.guard.standby();
         self.pg.stop("fast")?;
         let handed = (|| {

@@ -262,19 +262,26 @@ impl LocalPg {
         if self.data.postmaster().ok().flatten().is_none() {
             return Ok(());
         }
+        // pg_ctl -W and our own wait: pg_ctl's checks the pid file every 100 ms, and a
+        // switchover's write gap is made of such waits.
         let mut cmd = Command::new(self.bin.join("pg_ctl"));
-        cmd.args(["stop", "-w", "-t", "60", "-s", "-m", mode, "-D"])
+        cmd.args(["stop", "-W", "-s", "-m", mode, "-D"])
             .arg(&self.data.path);
         let out =
             run_as(&mut cmd, Some(&self.owner)).map_err(|e| format!("cannot run pg_ctl: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
+        if !out.status.success() {
+            return Err(format!(
                 "pg_ctl stop -m {mode} failed: {}",
                 output_text(&out)
-            ))
+            ));
         }
+        for _ in 0..6000 {
+            if self.data.postmaster().ok().flatten().is_none() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("PostgreSQL did not stop within 60 s (-m {mode})"))
     }
 
     /// Promotes and returns once the server accepts writes. (pg_promote's own wait polls

@@ -82,6 +82,7 @@ class Writer:
     def __init__(self, host=AUX, port=RW, first_id=1):
         self.host, self.port = host, port
         self.acks = []
+        self.ids = []  # the acknowledged writes' ids
         self.failures = 0
         self.stop_flag = threading.Event()
         self.n = first_id - 1
@@ -94,6 +95,7 @@ class Writer:
                            "RETURNING host(inet_server_addr())", 2, self.host)
             if ok:
                 self.acks.append((time.monotonic(), HOST_OF.get(res, res)))
+                self.ids.append(self.n)
             else:
                 self.failures += 1
             time.sleep(0.05)
@@ -287,3 +289,34 @@ def test_crash_of_the_primary_host_through_haproxy(cluster):
     assert back["t"] - t_streaming < 5, r
     ok, res = psql(RW, "SELECT pg_is_in_recovery(), host(inet_server_addr())")
     assert ok and res == f"f|{IPS[new]}", res
+
+
+def test_switchover_through_haproxy(cluster):
+    """Planned switchovers with a client writing through HAProxy's read-write port: the
+    write gap the client sees, and not one acknowledged write lost."""
+    gaps = []
+    for i in range(2):
+        old, new = roles()
+        with Writer(first_id=(i + 2) * 10**7) as w:
+            wait_for(f"writes through {RW} on {old}", lambda: sum(h == old for _, h in w.acks) >= 10, 20)
+            t0 = time.monotonic()
+            res = on(old, f"pgshift switchover --to {new}", timeout=90)
+            assert res.returncode == 0, res.stdout + res.stderr
+            first_new = wait_for(f"writes through {RW} on {new}", lambda: w.first_ack(new, t0), 15, 0.02)
+            time.sleep(1)
+        last_old = max(t for t, h in w.acks if h == old and t < first_new)
+        late = [round(t - first_new, 3) for t, h in w.acks if h == old and t > first_new]
+        assert not late, f"writes through {RW} reached {old} after {new} took over: {late}"
+        ok, ids = psql(RW, f"SELECT id FROM through_haproxy WHERE id >= {(i + 2) * 10**7}", 10)
+        assert ok, ids
+        acked = len(w.ids)
+        lost = sorted(set(w.ids) - set(map(int, ids.split())))
+        assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        gaps.append(round(first_new - last_old, 3))
+        cluster["results"].setdefault("switchover", []).append({
+            "from": old, "to": new,
+            "write_gap_seconds": gaps[-1],
+            "writes_back_after_command_start_seconds": round(first_new - t0, 2),
+            "acknowledged": acked, "failed_writes": w.failures,
+        })
+    assert max(gaps) < 3, gaps
