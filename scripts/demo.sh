@@ -65,8 +65,8 @@ settled db1 db1
 status db1
 echo "== HAProxy on aux: 5000 reaches the primary, 5001 a standby"
 PSQL=/usr/lib/postgresql/15/bin/psql
-echo "   5000: $($PSQL -XAtq "postgresql://demo:demo@10.77.0.13:5000/demo" -c "SELECT inet_server_addr() || ' in recovery: ' || pg_is_in_recovery()")"
-echo "   5001: $($PSQL -XAtq "postgresql://demo:demo@10.77.0.13:5001/demo" -c "SELECT inet_server_addr() || ' in recovery: ' || pg_is_in_recovery()")"
+echo "   5000: $($PSQL -XAtq "postgresql://demo:demo@10.77.0.13:5000/demo" -c "SELECT host(inet_server_addr()) || ' in recovery: ' || pg_is_in_recovery()")"
+echo "   5001: $($PSQL -XAtq "postgresql://demo:demo@10.77.0.13:5001/demo" -c "SELECT host(inet_server_addr()) || ' in recovery: ' || pg_is_in_recovery()")"
 
 echo "== a client writes through HAProxy (aux:5000) while db1's host crashes"
 writer_start "$SUMMARY/crash.json"
