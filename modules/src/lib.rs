@@ -7,6 +7,7 @@ pub mod cert_install;
 pub mod login;
 pub mod pg_basebackup_standby;
 pub mod pg_hba_rule;
+pub mod pg_logical_replication;
 pub mod pg_replication_user;
 pub mod pgbackrest_repository;
 pub mod protocol;
@@ -18,6 +19,7 @@ pub const MODULES: &[&str] = &[
     "cert_install",
     "pg_basebackup_standby",
     "pg_hba_rule",
+    "pg_logical_replication",
     "pg_replication_user",
     "pgbackrest_repository",
 ];
@@ -33,6 +35,9 @@ pub fn dispatch(name: &str, raw: Map<String, Value>) -> Map<String, Value> {
         "cert_install" => protocol::execute::<cert_install::CertInstall>(ctx, user),
         "pg_basebackup_standby" => {
             protocol::execute::<pg_basebackup_standby::PgBasebackupStandby>(ctx, user)
+        }
+        "pg_logical_replication" => {
+            protocol::execute::<pg_logical_replication::PgLogicalReplication>(ctx, user)
         }
         "pg_replication_user" => {
             protocol::execute::<pg_replication_user::PgReplicationUser>(ctx, user)

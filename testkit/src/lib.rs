@@ -32,6 +32,15 @@ pub fn pg_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// PostgreSQL 16 server binaries (initdb, pg_ctl, postgres) for the multi-home tests, as
+/// `scripts/deps.sh pg16` installs them (override with PGSHIFT_PG16_BIN); None when absent.
+pub fn pg16_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("PGSHIFT_PG16_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/pgshift/postgresql-16/bin"));
+    bin.join("postgres").exists().then_some(bin)
+}
+
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -52,8 +61,22 @@ impl PgServer {
         PgServer::start_in(&root, extra_conf, false)
     }
 
+    /// [`PgServer::start`] with the server binaries in `bin` (e.g. [`pg16_bin`]).
+    pub fn start_with_bin(bin: &Path, extra_conf: &[&str]) -> PgServer {
+        let root = tempfile::Builder::new()
+            .prefix("pgshift-pg-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        PgServer::start_full(&root, bin, extra_conf, false)
+    }
+
     /// Starts in `root` (created if missing); `keep` leaves the server running after drop.
     pub fn start_in(root: &Path, extra_conf: &[&str], keep: bool) -> PgServer {
+        PgServer::start_full(root, &pg_bin(), extra_conf, keep)
+    }
+
+    fn start_full(root: &Path, bin: &Path, extra_conf: &[&str], keep: bool) -> PgServer {
         let run_as = if Uid::effective().is_root() {
             Some(
                 User::from_name("postgres")
@@ -77,7 +100,7 @@ impl PgServer {
             data_dir,
             socket_dir,
             port: free_port(),
-            bin: pg_bin(),
+            bin: bin.to_path_buf(),
             run_as,
             keep,
         };
@@ -126,9 +149,15 @@ impl PgServer {
     }
 
     /// Runs psql as the superuser over the socket; returns stdout (unaligned, tuples only).
+    /// (Debian's psql 15 also drives the PostgreSQL 16 servers, which come without one.)
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_db("postgres", sql)
+    }
+
+    /// [`PgServer::psql`] in database `db`.
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
         let out = self.run_checked(
-            Command::new(self.bin.join("psql"))
+            Command::new(pg_bin().join("psql"))
                 .args([
                     "-X",
                     "-At",
@@ -137,7 +166,7 @@ impl PgServer {
                     "-U",
                     "postgres",
                     "-d",
-                    "postgres",
+                    db,
                     "-h",
                 ])
                 .arg(&self.socket_dir)

@@ -313,6 +313,35 @@ def test_switchover_loses_nothing_and_pauses_writes_briefly(cluster):
     assert median <= 1.0, gaps
 
 
+def test_scheduled_switchover_and_cancel(cluster):
+    """--at schedules (the command returns at once, the leader stays until then); --cancel
+    drops a scheduled one."""
+    old, new = roles()
+    res = on(new, "pgshift switchover --at +60s")
+    assert res.returncode == 0 and "scheduled" in res.stdout, res.stdout + res.stderr
+    doc = cluster_status(old)
+    assert doc["request"]["kind"] == "switchover" and doc["leader"] == old, doc
+    assert "pending switchover" in out(old, "pgshift status")
+    # A second request while one is pending is refused, and says why.
+    res = on(new, f"pgshift failover --to {new}")
+    assert res.returncode != 0 and "healthy leader" in res.stderr, res.stderr
+    res = on(old, "pgshift switchover --cancel")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = cluster_status(old)
+    assert doc["request"] is None and doc["outcome"]["message"] == "cancelled", doc
+    t0 = time.monotonic()
+    res = on(new, "pgshift switchover --at +3s")
+    assert res.returncode == 0 and "scheduled" in res.stdout, res.stdout + res.stderr
+    # Whole seconds: due 2 to 3 s from now.
+    time.sleep(1)
+    assert cluster_status(old)["leader"] == old
+    wait_for(f"{new} leading", lambda: (cluster_status(new) or {}).get("leader") == new, 20, 0.1)
+    took = time.monotonic() - t0
+    cluster["results"]["scheduled_switchover_seconds"] = round(took, 2)
+    assert took >= 1.8, took
+    wait_for(f"{old} streaming from {new}", streaming_from(old, new), 60, 0.2)
+
+
 def test_down_keeps_a_standby_out_of_rotation_across_a_reboot(cluster):
     leader, other = roles()
     res = on(leader, f"pgshift down {other}")
