@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod guard;
 pub mod http;
 pub mod logging;
+pub mod logical;
 pub mod maintenance;
 pub mod postgres;
 pub mod records;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use pgshift_agent::config::{Config, DEFAULT_PATH};
 use pgshift_agent::ctl::{parse_at, Ctl};
+use pgshift_agent::logical::{self, LogicalConfig};
 use pgshift_agent::{agent, cli, guard};
 
 const USAGE: &str = "usage:
@@ -21,12 +22,19 @@ const USAGE: &str = "usage:
                                      by default; a leader hands over first)
   pgshift up [NODE]                  back in rotation
   pgshift pause | resume             stop / restart automatic failover cluster-wide
+  pgshift logical status [--json]    a multi-home pair (config /etc/pgshift/logical.toml)
+  pgshift logical down NODE [--timeout SECS] | up NODE
+                                     make one side read-only / writable again
+  pgshift logical check | watch [--interval SECS]
+                                     put the non-active side down if replication broke
   pgshift --version
 every command takes --config FILE; none ever prompts";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut config = PathBuf::from(DEFAULT_PATH);
+    let mut config_given = false;
+    let mut interval = Duration::from_secs(5);
     let mut json = false;
     let mut cancel = false;
     let mut to = None;
@@ -41,7 +49,17 @@ fn main() {
                 .unwrap_or_else(|| fail(&format!("{name} needs a value")))
         };
         match a.as_str() {
-            "--config" | "-c" => config = PathBuf::from(value("--config")),
+            "--config" | "-c" => {
+                config = PathBuf::from(value("--config"));
+                config_given = true;
+            }
+            "--interval" => {
+                let v = value("--interval");
+                let secs: u64 = v
+                    .parse()
+                    .unwrap_or_else(|_| fail(&format!("--interval {v:?}: give seconds")));
+                interval = Duration::from_secs(secs.max(1));
+            }
             "--json" => json = true,
             "--cancel" => cancel = true,
             "--to" => to = Some(value("--to")),
@@ -105,6 +123,41 @@ fn main() {
             let cfg = load();
             let ctl = Ctl::new(&cfg).unwrap_or_else(|e| fail(&e));
             done(ctl.pause(*cmd == "pause"))
+        }
+        ["logical", rest @ ..] => {
+            let path = if config_given {
+                config.clone()
+            } else {
+                PathBuf::from(logical::config::DEFAULT_PATH)
+            };
+            let cfg = LogicalConfig::load(&path).unwrap_or_else(|e| fail(&e));
+            let down_timeout = if timeout == Duration::from_secs(60) {
+                Duration::from_secs(30)
+            } else {
+                timeout
+            };
+            match rest {
+                ["status"] => print!(
+                    "{}{}",
+                    logical::status(&cfg, json),
+                    if json { "\n" } else { "" }
+                ),
+                ["down", node] => done(logical::down(&cfg, node, down_timeout)),
+                ["up", node] => done(logical::up(&cfg, node)),
+                ["check"] => done(logical::check(&cfg, down_timeout)),
+                ["watch"] => loop {
+                    match logical::check(&cfg, down_timeout) {
+                        Ok(m) if m.contains("flows both ways") => {}
+                        Ok(m) => eprintln!("pgshift logical: {m}"),
+                        Err(e) => eprintln!("pgshift logical: {e}"),
+                    }
+                    std::thread::sleep(interval);
+                },
+                _ => {
+                    eprintln!("{USAGE}");
+                    exit(2);
+                }
+            }
         }
         // Internal: started by the agent, see guard.rs.
         ["fence-guard", dir] => exit(guard::run(std::path::Path::new(dir))),
