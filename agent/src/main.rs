@@ -25,6 +25,7 @@ const USAGE: &str = "usage:
   pgshift logical status [--json]    a multi-home pair (config /etc/pgshift/logical.toml)
   pgshift logical down NODE [--timeout SECS] | up NODE
                                      make one side read-only / writable again
+  pgshift logical ddl FILE           a schema change on both sides (both down, DDL, refresh, up)
   pgshift logical check | watch [--interval SECS]
                                      put the non-active side down if replication broke
   pgshift --version
@@ -145,6 +146,7 @@ fn main() {
                 ["down", node] => done(logical::down(&cfg, node, down_timeout)),
                 ["up", node] => done(logical::up(&cfg, node)),
                 ["check"] => done(logical::check(&cfg, down_timeout)),
+                ["ddl", file] => done(logical::ddl(&cfg, file, down_timeout)),
                 ["watch"] => loop {
                     match logical::check(&cfg, down_timeout) {
                         Ok(m) if m.contains("flows both ways") => {}

@@ -318,3 +318,71 @@ fn check_puts_the_passive_side_down_when_replication_breaks() {
     assert_eq!(doc["replication_ok"], false);
     assert_eq!(doc["nodes"][1]["down"], true);
 }
+
+#[test]
+fn ddl_changes_both_sides_and_replication_carries_the_new_table() {
+    let p = setup();
+    wait_for("both apply workers", || {
+        workers_running(&p.db1) && workers_running(&p.db2)
+    });
+    // A bad file stops at the first side, rolls back there, and leaves both writable.
+    let bad = p.db1.root.join("bad.sql");
+    std::fs::write(
+        &bad,
+        "CREATE TABLE v (id int PRIMARY KEY);\nCREATE TABLE oops (;\n",
+    )
+    .unwrap();
+    let (ok, out) = pgshift(&p, &["ddl", bad.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("failed on db1 and was rolled back"),
+        "{out}"
+    );
+    for s in [&p.db1, &p.db2] {
+        assert_eq!(
+            s.psql_db("app", "SELECT count(*) FROM pg_class WHERE relname = 'v'"),
+            "0"
+        );
+    }
+    sql_as(
+        &p.db1,
+        "writer",
+        &p.passfile,
+        "INSERT INTO t VALUES (1, 'db1')",
+    )
+    .unwrap();
+
+    let good = p.db1.root.join("good.sql");
+    std::fs::write(
+        &good,
+        "CREATE TABLE u (id int PRIMARY KEY, note text);\nALTER TABLE u OWNER TO writer;\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (ok, out) = pgshift(&p, &["ddl", good.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("refreshed on db1") && out.contains("refreshed on db2"),
+        "{out}"
+    );
+    eprintln!("ddl took {:?}: {out}", started.elapsed());
+    sql_as(
+        &p.db1,
+        "writer",
+        &p.passfile,
+        "INSERT INTO u VALUES (1, 'db1')",
+    )
+    .unwrap();
+    sql_as(
+        &p.db2,
+        "writer",
+        &p.passfile,
+        "INSERT INTO u VALUES (2, 'db2')",
+    )
+    .unwrap();
+    for s in [&p.db1, &p.db2] {
+        wait_for("rows of u on both sides", || {
+            s.psql_db("app", "SELECT string_agg(id::text, ',' ORDER BY id) FROM u") == "1,2"
+        });
+        assert_eq!(s.psql_db("app", "SELECT count(*) FROM t"), "1");
+    }
+}

@@ -1,6 +1,6 @@
 //! `pgshift logical`: the operator's side of a two-node multi-home pair (bidirectional logical
 //! replication set up by the `pg_logical_replication` module): `status`, and `down` / `up`,
-//! which make one side read-only or writable again.
+//! which make one side read-only or writable again, `check`/`watch`, and `ddl FILE`.
 //!
 //! Read-only is enforced in the database, not by `default_transaction_read_only` (any client
 //! can SET that back): every user table gets a statement trigger refusing writes, and an event
@@ -12,9 +12,11 @@
 //! not replicated).
 
 pub mod config;
+mod ddl;
 mod fence;
 mod status;
 
 pub use config::LogicalConfig;
+pub use ddl::ddl;
 pub use fence::{check, down, up};
 pub use status::{status, NodeState};
