@@ -51,7 +51,7 @@ ansible-test: collection
 # The lab's own tests, then backups and the agent on clusters built by the playbooks
 # (they use the collection installed into target/collections and bin/pgshift).
 lab-test: install-collection
-	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab tests/backup tests/agent
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab tests/backup tests/agent tests/multihome
 
 # Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
 molecule-test: install-collection

@@ -116,17 +116,12 @@ pub fn ddl(cfg: &LogicalConfig, file: &str, timeout: Duration) -> Result<String,
     for (i, c) in clients.iter_mut().enumerate() {
         for sub in subscriptions(c)? {
             // Before any write: changes for a table the subscription does not know yet are
-            // skipped, not queued. REFRESH cannot run in a transaction, so the DDL guard is
-            // off around it (writes stay refused by the table triggers meanwhile).
-            c.batch_execute("ALTER EVENT TRIGGER pgshift_logical_down DISABLE")
-                .map_err(|e| e.to_string())?;
-            let refreshed = c.batch_execute(&format!(
+            // skipped, not queued.
+            c.batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = false)",
                 quote_ident(&sub)
-            ));
-            c.batch_execute("ALTER EVENT TRIGGER pgshift_logical_down ENABLE")
-                .map_err(|e| e.to_string())?;
-            refreshed.map_err(|e| {
+            ))
+            .map_err(|e| {
                 format!(
                     "the change is on both sides, but refreshing {sub} on {} failed: {e}; both sides stay down",
                     names[i]

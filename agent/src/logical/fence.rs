@@ -21,6 +21,10 @@ BEGIN
 END $f$;
 CREATE OR REPLACE FUNCTION pgshift.refuse_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
 BEGIN
+  -- Replication itself stays manageable on a down side: repairing it is why one goes down.
+  IF tg_tag LIKE '% SUBSCRIPTION' OR tg_tag LIKE '% PUBLICATION' THEN
+    RETURN;
+  END IF;
   RAISE EXCEPTION 'this database is down (pgshift logical down): schema changes are refused'
     USING ERRCODE = 'read_only_sql_transaction';
 END $f$;
