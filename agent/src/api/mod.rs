@@ -204,21 +204,23 @@ fn reason(status: u16) -> &'static str {
 
 fn respond<S: Write>(s: &mut S, method: &str, status: u16, body: Value, extra: &str) {
     let text = format!("{body}\n");
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        reason(status),
-        text.len()
-    );
-    if method != "HEAD" {
-        out.push_str(&text);
-    }
-    let _ = s.write_all(out.as_bytes());
-    let _ = s.flush();
+    respond_raw(s, method, status, "application/json", &text, extra);
 }
 
 fn respond_text<S: Write>(s: &mut S, method: &str, status: u16, text: &str) {
+    respond_raw(s, method, status, "text/plain; version=0.0.4", text, "");
+}
+
+fn respond_raw<S: Write>(
+    s: &mut S,
+    method: &str,
+    status: u16,
+    content_type: &str,
+    text: &str,
+    extra: &str,
+) {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
         reason(status),
         text.len()
     );
