@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::api::{self, Counters, Shared, Snapshot};
 use crate::config::Config;
@@ -14,7 +14,7 @@ use crate::etcd;
 use crate::guard::{monotonic_ms, Guard};
 use crate::maintenance;
 use crate::postgres::{LocalPg, Observed};
-use crate::records::{HandedOver, Outcome, Request, RequestKind, SyncState};
+use crate::records::{unix_now, HandedOver, Outcome, Request, RequestKind, SyncState};
 
 pub struct Agent {
     config_path: PathBuf,
@@ -894,11 +894,4 @@ fn upstream_name(obs: &Observed, view: Option<&View>) -> Option<String> {
         .iter()
         .find(|m| &m.conn == conn)
         .map(|m| m.name.clone())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::api::control::read_token;
 use crate::config::Config;
 use crate::dcs::{Dcs, View};
+use crate::records::unix_now;
 
 pub struct Ctl<'a> {
     cfg: &'a Config,
@@ -250,13 +251,6 @@ impl<'a> Ctl<'a> {
             "automatic failover resumed".into()
         })
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `--at`: Unix seconds, `+N[s|m|h]` from now, or RFC 3339 (`2026-12-01T10:00:00Z`,

@@ -100,10 +100,7 @@ fn main() {
             if cancel {
                 return done(ctl.cancel());
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = pgshift_agent::records::unix_now();
             let at = at.map(|t| parse_at(&t, now).unwrap_or_else(|e| fail(&e)));
             done(ctl.switchover(to.as_deref(), at, timeout))
         }

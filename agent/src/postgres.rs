@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pgshift_core::atomic::{self, Ownership};
 use pgshift_core::datadir::DataDir;
@@ -470,10 +470,7 @@ impl LocalPg {
     }
 
     fn rebuild(&mut self, leader_conn: &str) -> Result<String, String> {
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let stamp = crate::records::unix_now();
         let aside = PathBuf::from(format!("{}.pgshift-{stamp}", self.data.path.display()));
         fs::rename(&self.data.path, &aside)
             .map_err(|e| format!("cannot move {} aside: {e}", self.data.path.display()))?;

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use super::Snapshot;
 use crate::config::Config;
 use crate::dcs::{Dcs, View};
-use crate::records::{Outcome, Request, RequestKind};
+use crate::records::{unix_now, Outcome, Request, RequestKind};
 
 pub struct Control {
     dcs: Mutex<Dcs>,
@@ -27,13 +27,6 @@ type Answer = (u16, Value);
 
 fn error(status: u16, why: impl Into<String>) -> Answer {
     (status, json!({"error": why.into()}))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The token, refusing a file others can read (it would be a password lying around).
