@@ -10,18 +10,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::{Arg, Default, Kind};
 
+/// libpq's sslmode values (every option naming one accepts these).
+pub const SSL_MODES: &[&str] = &[
+    "allow",
+    "disable",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 /// libpq's TLS options under community.postgresql's names; also used by modules that connect
 /// with other credentials (e.g. a standby's replication connection).
 pub const TLS_ARGS: [Arg; 4] = [
     Arg::new("ssl_mode", Kind::Str)
-        .choices(&[
-            "allow",
-            "disable",
-            "prefer",
-            "require",
-            "verify-ca",
-            "verify-full",
-        ])
+        .choices(SSL_MODES)
         .default(Default::Str("prefer"))
         .aliases(&["sslmode"]),
     Arg::new("ca_cert", Kind::Path).aliases(&["ssl_rootcert"]),

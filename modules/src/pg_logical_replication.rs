@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use pgshift_core::pg::sql::{quote_ident, quote_literal};
 use pgshift_core::pg::{Client, ConnectOptions, SslMode};
-use pgshift_core::pgconf::{conninfo, pgpass_lookup};
+use pgshift_core::pgconf::conninfo;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::args::{Arg, Default, Kind};
-use crate::login::LoginParams;
+use crate::login::{LoginParams, SSL_MODES};
 use crate::protocol::{Context, Failure, Module};
 
 const SPEC: &[Arg] = &[
@@ -29,14 +29,7 @@ const SPEC: &[Arg] = &[
     Arg::new("peer_dbname", Kind::Str),
     Arg::new("peer_passfile", Kind::Path),
     Arg::new("peer_ssl_mode", Kind::Str)
-        .choices(&[
-            "allow",
-            "disable",
-            "prefer",
-            "require",
-            "verify-ca",
-            "verify-full",
-        ])
+        .choices(SSL_MODES)
         .default(Default::Str("prefer")),
     Arg::new("peer_ca_cert", Kind::Path),
     Arg::new("peer_ssl_cert", Kind::Path),
@@ -286,20 +279,12 @@ impl Module for PgLogicalReplication {
             .ok()
             .filter(|v| *v > 0)
             .ok_or_else(|| format!("peer_port {} is not a TCP port", p.peer_port))?;
-        let password = match &p.peer_passfile {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read peer_passfile {}: {e}", f.display()))?;
-                pgpass_lookup(&text, &p.peer_host, peer_port, &peer_dbname, &p.peer_user)
-            }
-            None => None,
-        };
         let ssl_mode: SslMode = p.peer_ssl_mode.parse()?;
-        let peer_opts = ConnectOptions {
+        let mut peer_opts = ConnectOptions {
             host: Some(p.peer_host.clone()),
             port: peer_port,
             user: p.peer_user.clone(),
-            password,
+            password: None,
             unix_socket: None,
             dbname: peer_dbname.clone(),
             ssl_mode,
@@ -309,6 +294,11 @@ impl Module for PgLogicalReplication {
             connect_timeout: Duration::from_secs(10),
             application_name: "pgshift".into(),
         };
+        if let Some(f) = &p.peer_passfile {
+            peer_opts
+                .password_from_passfile(f)
+                .map_err(|e| format!("peer_passfile: {e}"))?;
+        }
         let mut peer = Client::connect(&peer_opts)
             .map_err(|e| format!("cannot connect to the peer {}: {e}", peer_opts.describe()))?;
         version(&mut peer, &format!("the peer {}", p.peer_host))?;

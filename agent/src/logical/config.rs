@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgshift_core::pg::{Client, ConnectOptions, SslMode};
-use pgshift_core::pgconf::pgpass_lookup;
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/pgshift/logical.toml";
@@ -99,19 +98,10 @@ impl LogicalConfig {
     }
 
     pub fn connect(&self, n: &Node) -> Result<Client, String> {
-        let password = match &n.passfile {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                pgpass_lookup(&text, &n.host, n.port, &self.database, &n.user)
-            }
-            None => None,
-        };
-        let opts = ConnectOptions {
+        let mut opts = ConnectOptions {
             host: Some(n.host.clone()),
             port: n.port,
             user: n.user.clone(),
-            password,
             dbname: self.database.clone(),
             ssl_mode: n.sslmode.parse()?,
             ca_cert: n.sslrootcert.clone(),
@@ -119,6 +109,9 @@ impl LogicalConfig {
             application_name: "pgshift-logical".into(),
             ..ConnectOptions::default()
         };
+        if let Some(f) = &n.passfile {
+            opts.password_from_passfile(f)?;
+        }
         let mut c = Client::connect(&opts).map_err(|e| format!("{}: {e}", n.name))?;
         // A node that is down makes new sessions read-only; ours must still change it.
         c.batch_execute("SET default_transaction_read_only = off")

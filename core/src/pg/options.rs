@@ -1,7 +1,7 @@
 //! Connection options under community.postgresql's names (`login_host`, `login_port`, ...),
 //! so playbooks written for it port over unchanged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -89,6 +89,21 @@ impl ConnectOptions {
             None => true,
             Some(h) => h.is_empty() || h.starts_with('/'),
         }
+    }
+
+    /// Sets the password from a `.pgpass` file, as libpq would pick it for this host, port,
+    /// database and user (none when no line matches). The password stays in memory.
+    pub fn password_from_passfile(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let host = match &self.host {
+            Some(h) if !self.uses_socket() => h.as_str(),
+            // libpq matches socket connections as "localhost".
+            _ => "localhost",
+        };
+        self.password =
+            crate::pgconf::pgpass_lookup(&text, host, self.port, &self.dbname, &self.user);
+        Ok(())
     }
 
     /// Where we connect, for messages: never includes the password.
