@@ -34,7 +34,7 @@ fn drained(cfg: &LogicalConfig, timeout: Duration) -> Result<(), String> {
 
 /// The file in one transaction, with the down state's DDL guard off for this transaction.
 fn apply(c: &mut Client, sql: &str) -> Result<(), String> {
-    c.batch_execute("BEGIN READ WRITE; ALTER EVENT TRIGGER pgshift_logical_down DISABLE")
+    c.batch_execute("BEGIN; ALTER EVENT TRIGGER pgshift_logical_down DISABLE")
         .map_err(|e| e.to_string())?;
     let r = c
         .batch_execute(sql)
@@ -45,16 +45,6 @@ fn apply(c: &mut Client, sql: &str) -> Result<(), String> {
         return Err(e.to_string());
     }
     Ok(())
-}
-
-fn subscriptions(c: &mut Client) -> Result<Vec<String>, String> {
-    c.query(
-        "SELECT subname::text FROM pg_subscription \
-         WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        &[],
-    )
-    .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-    .map_err(|e| e.to_string())
 }
 
 pub fn ddl(cfg: &LogicalConfig, file: &str, timeout: Duration) -> Result<String, String> {
@@ -114,12 +104,13 @@ pub fn ddl(cfg: &LogicalConfig, file: &str, timeout: Duration) -> Result<String,
     log.push(format!("applied on {}", names[1]));
     // The file ran on both sides, so new tables start alike: refresh without copying.
     for (i, c) in clients.iter_mut().enumerate() {
-        for sub in subscriptions(c)? {
+        // The subscriptions status read before (the file is not meant to change those).
+        for sub in before[i].subscriptions.iter().map(|s| &s.name) {
             // Before any write: changes for a table the subscription does not know yet are
             // skipped, not queued.
             c.batch_execute(&format!(
                 "ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = false)",
-                quote_ident(&sub)
+                quote_ident(sub)
             ))
             .map_err(|e| {
                 format!(

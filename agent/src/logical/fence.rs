@@ -86,7 +86,7 @@ pub fn down(cfg: &LogicalConfig, node: &str, timeout: Duration) -> Result<String
         }
         // The triggers need a lock each writer holds: try briefly, again after the wait.
         let installed = c.batch_execute(&format!(
-            "BEGIN READ WRITE; SET LOCAL lock_timeout = '200ms'; {INSTALL} COMMIT;"
+            "BEGIN; SET LOCAL lock_timeout = '200ms'; {INSTALL} COMMIT;"
         ));
         match installed {
             Ok(()) => break,
@@ -160,7 +160,7 @@ pub fn up(cfg: &LogicalConfig, node: &str) -> Result<String, String> {
     }
     let mut c = cfg.connect(n)?;
     c.batch_execute(&format!(
-        "BEGIN READ WRITE; {REMOVE} ALTER DATABASE {} RESET default_transaction_read_only; COMMIT;",
+        "BEGIN; {REMOVE} ALTER DATABASE {} RESET default_transaction_read_only; COMMIT;",
         quote_ident(&cfg.database)
     ))
     .map_err(|e| format!("{node}: {e}"))?;
