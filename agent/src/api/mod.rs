@@ -178,7 +178,7 @@ fn handle<S: Read + Write>(mut s: S, client_cert: bool, shared: &Shared, control
         let (status, answer) = control.handle(&head.target, &body, &snap);
         return respond(&mut s, "POST", status, answer, "");
     }
-    if head.target.split('?').next() == Some("/metrics") && head.method != "POST" {
+    if head.target.split('?').next() == Some("/metrics") {
         let text = metrics::render(&snap);
         return respond_text(&mut s, &head.method, 200, &text);
     }
