@@ -4,12 +4,13 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection install-collection test lint cargo-test ansible-test lab-test molecule-test lab-up lab-down demo bench bench-failover clean
+.PHONY: help deps build collection install-collection test lint cargo-test ansible-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full molecule-test lab-up lab-down demo bench bench-failover clean
 
 help:
 	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
-	@echo "make test        install what is missing, then run every test (cargo, Ansible)"
-	@echo "make build       release binaries into plugins/modules/ and bin/"
+	@echo "make test        install what is missing, then run the tests CI runs (cargo, Ansible, the lab's smoke set)"
+	@echo "make test-full   the same with every lab test (fault sequences, floods, backups, multi-home)"
+	@echo "make build       release binaries (x86_64, aarch64) into binaries/, and bin/pgshift"
 	@echo "make collection  build dist/pgshift-cluster-<version>.tar.gz"
 	@echo "make lab-up      the three-host lab (db1, db2, aux) and lab/inventory.yml; make lab-down removes it"
 	@echo "make bench       benchmarks (numbers, not pass/fail)"
@@ -37,9 +38,12 @@ lab-up: deps
 lab-down:
 	lab/lab down
 
+# clippy's incompatible_msrv lint holds our code to rust-version; msrv.py holds the rest to it.
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	scripts/msrv.py
+	scripts/doclinks.py
 
 cargo-test:
 	cargo test --workspace --locked
@@ -48,21 +52,63 @@ ansible-test: collection
 	cargo build --locked -p pgshift-testkit
 	$(VENV)/bin/pytest -q tests/ansible tests/cert
 
+# With the oldest ansible-core meta/runtime.yml claims, the tests of what depends on its
+# version: the action plugin's delivery, check and diff modes, results and no_log.
+# ansible-test-oldest-full runs every Ansible-level test there.
+ansible-test-oldest: collection
+	cargo build --locked -p pgshift-testkit
+	PGSHIFT_ANSIBLE_VENV=$(CURDIR)/.venv-oldest .venv-oldest/bin/pytest -q tests/ansible/test_delivery.py tests/ansible/test_pg_hba_rule.py
+
+ansible-test-oldest-full: collection
+	cargo build --locked -p pgshift-testkit
+	PGSHIFT_ANSIBLE_VENV=$(CURDIR)/.venv-oldest .venv-oldest/bin/pytest -q tests/ansible tests/cert
+
+# ansible-test sanity (every test; compile and import on Python 3.8-3.13) and ansible-lint
+# --profile production on the built collection, installed as a user installs it.
+sanity: collection
+	scripts/sanity.sh
+
+# The aarch64 module binary's tests (pg_hba_rule, pg_replication_user against PostgreSQL 15),
+# built for aarch64-unknown-linux-musl and run under qemu-aarch64-static.
+AARCH64_ENV := CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
+	CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
+aarch64-test:
+	scripts/deps.sh aarch64
+	$(AARCH64_ENV) cargo test --locked --target aarch64-unknown-linux-musl -p pgshift-modules \
+		--test pg_hba_rule --test pg_replication_user
+
+# Module delivery over the lab's SSH: one upload per host and version (counted on the host),
+# become su and sudo, a host without Python, the cache's checks (needs the lab lock).
+delivery-test: install-collection
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/delivery
+
 # The lab's own tests, then backups and the agent on clusters built by the playbooks
-# (they use the collection installed into target/collections and bin/pgshift).
+# (they use the collection installed into target/collections and bin/pgshift). lab-test, in
+# `make test`, runs the smoke set (tests marked `smoke`: the lab itself; on a cluster built by
+# site.yml status, etcd's and the API's authentication, switchovers, a crash and a partition
+# of the primary; on one replicating over verify-full TLS with client certificates and
+# inventory names DB1 and db2.lab.example, slots and TLS after switchovers both ways);
+# lab-test-full runs every one (fault sequences, floods, backups, rebuilds, multi-home:
+# about 22 minutes).
+LAB_TESTS := tests/lab tests/backup tests/agent tests/multihome
 lab-test: install-collection
-	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/lab tests/backup tests/agent tests/multihome
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q -m smoke $(LAB_TESTS)
+
+lab-test-full: install-collection
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q $(LAB_TESTS)
 
 # Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
 molecule-test: install-collection
 	NO_COLOR=1 ANSIBLE_NOCOLOR=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test
 
+# CI's target (.ci/run): under 20 minutes on 2 cores. test-full runs every lab test too.
+CHECKS := lint cargo-test ansible-test ansible-test-oldest sanity aarch64-test molecule-test
 test: deps
-	$(MAKE) lint
-	$(MAKE) cargo-test
-	$(MAKE) ansible-test
-	$(MAKE) molecule-test
-	$(MAKE) lab-test
+	$(MAKE) $(CHECKS) lab-test delivery-test
+
+test-full: deps
+	$(MAKE) $(subst ansible-test-oldest,ansible-test-oldest-full,$(CHECKS)) lab-test-full delivery-test
 
 demo: deps install-collection
 	scripts/demo.sh
@@ -80,4 +126,4 @@ bench-failover: deps install-collection
 clean:
 	cargo clean
 	rm -rf dist bin $(VENV)
-	find plugins/modules -type f ! -name "*.yml" -delete
+	rm -rf binaries

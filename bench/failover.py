@@ -1,5 +1,6 @@
 """Failover benchmark on the lab (`make bench-failover`): N trials per fault type with the
-default settings, using the fault tests' probe (tests/agent/test_failover.py): time from the
+default settings, using the fault tests' probe (tests/agent/test_failover.py, and
+test_rejoin.py for the crash of the etcd leader's host): time from the
 fault to the first write acknowledged by the new primary, acknowledged writes lost, the old
 primary's last acknowledged write after the fault, rejoin time; then the agent's idle RSS and
 CPU. Prints medians and ranges and writes target/bench-failover.json."""
@@ -17,6 +18,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("faults", ROOT / "tests" / "agent" / "test_failover.py")
 faults = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(faults)
+# test_rejoin imports its helpers from test_failover by that name.
+sys.modules["test_failover"] = faults
+spec = importlib.util.spec_from_file_location("rejoin", ROOT / "tests" / "agent" / "test_rejoin.py")
+rejoin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rejoin)
 
 TRIALS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 ALL_KINDS = {
@@ -25,6 +31,8 @@ ALL_KINDS = {
     "sigstop_agent": faults.test_sigstop_of_the_primary_agent,
     "partition": faults.test_partition_of_the_primary,
     "freeze": faults.test_freeze_of_the_primary_longer_than_ttl,
+    # The host leading both PostgreSQL and etcd's raft.
+    "crash_etcd_leader": rejoin.test_crash_of_the_host_leading_postgresql_and_etcd,
 }
 # Optional: only some kinds, e.g. `failover.py 10 crash partition`.
 KINDS = {k: v for k, v in ALL_KINDS.items() if k in sys.argv[2:]} or ALL_KINDS

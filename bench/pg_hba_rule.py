@@ -12,6 +12,7 @@ Measures, each as median and p90 over repeated runs:
 import json
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import ANSIBLE_PACKAGE, ROOT, VENV, community_postgresql, stats  # noqa: E402
 
-MODULE = ROOT / "plugins" / "modules" / "pg_hba_rule"
+# The multi-call module binary for this machine, run under the module's name (argv[0]).
+MODULE = ROOT / "binaries" / platform.machine() / "pgshift-module"
 SCRATCH = ROOT / "target" / "release" / "pgshift-scratch-pg"
 RULES = 10_000
 
@@ -35,7 +37,7 @@ def big_hba(path):
 
 def run_module(args_file):
     t = time.perf_counter()
-    out = subprocess.run([MODULE, args_file], capture_output=True, text=True)
+    out = subprocess.run(["pg_hba_rule", args_file], executable=MODULE, capture_output=True, text=True)
     dt = time.perf_counter() - t
     result = json.loads(out.stdout)
     assert not result.get("failed"), result

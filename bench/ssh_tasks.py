@@ -1,32 +1,36 @@
 #!/usr/bin/env python3
-"""Per-task wall time over real SSH in the lab: our binary modules vs community.postgresql's Python
-modules doing the same work on db1 (numbers, not pass/fail).
+"""Per-task wall time over real SSH in the lab with Ansible's default settings: pgshift.cluster's
+modules (the action plugin and the host's module cache), the same binary as a plain Ansible binary
+module (the path before the cache: sent with an arguments file on every task), and
+community.postgresql's Python modules doing the same work on db1 (numbers, not pass/fail).
 
-Run as root: .venv/bin/python bench/ssh_tasks.py [--keep] [--tasks N]
+Run as root: .venv/bin/python bench/ssh_tasks.py [--keep] [--tasks N] [--compare N]
 
   - brings the lab up if it is not, builds PostgreSQL with playbooks/site.yml if db1 has none running,
     installs python3-psycopg2 on this machine if missing (lab hosts share /usr; community.postgresql
-    needs it), takes community.postgresql from the `ansible` PyPI wheel (bench/.cache, as pg_hba_rule.py);
-  - generates one playbook (hosts: db1) of N tasks per case and runs it twice, with ANSIBLE_PIPELINING
-    off and on; bench/callback_plugins/task_timer.py records each task's wall time (task start -> result).
-    The first task of each case is a warm-up and is not counted;
-  - times the pieces of one binary-module task by hand over a separate ssh ControlMaster (a command on the
-    multiplexed connection, an sftp upload of the binary with and without ssh compression, the module
-    binary run on the host);
+    needs it), takes community.postgresql from the `ansible` PyPI wheel (bench/.cache, as pg_hba_rule.py),
+    and makes the "binary module" collection (bench.binary: the module binary under each module's name,
+    no action plugin) in bench/.cache;
+  - a setup playbook creates what the measured tasks ask for, so every measured task is unchanged;
+  - per side, one playbook of tasks alternating a pg_hba.conf rule and a replication role (ours: --tasks,
+    default 100; the others: --compare, default 30), Ansible's default SSH settings (ssh_args
+    "-C -o ControlMaster=auto -o ControlPersist=60s", pipelining off) on a fresh ControlMaster; the first
+    task of a side is counted. bench/callback_plugins/task_timer.py records each task's wall time (task
+    start -> result). Community's side runs again with pipelining on (its best case). A host-side
+    inotify watcher (bench/_hostwatch.py) counts what reached db1: module binaries renamed into our cache,
+    Ansible's per-task temporary directories;
+  - the changing cases (a password that alternates, a rule whose method alternates) for ours and
+    community's, and by hand: one command on an open SSH connection, the cached module run on the host;
   - always runs `lab/lab down` at the end unless --keep.
 
-Ansible's SSH settings are its defaults (ssh_args "-C -o ControlMaster=auto -o ControlPersist=60s": one
-compressed, persistent connection per host, reused by every task) plus the lab inventory's. The "ssh
-variant" cases change ssh_args for a few tasks: no compression (a separate ControlMaster), or no
-ControlMaster at all (a new SSH connection per command).
-
-One JSON report on stdout, progress on stderr.
+One JSON report on stdout, a summary table on stderr.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import platform
 import secrets
 import shutil
 import subprocess
@@ -36,22 +40,25 @@ import time
 import zlib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import ANSIBLE_PACKAGE, ROOT, VENV, community_postgresql, log, stats  # noqa: E402
+from _common import ANSIBLE_PACKAGE, CACHE, ROOT, VENV, community_postgresql, log, stats  # noqa: E402
+from _hostwatch import SSH_OPTS, HostWatch, ansible_tmp_dirs, module_uploads  # noqa: E402
 
 LAB = ROOT / "lab" / "lab"
 INVENTORY = ROOT / "lab" / "inventory.yml"
 STATE = ROOT / "lab" / "state"
 CONTROL_DIR = STATE / "cp"  # lab/lab down ends every ssh master under it
 OURS = ROOT / "target" / "collections"
-MODULES = OURS / "ansible_collections" / "pgshift" / "cluster" / "plugins" / "modules"
+BINARY = ROOT / "binaries" / platform.machine() / "pgshift-module"
+BINARY_COLLECTION = CACHE / "binary-module"
 CALLBACKS = ROOT / "bench" / "callback_plugins"
 HOST, HOST_IP = "db1", "10.77.0.11"
 PG_HBA = "/etc/postgresql/15/main/pg_hba.conf"
+CACHE_DIR = "/root/.ansible/pgshift"  # ours, for root on db1
+ANSIBLE_TMP = "/root/.ansible/tmp"
 ATTRS = "LOGIN,REPLICATION,NOSUPERUSER,NOCREATEDB,NOCREATEROLE"
 AS_POSTGRES = {"become": True, "become_user": "postgres"}  # become_method su comes from the inventory
-NO_COMPRESSION = {"ansible_ssh_args": "-o ControlMaster=auto -o ControlPersist=60s",
-                  "ansible_control_path_dir": str(CONTROL_DIR / "nocomp")}  # its own master: -C is the master's
-NO_CONTROLMASTER = {"ansible_ssh_args": "-C"}  # no ControlPersist: Ansible adds no ControlPath
+# Ansible's defaults (the lab's inventory turns compression off; a play's vars win over it).
+DEFAULT_SSH = "-C -o ControlMaster=auto -o ControlPersist=60s"
 
 
 def run(cmd, **kw):
@@ -61,7 +68,7 @@ def run(cmd, **kw):
 def ansible_env(pipelining=False, timer_out=None):
     env = dict(os.environ)
     env.update(PATH=f"{VENV}:{env.get('PATH', '')}",
-               ANSIBLE_COLLECTIONS_PATH=f"{OURS}:{community_postgresql() or ''}",
+               ANSIBLE_COLLECTIONS_PATH=f"{OURS}:{BINARY_COLLECTION}:{community_postgresql() or ''}",
                ANSIBLE_PIPELINING=str(pipelining), ANSIBLE_DEPRECATION_WARNINGS="false",
                ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS), ANSIBLE_CALLBACKS_ENABLED="task_timer")
     if timer_out:
@@ -82,6 +89,15 @@ def ensure_psycopg2():
     if p.returncode != 0:
         raise SystemExit("apt-get install -y python3-psycopg2 failed")
     return "python3-psycopg2"
+
+
+def binary_module_collection():
+    """bench.binary: the module binary under each module's name, as Ansible runs a binary module."""
+    modules = BINARY_COLLECTION / "ansible_collections" / "bench" / "binary" / "plugins" / "modules"
+    shutil.rmtree(BINARY_COLLECTION, ignore_errors=True)
+    modules.mkdir(parents=True)
+    for name in ("pg_hba_rule", "pg_replication_user"):
+        shutil.copy2(BINARY, modules / name)
 
 
 def lab_up():
@@ -115,109 +131,85 @@ def postgres_up():
 
 
 # ---------------------------------------------------------------------------------------------------
-# the playbook: cases of N tasks each
+# the tasks
 
 
-def cases(pw_a, pw_b):
-    """(case id, what, side, task(i) -> dict[, max tasks]); every measured task of a changing case changes."""
-
-    def user_ours(name, same):
-        return lambda i: {"pgshift.cluster.pg_replication_user": {
-            "name": name, "password": pw_a if same or i % 2 == 0 else pw_b, "conn_limit": 5}, "no_log": True}
-
-    def user_community(name, same):
-        return lambda i: {"community.postgresql.postgresql_user": {
-            "name": name, "password": pw_a if same or i % 2 == 0 else pw_b, "role_attr_flags": ATTRS,
-            "conn_limit": 5}, "no_log": True, **AS_POSTGRES}
-
-    def method(i):
-        return "md5" if i % 2 == 0 else "scram-sha-256"
-
-    def hba_ours(user, reload, extra=None):
-        args = {"path": PG_HBA, "databases": "bench", "users": user, "address": "10.77.0.250/32"}
-        if not reload:
-            args["reload"] = False
-        return lambda i: {"pgshift.cluster.pg_hba_rule": {**args, "method": method(i)}, **(extra or {})}
-
-    def hba_community(user, extra=None):
-        args = {"dest": PG_HBA, "contype": "host", "databases": "bench", "users": user, "source": "10.77.0.250/32"}
-        return lambda i: {"community.postgresql.postgresql_pg_hba": {**args, "method": method(i)}, **(extra or {})}
-
-    return [
-        # what every task pays: the controller alone (no connection), and one command over the open connection
-        ("baseline.debug_no_connection", "baseline", None, lambda i: {"ansible.builtin.debug": {"msg": "x"}}),
-        ("baseline.raw_true_one_ssh_command", "baseline", None, lambda i: {"ansible.builtin.raw": "true"}),
-        ("user_changed.ours", "user_changed", "ours", user_ours("bench_ours", False)),
-        ("user_changed.community_su_postgres", "user_changed", "community", user_community("bench_comm", False)),
-        ("user_unchanged.ours", "user_unchanged", "ours", user_ours("bench_ours_same", True)),
-        ("user_unchanged.community_su_postgres", "user_unchanged", "community", user_community("bench_comm_same", True)),
-        ("hba_changed.ours_reload_verify", "hba_changed", "ours", hba_ours("bench_ours_reload", True)),
-        ("hba_changed.ours_reload_false", "hba_changed", "ours", hba_ours("bench_ours_noreload", False)),
-        ("hba_changed.community_root", "hba_changed", "community", hba_community("bench_comm_root")),
-        ("hba_changed.community_su_postgres", "hba_changed", "community", hba_community("bench_comm_su", AS_POSTGRES)),
-        # the same work with other SSH settings, to see where the time goes
-        ("ssh_variant.ours_reload_false.no_ssh_compression", "ssh_variant", "ours",
-         hba_ours("bench_ours_nocomp", False, {"vars": NO_COMPRESSION})),
-        ("ssh_variant.community_root.no_ssh_compression", "ssh_variant", "community",
-         hba_community("bench_comm_nocomp", {"vars": NO_COMPRESSION})),
-        # a new SSH connection (~0.2 s here) for every command: fewer tasks
-        ("ssh_variant.ours_reload_false.no_controlmaster", "ssh_variant", "ours",
-         hba_ours("bench_ours_nocm", False, {"vars": NO_CONTROLMASTER}), 6),
-        ("ssh_variant.community_root.no_controlmaster", "ssh_variant", "community",
-         hba_community("bench_comm_nocm", {"vars": NO_CONTROLMASTER}), 6),
-    ]
+def hba(side, user, method, extra=None):
+    if side == "community":
+        args = {"dest": PG_HBA, "contype": "host", "databases": "bench", "users": user,
+                "source": "10.77.0.250/32", "method": method}
+        return {"community.postgresql.postgresql_pg_hba": args, **(extra or {})}
+    args = {"path": PG_HBA, "databases": "bench", "users": user, "address": "10.77.0.250/32", "method": method}
+    return {f"{'pgshift.cluster' if side == 'ours' else 'bench.binary'}.pg_hba_rule": args, **(extra or {})}
 
 
-def tasks_in(case, n):
-    return min(n, case[4]) if len(case) > 4 else n
+def role(side, name, password):
+    if side == "community":
+        return {"community.postgresql.postgresql_user": {"name": name, "password": password,
+                                                         "role_attr_flags": ATTRS, "conn_limit": 5},
+                "no_log": True, **AS_POSTGRES}
+    module = f"{'pgshift.cluster' if side == 'ours' else 'bench.binary'}.pg_replication_user"
+    return {module: {"name": name, "password": password, "conn_limit": 5}, "no_log": True}
 
 
-def playbook(case_list, n):
-    tasks = []
-    for case in case_list:
-        cid, task = case[0], case[3]
-        for i in range(tasks_in(case, n)):
-            tasks.append({"name": f"{cid} #{i}", **task(i)})
-    return [{"name": "bench ssh_tasks", "hosts": HOST, "gather_facts": False, "tasks": tasks}]
+def alternating(side, n, password):
+    """n tasks: an unchanged rule, an unchanged role, ..."""
+    return [{"name": f"{side} #{i}", **(hba(side, f"alt_{side}", "scram-sha-256") if i % 2 == 0
+                                          else role(side, f"alt_{side}", password))} for i in range(n)]
 
 
-def run_playbook(work, case_list, n, pipelining):
-    book = work / "bench.yml"
-    book.write_text(json.dumps(playbook(case_list, n), indent=1))  # JSON is YAML
-    out = work / f"times-{'on' if pipelining else 'off'}.json"
+def changing(side, n, pw_a, pw_b):
+    """n tasks of each: a role whose password alternates, a rule whose method alternates."""
+    tasks = [{"name": f"{side} user #{i}", **role(side, f"chg_{side}", pw_a if i % 2 == 0 else pw_b)} for i in range(n)]
+    tasks += [{"name": f"{side} hba #{i}", **hba(side, f"chg_{side}", "md5" if i % 2 == 0 else "scram-sha-256")}
+              for i in range(n)]
+    return tasks
+
+
+def play(tasks, control_dir):
+    return [{"name": "bench ssh_tasks", "hosts": HOST, "gather_facts": False,
+             "vars": {"ansible_ssh_args": DEFAULT_SSH, "ansible_control_path_dir": str(control_dir)},
+             "tasks": tasks}]
+
+
+def run_playbook(work, label, tasks, pipelining=False):
+    """Runs the tasks on a fresh ControlMaster; returns the task_timer records."""
+    book = work / f"{label}.yml"
+    book.write_text(json.dumps(play(tasks, CONTROL_DIR / f"bench-{label}"), indent=1))  # JSON is YAML
+    out = work / f"times-{label}.json"
     t = time.perf_counter()
     p = run([VENV / "ansible-playbook", "-i", INVENTORY, book], cwd=ROOT, env=ansible_env(pipelining, out),
             capture_output=True, text=True)
     wall = time.perf_counter() - t
-    (work / f"ansible-{'on' if pipelining else 'off'}.log").write_text(p.stdout + p.stderr)
+    (work / f"ansible-{label}.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         log(p.stdout[-6000:], p.stderr[-3000:])
-        raise SystemExit(f"benchmark playbook failed (pipelining={pipelining})")
+        raise SystemExit(f"benchmark playbook {label} failed")
     records = json.loads(out.read_text())
-    result = {}
-    for case in case_list:
-        cid, what = case[0], case[1]
-        recs = [r for r in records if r["task"].startswith(cid + " #")]
-        assert len(recs) == tasks_in(case, n) and all(r["status"] == "ok" for r in recs), (cid, recs)
-        measured = recs[1:]  # the first is a warm-up
-        changed = sum(r["changed"] for r in measured)
-        want = 0 if what == "user_unchanged" else len(measured)
-        result[cid] = {**stats([r["task_s"] for r in measured]), "changed": changed}
-        if changed != want and what != "baseline":
-            result[cid]["note"] = f"expected changed={want} of {len(measured)}"
-        log(f"  {cid:52} median {result[cid]['median_ms']:7.1f} ms  p90 {result[cid]['p90_ms']:7.1f} ms"
-            f"  changed {changed}/{len(measured)}")
-    log(f"  ({len(records)} tasks, ansible-playbook {wall:.1f} s)")
-    return result
+    assert len(records) == len(tasks) and all(r["status"] == "ok" for r in records), (label, records[:3])
+    log(f"  {label}: {len(tasks)} tasks, ansible-playbook {wall:.1f} s")
+    return records
+
+
+def summary(records):
+    return {**stats([r["task_s"] for r in records]), "changed": sum(r["changed"] for r in records),
+            "first_task_ms": round(records[0]["task_s"] * 1000, 1)}
+
+
+def measure_side(work, label, tasks, pipelining=False):
+    """One side of the comparison, with the host's view of what was sent."""
+    run([LAB, "ssh", HOST, f"rm -rf {CACHE_DIR}"], check=True)  # ours starts with an empty cache
+    watch = HostWatch(HOST_IP, CACHE_DIR, ANSIBLE_TMP)
+    try:
+        records = run_playbook(work, label, tasks, pipelining)
+    finally:
+        events = watch.stop()
+    return {**summary(records), "binary_uploads_seen_on_host": len(module_uploads(events)),
+            "ansible_tmp_dirs_seen_on_host": len(ansible_tmp_dirs(events))}
 
 
 # ---------------------------------------------------------------------------------------------------
-# by hand: the pieces of one binary-module task
-
-
-SSH_OPTS = ["-o", f"IdentityFile={STATE / 'id_ed25519'}", "-o", "IdentitiesOnly=yes", "-o", "User=root",
-            "-o", f"UserKnownHostsFile={STATE / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+# by hand
 
 
 def timed(cmd, n, input=None):
@@ -229,153 +221,127 @@ def timed(cmd, n, input=None):
     return stats(samples)
 
 
-def breakdown(work, pw_a, pw_b, n=10):
-    rdir = "/root/pgshift-bench-ssh"
-    masters = {True: CONTROL_DIR / "bench-c", False: CONTROL_DIR / "bench-n"}
-    CONTROL_DIR.mkdir(parents=True, exist_ok=True)
+def by_hand(password, n=20):
+    """One command on an open (compressed) connection, and the cached binary run on the host."""
+    master = CONTROL_DIR / "bench-hand"
+    base = [o for pair in zip(SSH_OPTS[::2], SSH_OPTS[1::2]) if not pair[1].startswith("Control") for o in pair]
+    ssh = ["ssh", "-C", "-o", "ControlMaster=auto", "-o", "ControlPersist=60s", "-o", f"ControlPath={master}", *base]
     res = {}
     try:
-        for compress, path in masters.items():
-            run(["ssh", *(["-C"] if compress else []), "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
-                 "-o", f"ControlPath={path}", *SSH_OPTS, HOST_IP, "mkdir", "-p", rdir], check=True)
-        mux = {c: ["-o", "ControlMaster=auto", "-o", f"ControlPath={p}", *SSH_OPTS] for c, p in masters.items()}
-        res["ssh_command_on_open_connection"] = timed(["ssh", *mux[True], HOST_IP, "/bin/sh -c 'echo ~ && sleep 0'"], n)
-        res["ssh_new_connection_command"] = timed(["ssh", *SSH_OPTS, HOST_IP, "true"], 5)
-        small = work / "args"
-        small.write_text(json.dumps({"name": "x", "password": "y"}))
-        res["sftp_put_args_file"] = timed(["sftp", "-b", "-", *mux[True], HOST_IP], n, input=f"put {small} {rdir}/args\n")
-        res["sftp_put_module_binary_compressed"] = timed(["sftp", "-b", "-", *mux[True], HOST_IP], n,
-                                                         input=f"put {MODULES / 'pg_replication_user'} {rdir}/mod\n")
-        res["sftp_put_module_binary_uncompressed"] = timed(["sftp", "-b", "-", *mux[False], HOST_IP], n,
-                                                           input=f"put {MODULES / 'pg_replication_user'} {rdir}/mod\n")
-        # the module itself on the host, timed there (no SSH in it)
-        hba = {"path": PG_HBA, "databases": "bench", "users": "bench_direct", "address": "10.77.0.250/32"}
-        args = {
-            "user_a": {"name": "bench_direct", "password": pw_a, "conn_limit": 5},
-            "user_b": {"name": "bench_direct", "password": pw_b, "conn_limit": 5},
-            "hba_a": {**hba, "method": "md5"},
-            "hba_b": {**hba, "method": "scram-sha-256"},
-            "hba_a_nr": {**hba, "method": "md5", "reload": False},
-            "hba_b_nr": {**hba, "method": "scram-sha-256", "reload": False},
-        }
-        puts = "".join(f"put {MODULES / m} {rdir}/{m}\n" for m in ("pg_replication_user", "pg_hba_rule"))
-        for name, a in args.items():
-            module = "pg_hba_rule" if name.startswith("hba") else "pg_replication_user"  # one multi-call binary
-            (work / name).write_text(json.dumps({**a, "_ansible_module_name": module}))
-            puts += f"put {work / name} {rdir}/{name}\n"
-        run(["sftp", "-b", "-", *mux[True], HOST_IP], input=puts, check=True, capture_output=True, text=True)
-        # per loop: user changed, changed, unchanged; hba changed with reload+verify x2, with reload: false x2
-        labels = ["user_changed", "user_changed", "user_unchanged", "hba_reload_verify", "hba_reload_verify",
-                  "hba_reload_false", "hba_reload_false"]
-        script = f"""set -e; cd {rdir}; chmod 700 pg_replication_user pg_hba_rule
-t() {{ s=$(date +%s%N); "$@" >out; e=$(date +%s%N); grep -q '"failed": *true' out && {{ cat out >&2; exit 1; }}; echo $(( (e - s) / 1000 )); }}
-./pg_replication_user user_a >/dev/null; ./pg_hba_rule hba_a >/dev/null
-for i in $(seq {n}); do
-  t ./pg_replication_user user_b; t ./pg_replication_user user_a; t ./pg_replication_user user_a
-  t ./pg_hba_rule hba_b; t ./pg_hba_rule hba_a; t ./pg_hba_rule hba_b_nr; t ./pg_hba_rule hba_a_nr
-done
-"""
-        out = run(["ssh", *mux[True], HOST_IP, script], check=True, capture_output=True, text=True).stdout
-        raw = {}
-        for k, line in enumerate(out.split()):
-            raw.setdefault(labels[k % len(labels)], []).append(int(line) / 1e6)
-        res["module_binary_run_on_host"] = {k: stats(v) for k, v in raw.items()}
-        data = (MODULES / "pg_replication_user").read_bytes()
-        t = time.perf_counter()
-        packed = zlib.compress(data, 6)  # ssh -C: zlib at level 6, on the controller, per upload
-        res["module_binary_zlib6_on_controller"] = {"bytes": len(data), "compressed_bytes": len(packed),
-                                                    "ms": round((time.perf_counter() - t) * 1000, 1)}
-        run(["ssh", *mux[True], HOST_IP, f"rm -rf {rdir}"], capture_output=True)
+        run([*ssh, HOST_IP, "true"], check=True)
+        res["ssh_command_on_open_connection"] = timed([*ssh, HOST_IP, "true"], n)
+        binary = run([*ssh, HOST_IP, f"ls {CACHE_DIR}/pgshift-module-* | grep -v '[.]ok$' | head -1"],
+                     capture_output=True, text=True, check=True).stdout.strip()
+        hba_args = {"_ansible_module_name": "pg_hba_rule", "path": PG_HBA, "databases": "bench",
+                    "users": "alt_ours", "address": "10.77.0.250/32", "method": "scram-sha-256"}
+        user_args = {"_ansible_module_name": "pg_replication_user", "name": "alt_ours", "password": password,
+                     "conn_limit": 5}
+        script = f"""t() {{ s=$(date +%s%N); printf '%s' "$2" | {binary} - >/tmp/.bench-out-$$; e=$(date +%s%N);
+grep -q '"failed":true' /tmp/.bench-out-$$ && {{ cat /tmp/.bench-out-$$ >&2; rm -f /tmp/.bench-out-$$; exit 1; }}
+echo "$1 $(( (e - s) / 1000 ))"; }}
+u=$(cat)
+for i in $(seq {n}); do t hba '{json.dumps(hba_args)}'; t user "$u"; done; rm -f /tmp/.bench-out-$$"""
+        # The password goes on stdin, never into the command line.
+        out = run([*ssh, HOST_IP, script], input=json.dumps(user_args), check=True, capture_output=True,
+                  text=True).stdout
+        runs = {}
+        for line in out.split("\n"):
+            if line.strip():
+                kind, us = line.split()
+                runs.setdefault(kind, []).append(int(us) / 1e6)
+        res["cached_module_run_on_host"] = {k: stats(v) for k, v in runs.items()}
     finally:
-        for path in masters.values():
-            run(["ssh", "-O", "exit", "-o", f"ControlPath={path}", HOST_IP], capture_output=True)
+        run(["ssh", "-O", "exit", "-o", f"ControlPath={master}", HOST_IP], capture_output=True)
     return res
 
 
 # ---------------------------------------------------------------------------------------------------
 
 
-def where_time_goes(pieces, off):
-    """One of our tasks, from -vvv: 5 ssh commands (echo ~, mkdir, chmod, run, rm) + 2 sftp puts."""
-    out = {}
-    cmd = pieces["ssh_command_on_open_connection"]["median_ms"]
-    for label, cid, run_key in (("pg_hba_rule reload: false", "hba_changed.ours_reload_false", "hba_reload_false"),
-                                ("pg_replication_user, password changes", "user_changed.ours", "user_changed")):
-        parts = {"5 ssh commands on the open connection": round(5 * cmd, 1),
-                 "sftp put of the binary (ssh -C)": pieces["sftp_put_module_binary_compressed"]["median_ms"],
-                 "sftp put of the args file": pieces["sftp_put_args_file"]["median_ms"],
-                 "module run on the host": pieces["module_binary_run_on_host"][run_key]["median_ms"]}
-        total = round(sum(parts.values()), 1)
-        measured = off[cid]["median_ms"]
-        out[label] = {**parts, "sum": total, "measured_task_median": measured,
-                      "rest (controller: worker fork, templating, results)": round(measured - total, 1),
-                      "for comparison: debug task, no connection": off["baseline.debug_no_connection"]["median_ms"]}
+def sizes():
+    manifest = json.loads((ROOT / "binaries" / "manifest.json").read_text())
+    out = {f"{arch}/{name}": v["size"] for arch, files in manifest.items() for name, v in files.items()}
+    tarballs = sorted((ROOT / "dist").glob("pgshift-cluster-*.tar.gz"))
+    if tarballs:
+        out["tarball " + tarballs[-1].name] = tarballs[-1].stat().st_size
+    data = BINARY.read_bytes()
+    out["module binary compressed as ssh -C sends it (zlib 6)"] = len(zlib.compress(data, 6))
     return out
 
 
-def ratio(a, b):
-    return round(a / b, 2) if a and b else None
+def table(report):
+    rows = [("ours (action plugin, cache)", report["alternating_unchanged"]["ours"]),
+            ("binary module (sent every task)", report["alternating_unchanged"]["binary_module"]),
+            ("community.postgresql", report["alternating_unchanged"]["community"]),
+            ("community.postgresql, pipelining", report["alternating_unchanged"]["community_pipelining"])]
+    lines = ["| path | tasks | median ms | p90 ms | first task ms | binaries renamed into the cache (host) |"
+             " Ansible temp dirs in /root/.ansible/tmp (host) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['runs']} | {r['median_ms']} | {r['p90_ms']} | {r['first_task_ms']} | "
+                     f"{r['binary_uploads_seen_on_host']} | {r['ansible_tmp_dirs_seen_on_host']} |")
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--keep", action="store_true", help="leave the lab up at the end")
-    ap.add_argument("--tasks", type=int, default=15, help="tasks per case, the first one a warm-up (default 15)")
+    ap.add_argument("--tasks", type=int, default=100, help="our tasks (default 100)")
+    ap.add_argument("--compare", type=int, default=30, help="tasks of the other paths (default 30)")
     opts = ap.parse_args()
     t0 = time.perf_counter()
     work = pathlib.Path(tempfile.mkdtemp(prefix="pgshift-bench-ssh-"))
-    report = {"host": f"{HOST} (lab network namespace, real SSH over a veth)", "tasks_per_case": opts.tasks,
-              "warmup_tasks_excluded": 1}
+    report = {"host": f"{HOST} (lab network namespace, real SSH over a veth)",
+              "ssh": f"ansible_ssh_args={DEFAULT_SSH!r} (Ansible's default), pipelining off unless said"}
     try:
-        installed = ensure_psycopg2()
+        report["installed"] = ensure_psycopg2()
         if community_postgresql() is None:
             raise SystemExit(f"community.postgresql: {ANSIBLE_PACKAGE} could not be downloaded")
-        report["installed"] = installed
         report["community_postgresql"] = json.loads(
             (community_postgresql() / "ansible_collections/community/postgresql/MANIFEST.json").read_text()
         )["collection_info"]["version"]
         report["ansible_core"] = run([VENV / "python", "-c", "import ansible.release as r; print(r.__version__)"],
                                      capture_output=True, text=True).stdout.strip()
+        binary_module_collection()
+        report["bytes"] = sizes()
         report["lab_started"] = lab_up()
         report["site_yml_ran"] = postgres_up()
-        report["module_binary_bytes"] = {m: (MODULES / m).stat().st_size for m in ("pg_replication_user", "pg_hba_rule")}
-        pw_a, pw_b = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-        case_list = cases(pw_a, pw_b)
-        runs = {}
-        for pipelining in (False, True):
-            key = "pipelining_on" if pipelining else "pipelining_off"
-            log(f"playbook, ANSIBLE_PIPELINING={pipelining}: {len(case_list)} cases x {opts.tasks} tasks")
-            runs[key] = run_playbook(work, case_list, opts.tasks, pipelining)
-        report["per_task_ms"] = runs
+        pw, pw_a, pw_b = (secrets.token_urlsafe(18) for _ in range(3))
 
-        off, on = runs["pipelining_off"], runs["pipelining_on"]
+        log("setup: what the measured tasks ask for")
+        setup = []
+        for side in ("ours", "binary", "community"):
+            setup += alternating(side, 2, pw)
+        setup += changing("ours", 1, pw_a, pw_b) + changing("community", 1, pw_a, pw_b)
+        run_playbook(work, "setup", setup)
 
-        def cmp(what, ours, community):
-            o, c = off[ours], off[community]
-            return {"what": what, "ours": ours, "community": community,
-                    "ours_median_ms": o["median_ms"], "ours_p90_ms": o["p90_ms"],
-                    "community_median_ms": c["median_ms"], "community_p90_ms": c["p90_ms"],
-                    "ratio_community_over_ours_median": ratio(c["median_ms"], o["median_ms"]),
-                    "ratio_community_over_ours_p90": ratio(c["p90_ms"], o["p90_ms"]),
-                    "community_median_ms_pipelining_on": on[community]["median_ms"],
-                    "ratio_with_community_pipelining_on": ratio(on[community]["median_ms"], o["median_ms"])}
+        log("alternating unchanged tasks, Ansible's default SSH settings")
+        alt = {}
+        alt["ours"] = measure_side(work, "ours", alternating("ours", opts.tasks, pw))
+        alt["binary_module"] = measure_side(work, "binary", alternating("binary", opts.compare, pw))
+        alt["community"] = measure_side(work, "community", alternating("community", opts.compare, pw))
+        alt["community_pipelining"] = measure_side(work, "community-pipelining",
+                                                   alternating("community", opts.compare, pw), pipelining=True)
+        report["alternating_unchanged"] = alt
+        for k, v in alt.items():
+            log(f"  {k:22} median {v['median_ms']:6.1f} ms  p90 {v['p90_ms']:6.1f} ms  first {v['first_task_ms']} ms"
+                f"  binaries sent {v['binary_uploads_seen_on_host']}  tmp dirs {v['ansible_tmp_dirs_seen_on_host']}")
+        ours = alt["ours"]["median_ms"]
+        report["ratios_median"] = {k: round(v["median_ms"] / ours, 2) for k, v in alt.items() if k != "ours"}
 
-        report["comparison_default_ssh_pipelining_off"] = [
-            cmp("replication role, password changes", "user_changed.ours", "user_changed.community_su_postgres"),
-            cmp("replication role, unchanged", "user_unchanged.ours", "user_unchanged.community_su_postgres"),
-            cmp("pg_hba rule changes (ours reloads+verifies)", "hba_changed.ours_reload_verify",
-                "hba_changed.community_root"),
-            cmp("pg_hba rule changes (ours reload: false)", "hba_changed.ours_reload_false", "hba_changed.community_root"),
-            cmp("pg_hba rule changes, community as postgres (su)", "hba_changed.ours_reload_false",
-                "hba_changed.community_su_postgres"),
-        ]
-        report["pipelining_on_over_off_median"] = {cid: ratio(on[cid]["median_ms"], off[cid]["median_ms"]) for cid in off}
+        log("changing tasks (a password that alternates, a rule whose method alternates)")
+        n = max(opts.compare // 2, 4)
+        chg = {}
+        for side in ("ours", "community"):
+            records = run_playbook(work, f"changing-{side}", changing(side, n, pw_a, pw_b))
+            chg[f"{side}_user"] = summary(records[1:n])  # the first of each kind may be a no-op
+            chg[f"{side}_hba"] = summary(records[n + 1:])
+        report["changing"] = chg
 
-        log("by hand: the pieces of a binary-module task")
-        report["binary_task_pieces"] = breakdown(work, pw_a, pw_b)
-        for k, v in report["binary_task_pieces"].items():
-            log(f"  {k}: {v}")
-        report["where_a_binary_task_goes_ms"] = where_time_goes(report["binary_task_pieces"], off)
+        log("by hand: one command on the open connection, the cached module on the host")
+        report["by_hand"] = by_hand(pw)
+        report["table"] = table(report)
+        log(report["table"])
     finally:
         if opts.keep:
             log("lab: kept up (--keep)")

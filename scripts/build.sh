@@ -1,34 +1,126 @@
 #!/usr/bin/env bash
-# Release build of every binary: the multi-call module binary is staged under each module's
-# name in plugins/modules/ (static, stripped, x86_64) and the agent in bin/pgshift.
+# Release build of every binary, static (musl) and stripped, for each architecture the
+# collection ships: binaries/<arch>/pgshift-module (the multi-call module binary the action
+# plugins keep in a cache on each host) and binaries/<arch>/pgshift (the agent, which
+# playbooks/agent.yml installs), binaries/manifest.json (their sizes and SHA-256, which the action plugins send instead
+# of hashing 3 MB per task), and plugins/module_utils/argument_specs.py (the modules' options
+# as Ansible argument specs, for the documentation-only Python stubs). bin/pgshift is the
+# agent for this machine's architecture, for the lab tests. (Not bin/<arch>: ansible-test's
+# sanity tests take every file under a collection's bin/ for a Python script.)
+#
+# PGSHIFT_ARCHS="x86_64 aarch64" (default) chooses the architectures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODULES=(cert_install pg_basebackup_standby pg_hba_rule pg_logical_replication pg_replication_user pgbackrest_repository)
 MAX_BYTES=$((3 * 1024 * 1024))
+# The agent carries an HTTP server and client (hyper, ureq) besides what modules link.
+AGENT_MAX_BYTES=$((4 * 1024 * 1024))
+ARCHS=(${PGSHIFT_ARCHS:-x86_64 aarch64})
+host_arch=$(uname -m)
 
-if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-    target=x86_64-unknown-linux-musl
-    # ring's C parts build fine with the system gcc against musl's ABI.
-    export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
-else
-    target=x86_64-unknown-linux-gnu
-    export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
-fi
-cargo build --release --locked --target "$target" -p pgshift-modules -p pgshift-agent
-out="target/$target/release"
-
-for m in "${MODULES[@]}"; do
-    install -m 0755 "$out/pgshift-module" "plugins/modules/$m"
+targets=()
+for arch in "${ARCHS[@]}"; do
+    target="$arch-unknown-linux-musl"
+    rustup target list --installed 2>/dev/null | grep -qx "$target" || {
+        echo "build: the Rust target $target is missing (scripts/deps.sh build adds it)" >&2
+        exit 1
+    }
+    targets+=(--target "$target")
+    envname=${target//-/_}
+    if [[ $arch == "$host_arch" ]]; then
+        # ring's C parts build fine with the system gcc against musl's ABI.
+        export "CC_$envname=${CC_x86_64_unknown_linux_musl:-gcc}"
+    else
+        # Debian's cross gcc compiles ring's C and links; Rust brings musl's crt and libc.
+        cross="$arch-linux-gnu"
+        export "CC_$envname=$cross-gcc" "AR_$envname=$cross-ar"
+        export "CARGO_TARGET_${envname^^}_LINKER=$cross-gcc"
+    fi
 done
-mkdir -p bin
-install -m 0755 "$out/pgshift" bin/pgshift
+cargo build --release --locked "${targets[@]}" -p pgshift-modules -p pgshift-agent
 
-for f in "${MODULES[@]/#/plugins/modules/}" bin/pgshift; do
+mkdir -p bin binaries
+staged=()
+for arch in "${ARCHS[@]}"; do
+    out="target/$arch-unknown-linux-musl/release"
+    install -d binaries/"$arch"
+    install -m 0755 "$out/pgshift-module" "binaries/$arch/pgshift-module"
+    install -m 0755 "$out/pgshift" "binaries/$arch/pgshift"
+    staged+=("binaries/$arch/pgshift-module" "binaries/$arch/pgshift")
+done
+# Shell completions and the man page, from the CLI's own clap tree (any architecture's).
+cargo run --quiet --locked -p pgshift-agent --features docs --bin pgshift-docs -- binaries/share
+for f in pgshift.bash _pgshift pgshift.fish pgshift.1; do
+    [[ -s binaries/share/$f ]] || { echo "build: binaries/share/$f was not generated" >&2; exit 1; }
+done
+# The lab tests and the CLI on this machine use bin/pgshift (not part of the collection).
+if [[ -x binaries/$host_arch/pgshift ]]; then
+    install -m 0755 "binaries/$host_arch/pgshift" bin/pgshift
+fi
+# Binaries of an earlier layout (one copy per module name) must not end up in the collection.
+for m in "${MODULES[@]}"; do
+    [[ -f plugins/modules/$m ]] && rm -f "plugins/modules/$m"
+done
+
+for f in "${staged[@]}"; do
     size=$(stat -c %s "$f")
-    if ((size > MAX_BYTES)); then
-        echo "build: $f is $size bytes, over the 3 MB budget" >&2
+    max=$MAX_BYTES
+    [[ $f == */pgshift ]] && max=$AGENT_MAX_BYTES
+    if ((size > max)); then
+        echo "build: $f is $size bytes, over its budget of $max bytes" >&2
         exit 1
     fi
-    printf 'build: %-32s %8d bytes (%s)\n' "$f" "$size" "$target"
+    printf 'build: %-28s %8d bytes (budget %d)\n' "$f" "$size" "$max"
 done
+
+python3 - "${staged[@]}" <<'PY'
+import hashlib, json, os, sys
+manifest = {}
+for path in sys.argv[1:]:
+    _, arch, name = path.split("/")
+    data = open(path, "rb").read()
+    manifest.setdefault(arch, {})[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+tmp = "binaries/manifest.json.tmp"
+with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.write("\n")
+os.replace(tmp, "binaries/manifest.json")
+PY
+
+# The argument specs, from the binary that runs on this machine.
+mkdir -p plugins/module_utils
+"binaries/$host_arch/pgshift-module" --argument-specs >target/argument-specs.json
+python3 - target/argument-specs.json <<'PY'
+import json, os, sys
+specs = json.load(open(sys.argv[1]))
+
+def fmt(value, level):
+    """Python source for value: one key per line, four spaces per level (pep8-clean)."""
+    if isinstance(value, dict) and value:
+        pad = "    " * (level + 1)
+        items = ["%s%r: %s," % (pad, k, fmt(v, level + 1)) for k, v in sorted(value.items())]
+        return "{\n" + "\n".join(items) + "\n" + "    " * level + "}"
+    return repr(value)
+
+text = "\n".join([
+    "# Generated by scripts/build.sh from the module binary (pgshift-module --argument-specs): do not edit.",
+    "# tests/ansible/test_docs.py checks that it matches the binary and the documentation.",
+    '"""Every pgshift.cluster module\'s options as an Ansible argument spec."""',
+    "",
+    "from __future__ import annotations",
+    "",
+    "ARGUMENT_SPECS = " + fmt(specs, 0),
+    "",
+])
+path = "plugins/module_utils/argument_specs.py"
+try:
+    same = open(path).read() == text
+except FileNotFoundError:
+    same = False
+if not same:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+PY
+echo "build: binaries/manifest.json, plugins/module_utils/argument_specs.py"

@@ -10,21 +10,66 @@ use crate::dcs::{Dcs, View};
 
 pub fn status(cfg: &Config, as_json: bool) -> Result<String, String> {
     let etcd = cfg.etcd_client(Duration::from_secs(3))?;
-    let view = Dcs::new(etcd, &cfg.cluster).read().map_err(|e| {
-        format!(
-            "{e} (endpoints: {}); is etcd running there?",
-            cfg.etcd.endpoints.join(", ")
-        )
-    })?;
-    let doc = status_json(&view);
+    let (doc, note) = match Dcs::new(etcd, &cfg.cluster).read() {
+        Ok(view) => {
+            let mut doc = status_json(&view);
+            doc["etcd_reachable"] = json!(true);
+            (doc, None)
+        }
+        Err(e) => {
+            let why = format!(
+                "{e} (endpoints: {}); is etcd running there?",
+                cfg.etcd.endpoints.join(", ")
+            );
+            // The local agent still knows its last view, and whether failsafe mode holds.
+            let Ok(local) = crate::ctl::get_local(cfg, "/cluster") else {
+                return Err(why);
+            };
+            (from_local_agent(&local), Some(why))
+        }
+    };
     if as_json {
         return Ok(serde_json::to_string_pretty(&doc).expect("serializable"));
     }
-    Ok(table(&cfg.cluster, &doc))
+    let mut out = String::new();
+    if let Some(why) = note {
+        out.push_str(&format!(
+            "etcd unreachable: {why}\nshown: the local agent's last view\n"
+        ));
+        if doc["failsafe"] == json!(true) {
+            out.push_str(
+                "FAILSAFE: the leader keeps writing, confirmed by every member without etcd\n",
+            );
+        }
+    }
+    out.push_str(&table(&cfg.cluster, &doc));
+    Ok(out)
+}
+
+/// `status_json`'s shape from the local agent's `/cluster` (etcd unreachable), with
+/// `etcd_reachable: false` and `failsafe`.
+fn from_local_agent(local: &Value) -> Value {
+    let members: Vec<crate::dcs::MemberRecord> =
+        serde_json::from_value(local["members"].clone()).unwrap_or_default();
+    let view = View {
+        leader: local["leader"].as_str().map(|l| crate::decide::Leader {
+            name: l.to_string(),
+            revision: 0,
+        }),
+        members,
+        ..View::default()
+    };
+    let mut doc = status_json(&view);
+    doc["etcd_reachable"] = json!(false);
+    doc["failsafe"] = local["failsafe"].clone();
+    doc["paused"] = local["paused"].clone();
+    doc["sync_standby"] = local["sync_standby"].clone();
+    doc
 }
 
 /// The contract other tools read: `leader` (a name or null) and `members`, each with
-/// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`, `down`; also `paused`,
+/// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`, `down`, `warnings`, `slots`,
+/// `rewinds`, `rebuilds`; also `paused`,
 /// `sync_standby`, the pending `request` and the last request's `outcome`.
 pub fn status_json(view: &View) -> Value {
     let leader = view.leader.as_ref().map(|l| l.name.clone());
@@ -50,6 +95,9 @@ pub fn status_json(view: &View) -> Value {
                 "api": m.api,
                 "down": view.down.contains(&m.name),
                 "warnings": m.warnings,
+                "slots": m.slots,
+                "rewinds": m.rewinds,
+                "rebuilds": m.rebuilds,
             })
         })
         .collect();

@@ -31,13 +31,24 @@ pub struct Config {
     pub state_dir: PathBuf,
     #[serde(default)]
     pub log: Log,
+    /// With etcd unreachable, the leader stays writable while every member it last saw
+    /// confirms it over the API (see `failsafe`); off: it fences after retry_timeout.
+    #[serde(default = "default_failsafe_mode")]
+    pub failsafe_mode: bool,
+    /// Rules in pg_hba.conf for load balancers that check by logging in (see `hba_checks`).
+    #[serde(default)]
+    pub hba_checks: Option<crate::hba_checks::HbaChecksConfig>,
+}
+
+fn default_failsafe_mode() -> bool {
+    true
 }
 
 fn default_state_dir() -> PathBuf {
     "/var/lib/pgshift".into()
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// "text" (default) or "json" (one object per line, for log shippers).
@@ -53,7 +64,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
     #[serde(default = "default_listen")]
@@ -70,6 +81,15 @@ pub struct Api {
     /// The CA that signed the agents' API certificates: the CLI verifies the API with it
     /// (and presents tls_cert/tls_key as its own client certificate).
     pub tls_ca: Option<PathBuf>,
+    /// Connections served at once. Past it, a new connection takes the slot of the one that
+    /// has waited longest without sending a whole request head (a health check is never
+    /// locked out by idle clients); with every slot busy past its head it is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection gets, from its accept, to finish the TLS handshake and send a
+    /// whole request head and body; then it is closed (408 for a late body).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: f64,
 }
 
 impl Default for Api {
@@ -82,15 +102,33 @@ impl Default for Api {
             tls_key: None,
             tls_client_ca: None,
             tls_ca: None,
+            max_connections: default_max_connections(),
+            request_timeout: default_request_timeout(),
         }
+    }
+}
+
+impl Api {
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.request_timeout)
     }
 }
 
 fn default_listen() -> String {
     "0.0.0.0:8008".into()
 }
+// HAProxy's checks need one slot each for a few ms; 64 leave room for operators and
+// scrapers while bounding the descriptors a flood can take (the unit's limit is larger).
+fn default_max_connections() -> usize {
+    64
+}
+// A health check sends its request right after connecting; 2 s is ample on any LAN,
+// TLS handshake included, and bounds what a client sending a byte a second can hold.
+fn default_request_timeout() -> f64 {
+    2.0
+}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Etcd {
     /// `http://host:port` or `https://host:port` client URLs of the etcd members.
@@ -102,12 +140,17 @@ pub struct Etcd {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Postgresql {
     pub data_directory: PathBuf,
-    /// postgresql.conf (Debian keeps it outside the data directory).
+    /// postgresql.conf (Debian keeps it outside the data directory); unset: the data
+    /// directory's own.
     pub config_file: Option<PathBuf>,
+    /// Where `pg_ctl start` sends the server's output (all of it, or what comes before the
+    /// logging collector starts). Unset: Debian's /var/log/postgresql/postgresql-<version>-
+    /// <cluster>.log for a Debian cluster, `<state_dir>/postgresql.log` otherwise.
+    pub log_file: Option<PathBuf>,
     #[serde(default = "default_bin_dir")]
     pub bin_dir: PathBuf,
     #[serde(default = "default_port")]
@@ -134,7 +177,7 @@ fn default_user() -> String {
     "postgres".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Replication {
     pub user: String,
@@ -153,6 +196,20 @@ pub struct Replication {
     /// With no healthy standby, block writes (true) rather than go on asynchronously.
     #[serde(default)]
     pub synchronous_mode_strict: bool,
+    /// TLS files of replication and pg_rewind connections (libpq's names): the CA that signed
+    /// the other members' server certificates, and a client certificate with its key.
+    pub sslrootcert: Option<PathBuf>,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
+    /// pg_basebackup's --max-rate for a rebuild (e.g. "50M"); unset: as fast as it goes.
+    pub rebuild_max_rate: Option<String>,
+    /// Seconds a rejoin (pg_rewind, then a rebuild if needed) may take before it is killed.
+    #[serde(default = "default_rebuild_timeout")]
+    pub rebuild_timeout: f64,
+}
+
+fn default_rebuild_timeout() -> f64 {
+    1800.0
 }
 
 fn default_rewind_user() -> String {
@@ -164,7 +221,7 @@ fn default_sslmode() -> String {
 }
 
 /// Seconds, as operators write them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimingConfig {
     #[serde(default = "default_ttl")]
@@ -205,7 +262,7 @@ fn default_max_lag() -> u64 {
     1 << 20
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tags {
     #[serde(default)]
@@ -229,8 +286,7 @@ impl Default for Tags {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = fs_err::read_to_string(path).map_err(|e| e.to_string())?;
         Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -290,8 +346,32 @@ impl Config {
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             return Err("api.tls_cert and api.tls_key go together".into());
         }
+        if !(1..=4096).contains(&self.api.max_connections) {
+            return Err(format!(
+                "api.max_connections = {}: give 1 to 4096",
+                self.api.max_connections
+            ));
+        }
+        let rt = self.api.request_timeout;
+        if !(rt.is_finite() && (0.05..=60.0).contains(&rt)) {
+            return Err(format!(
+                "api.request_timeout = {rt}: give seconds between 0.05 and 60"
+            ));
+        }
         if self.api.tls_client_ca.is_some() && self.api.tls_cert.is_none() {
             return Err("api.tls_client_ca needs api.tls_cert and api.tls_key (client certificates need TLS)".into());
+        }
+        if let Some(h) = &self.hba_checks {
+            h.check()?;
+        }
+        if self.replication.sslcert.is_some() != self.replication.sslkey.is_some() {
+            return Err("replication.sslcert and replication.sslkey go together".into());
+        }
+        let rt = self.replication.rebuild_timeout;
+        if !(rt.is_finite() && rt >= 1.0) {
+            return Err(format!(
+                "replication.rebuild_timeout = {rt}: give seconds, at least 1"
+            ));
         }
         if self.replication.synchronous_mode_strict && !self.replication.synchronous_mode {
             return Err("replication.synchronous_mode_strict needs synchronous_mode = true".into());
@@ -379,6 +459,8 @@ passfile = "/var/lib/postgresql/.pgpass"
     fn defaults() {
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.api.listen, "0.0.0.0:8008");
+        assert_eq!(c.api.max_connections, 64);
+        assert_eq!(c.api.request_timeout(), std::time::Duration::from_secs(2));
         assert_eq!(
             c.timing(),
             Timing {
@@ -416,12 +498,36 @@ passfile = "/var/lib/postgresql/.pgpass"
             ),
             (format!("{GOOD}[timing]\nttl = -1\n"), "timing.ttl"),
             (
+                GOOD.replace("[api]", "[api]\nmax_connections = 0"),
+                "api.max_connections = 0",
+            ),
+            (
+                GOOD.replace("[api]", "[api]\nrequest_timeout = 0.0"),
+                "api.request_timeout = 0",
+            ),
+            (
+                GOOD.replace("[api]", "[api]\nrequest_timeout = inf"),
+                "api.request_timeout = inf",
+            ),
+            (
                 GOOD.replace("[replication]", "[replication]\nbogus = 1"),
                 "unknown field `bogus`",
             ),
             (
+                GOOD.replace("[replication]", "[replication]\nsslcert = \"/tls/r.crt\""),
+                "replication.sslcert and replication.sslkey go together",
+            ),
+            (
+                GOOD.replace("[replication]", "[replication]\nrebuild_timeout = 0.5"),
+                "replication.rebuild_timeout = 0.5",
+            ),
+            (
                 GOOD.replace("cluster = \"main\"\n", ""),
                 "missing field `cluster`",
+            ),
+            (
+                format!("{GOOD}[hba_checks]\nrw_user = \"c\"\nload_balancers = []\n"),
+                "hba_checks.load_balancers is empty",
             ),
         ];
         for (text, want) in cases {

@@ -30,22 +30,21 @@ fn post(cfg: &Config, path: &str, body: Value) -> Result<Value, String> {
         }
         _ => None,
     };
-    let mut headers = Vec::new();
-    if let Some(path) = &cfg.api.token_file {
-        headers.push(format!("Authorization: Bearer {}", read_token(path)?));
-    }
-    let (status, raw) = crate::http::request(
-        &host,
-        port,
-        tls.as_ref(),
-        "POST",
-        path,
-        &headers,
-        &body.to_string(),
-        Duration::from_secs(5),
-    )
-    .map_err(|e| format!("the local agent's API at {host}:{port} does not answer ({e}); is `pgshift agent` running?"))?;
-    let answer: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let token = match &cfg.api.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    // The agent answers from memory, or after at most a few etcd calls for a request.
+    let client = crate::http::Client::new(tls.as_ref(), 1 << 20);
+    let url = format!(
+        "{}{path}",
+        crate::http::base_url(tls.is_some(), &host, port)
+    );
+    let answer = client
+        .post_json(&url, token.as_deref(), body.to_string().as_bytes(), Duration::from_secs(10))
+        .map_err(|e| format!("the local agent's API at {host}:{port} does not answer ({e}); is `pgshift agent` running?"))?;
+    let status = answer.status;
+    let answer: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     if (200..300).contains(&status) {
         Ok(answer)
     } else {
@@ -54,6 +53,27 @@ fn post(cfg: &Config, path: &str, body: Value) -> Result<Value, String> {
             answer["error"].as_str().unwrap_or("the agent refused")
         ))
     }
+}
+
+/// A GET from the local agent's API (its last view of the cluster while etcd is away).
+pub fn get_local(cfg: &Config, path: &str) -> Result<Value, String> {
+    let (host, port) = local_api(cfg)?;
+    let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
+        (Some(cert), Some(ca)) => Some(crate::tls::client(
+            ca,
+            cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
+        )?),
+        _ => None,
+    };
+    let client = crate::http::Client::new(tls.as_ref(), 1 << 20);
+    let url = format!(
+        "{}{path}",
+        crate::http::base_url(tls.is_some(), &host, port)
+    );
+    let answer = client
+        .get(&url, false, Duration::from_secs(3))
+        .map_err(|e| format!("the local agent's API at {host}:{port} does not answer ({e})"))?;
+    serde_json::from_slice(&answer.body).map_err(|e| format!("the local agent's answer: {e}"))
 }
 
 /// Where this host's agent listens, as a client reaches it.

@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::decide::{Leader, Member};
 use crate::etcd::{self, Client};
 use crate::records::{Outcome, Request, SyncState};
+use crate::state::{NodeState, Role};
 
 /// What a node publishes about itself; also what `/cluster` and `pgshift status` show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub name: String,
     /// host:port of its PostgreSQL, as other nodes reach it.
@@ -26,9 +27,10 @@ pub struct MemberRecord {
     /// host:port of its API.
     pub api: String,
     /// "primary", "replica" or "stopped".
-    pub role: String,
-    /// What the agent is doing: "running", "starting", "promoting", "rejoining", "fenced", ...
-    pub state: String,
+    pub role: Role,
+    /// What the agent is doing: "running", "streaming", "starting", "promoting", "rejoining",
+    /// "rewinding", "rebuilding", "fenced", ...
+    pub state: NodeState,
     pub timeline: u32,
     /// Written (primary) or received (standby) WAL position.
     pub lsn: u64,
@@ -47,6 +49,15 @@ pub struct MemberRecord {
     /// The node applies maintenance (`pgshift down`): what the CLI waits for.
     #[serde(default)]
     pub down: bool,
+    /// The physical replication slots on its PostgreSQL (a standby checks the leader has
+    /// its own before it suspects anything worse).
+    #[serde(default)]
+    pub slots: Vec<String>,
+    /// Rejoins by pg_rewind and by rebuild since its agent started.
+    #[serde(default)]
+    pub rewinds: u64,
+    #[serde(default)]
+    pub rebuilds: u64,
 }
 
 /// Settings that must be at least the primary's on every standby.
@@ -78,14 +89,14 @@ impl MemberRecord {
     pub fn as_member(&self, down: bool) -> Member {
         Member {
             name: self.name.clone(),
-            running: self.role != "stopped",
-            in_recovery: self.role == "replica",
+            running: self.role != Role::Stopped,
+            in_recovery: self.role == Role::Replica,
             timeline: self.timeline,
             lsn: self.lsn,
             nofailover: self.nofailover,
             priority: self.priority,
             down: down || self.down,
-            streaming: self.state == "streaming",
+            streaming: self.state == NodeState::Streaming,
             upstream: self.upstream.clone(),
         }
     }
@@ -289,6 +300,7 @@ mod tests {
             settings: BTreeMap::new(),
             warnings: vec![],
             down: false,
+            ..Default::default()
         };
         leader.settings.insert("max_connections".into(), 200);
         leader.settings.insert("max_wal_senders".into(), 10);

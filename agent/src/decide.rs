@@ -76,6 +76,12 @@ pub struct Local {
     /// A standby whose history left the leader's (it was written to after the fork):
     /// streaming cannot resume without a rewind.
     pub diverged: bool,
+    /// A running standby whose replication settings (primary_conninfo, slot) are not what
+    /// following the leader writes: e.g. built before a TLS file or the slot rule changed.
+    pub replication_stale: bool,
+    /// The data directory is unusable until rebuilt (a pg_rewind failed half-way and the
+    /// rebuild did not finish): it must not be started, only rebuilt.
+    pub rebuild_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +112,11 @@ pub struct Facts {
     /// Synchronous mode: only the standby the sync record names may be promoted.
     pub synchronous_mode: bool,
     pub sync: Option<SyncState>,
+    /// Failsafe mode, on the leader: every member confirmed it within retry_timeout of now
+    /// (etcd unreachable), which keeps it writable like a fresh leader write.
+    pub failsafe_confirmed: bool,
+    /// Failsafe mode, on a member: the leader that called within ttl (no one else may lead).
+    pub failsafe_leader: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +162,13 @@ pub fn decide(f: &Facts) -> Action {
         Cluster::Read { leader, members } => (leader.as_ref(), members),
     };
     let stale = leader.is_some_and(|l| is_stale(f, l));
+    if f.local.rebuild_pending {
+        // Never started, never promoted: only a rebuild from a live leader may use it.
+        return match leader {
+            Some(l) if l.name != f.me && !stale => follow(f, &l.name, writable),
+            _ => wait("the data directory needs a rebuild, and no live leader to copy from"),
+        };
+    }
     match leader {
         Some(l) if l.name == f.me => {
             if !holds_lease(f) {
@@ -184,13 +202,17 @@ pub fn decide(f: &Facts) -> Action {
 /// write is fresh, and a stopped PostgreSQL may always start as a standby.
 fn without_etcd(f: &Facts, writable: bool) -> Action {
     if writable {
-        if holds_lease(f) {
+        if f.failsafe_confirmed {
+            wait("etcd unreachable; failsafe: every member confirmed this leader")
+        } else if holds_lease(f) {
             wait("etcd unreachable; leadership still within retry_timeout")
         } else {
             Action::Fence {
                 reason: "etcd unreachable: leadership cannot be renewed".into(),
             }
         }
+    } else if f.local.rebuild_pending {
+        wait("etcd unreachable, and the data directory needs a rebuild")
     } else if !f.local.running {
         Action::StartStandby { leader: None }
     } else {
@@ -199,8 +221,9 @@ fn without_etcd(f: &Facts, writable: bool) -> Action {
 }
 
 fn holds_lease(f: &Facts) -> bool {
-    f.last_leader_write
-        .is_some_and(|t| f.now.saturating_sub(t) < f.timing.retry_timeout)
+    f.failsafe_confirmed
+        || f.last_leader_write
+            .is_some_and(|t| f.now.saturating_sub(t) < f.timing.retry_timeout)
 }
 
 fn is_stale(f: &Facts, l: &Leader) -> bool {
@@ -220,17 +243,35 @@ fn follow(f: &Facts, leader: &str, writable: bool) -> Action {
             leader: leader.to_string(),
         };
     }
+    if f.local.rebuild_pending {
+        return if f.down {
+            wait(format!(
+                "the data directory needs a rebuild from {leader}; in maintenance, so not until `pgshift up`"
+            ))
+        } else {
+            Action::Rejoin {
+                leader: leader.to_string(),
+            }
+        };
+    }
     if !f.local.running {
         return Action::StartStandby {
             leader: Some(leader.to_string()),
         };
+    }
+    if f.local.diverged && f.down {
+        // A rejoin stops the server and may copy the whole cluster: not while an operator
+        // keeps this node out of the way (`pgshift down` also calls a running one off).
+        return wait(format!(
+            "diverged from {leader}; in maintenance, so no rejoin until `pgshift up`"
+        ));
     }
     if f.local.diverged {
         return Action::Rejoin {
             leader: leader.to_string(),
         };
     }
-    if f.local.upstream.as_deref() != Some(leader) {
+    if f.local.upstream.as_deref() != Some(leader) || f.local.replication_stale {
         return Action::Follow {
             leader: leader.to_string(),
         };
@@ -370,6 +411,11 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
     if leader.is_none() && !f.initialized {
         return wait("no leader has been elected yet: waiting for the primary's agent");
     }
+    // A leader without etcd vouched for by this node: nobody else may lead before its call
+    // is ttl old (it stays writable only retry_timeout past each call).
+    if let Some(l) = f.failsafe_leader.as_deref().filter(|l| *l != f.me) {
+        return wait(format!("{l} leads in failsafe mode (it called within ttl)"));
+    }
     // An operator's request names the node to promote: it alone takes the key, whatever
     // the automatic rules would say (pause, ranking, synchronous mode).
     if let Some(r) = &f.request {
@@ -405,18 +451,34 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         return wait("no leader, and this node's history diverged: it cannot be promoted");
     }
     if f.synchronous_mode {
-        // Only the synchronous standby is known to hold every acknowledged commit.
-        let standby = f.sync.as_ref().and_then(|s| s.standby.as_deref());
-        return if standby == Some(f.me.as_str()) {
-            Action::TakeLeader {
+        // Only a node known to hold every acknowledged commit: the synchronous standby, or
+        // the leader that wrote the record (a primary holds its own commits). Without the
+        // second, a leader that fenced itself over an etcd hiccup while no standby was
+        // synchronous left the cluster leaderless for good. It must still be the most
+        // advanced node: were anyone on a newer timeline, that one was promoted after it.
+        let sync = f.sync.as_ref();
+        let standby = sync.and_then(|s| s.standby.as_deref());
+        let former = sync.map(|s| s.leader.as_str());
+        let me = f.me.as_str();
+        let ahead = members.iter().find(|m| {
+            m.name != me
+                && (m.timeline, m.lsn) > (f.local.timeline, f.local.lsn)
+                && (m.running || leader.is_some_and(|l| l.name == m.name))
+        });
+        return match (standby == Some(me), former == Some(me), ahead) {
+            (true, _, _) | (false, true, None) => Action::TakeLeader {
                 expected,
                 promote: true,
-            }
-        } else {
-            wait(format!(
-                "no leader; synchronous mode allows only the synchronous standby ({}) to be promoted",
-                standby.unwrap_or("none")
-            ))
+            },
+            (false, true, Some(a)) => wait(format!(
+                "no leader; this node led last but {} is ahead of it (timeline {}, at {:X})",
+                a.name, a.timeline, a.lsn
+            )),
+            (false, false, _) => wait(format!(
+                "no leader; synchronous mode allows only the synchronous standby ({}) or the last leader ({}) to be promoted",
+                standby.unwrap_or("none"),
+                former.unwrap_or("none")
+            )),
         };
     }
     let leader_lsn = leader
@@ -504,6 +566,8 @@ mod tests {
             lsn,
             upstream: Some(upstream.into()),
             diverged: false,
+            replication_stale: false,
+            rebuild_pending: false,
         }
     }
 
@@ -515,6 +579,8 @@ mod tests {
             lsn,
             upstream: None,
             diverged: false,
+            replication_stale: false,
+            rebuild_pending: false,
         }
     }
 
@@ -526,6 +592,8 @@ mod tests {
             lsn: 0,
             upstream: None,
             diverged: false,
+            replication_stale: false,
+            rebuild_pending: false,
         }
     }
 
@@ -556,6 +624,8 @@ mod tests {
             request: None,
             synchronous_mode: false,
             sync: None,
+            failsafe_confirmed: false,
+            failsafe_leader: None,
         }
     }
 
@@ -599,6 +669,92 @@ mod tests {
             (
                 "healthy leader, I follow someone else: follow it",
                 facts(standby("db3", 100), read(leader("db1", 7), both(100, 100))),
+                is(Action::Follow {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "a data directory a half-done rewind left: rebuilt, never started",
+                facts(
+                    Local {
+                        rebuild_pending: true,
+                        ..stopped()
+                    },
+                    read(leader("db1", 7), both(100, 100)),
+                ),
+                is(Action::Rejoin {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "the same without a leader: nothing (it must not start)",
+                facts(
+                    Local {
+                        rebuild_pending: true,
+                        ..stopped()
+                    },
+                    read(None, vec![]),
+                ),
+                waits(),
+            ),
+            (
+                "the same without etcd: nothing (it must not start)",
+                facts(
+                    Local {
+                        rebuild_pending: true,
+                        ..stopped()
+                    },
+                    Cluster::Unreachable,
+                ),
+                waits(),
+            ),
+            (
+                "the same in maintenance: nothing until up",
+                Facts {
+                    down: true,
+                    ..facts(
+                        Local {
+                            rebuild_pending: true,
+                            ..stopped()
+                        },
+                        read(leader("db1", 7), both(100, 100)),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "diverged standby in maintenance: no rejoin",
+                Facts {
+                    down: true,
+                    ..facts(
+                        Local {
+                            diverged: true,
+                            ..standby("db1", 100)
+                        },
+                        read(leader("db1", 7), both(100, 100)),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "a writable node that is not the leader rejoins even in maintenance",
+                Facts {
+                    down: true,
+                    ..facts(primary(100), read(leader("db1", 7), both(100, 100)))
+                },
+                is(Action::Rejoin {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "healthy leader, I stream from it with stale settings (no TLS file, old slot): follow it again",
+                facts(
+                    Local {
+                        replication_stale: true,
+                        ..standby("db1", 100)
+                    },
+                    read(leader("db1", 7), both(100, 100)),
+                ),
                 is(Action::Follow {
                     leader: "db1".into(),
                 }),
@@ -794,6 +950,50 @@ mod tests {
                     ..facts(primary(100), Cluster::Unreachable)
                 },
                 Box::new(|a| matches!(a, Action::Fence { .. })),
+            ),
+            (
+                "etcd unreachable, write too old, but every member confirmed me (failsafe): keep going",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(1_000),
+                    failsafe_confirmed: true,
+                    ..facts(primary(100), Cluster::Unreachable)
+                },
+                waits(),
+            ),
+            (
+                "etcd back, my key with an old revision, failsafe confirmed: renew, not fence",
+                Facts {
+                    me: "db1".into(),
+                    last_leader_write: Some(1_000),
+                    failsafe_confirmed: true,
+                    ..facts(primary(100), read(leader("db1", 7), both(100, 100)))
+                },
+                is(Action::RenewLeader),
+            ),
+            (
+                "no leader key, but the leader called in failsafe within ttl: a standby waits",
+                Facts {
+                    failsafe_leader: Some("db1".into()),
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "no leader key, failsafe leader called, an operator's failover request: still waits",
+                Facts {
+                    failsafe_leader: Some("db1".into()),
+                    request: Some(Request {
+                        kind: RequestKind::Failover,
+                        from: None,
+                        to: Some("db2".into()),
+                        at: None,
+                        requested_at: 999_990,
+                        handed_over: None,
+                    }),
+                    ..facts(standby("db1", 100), read(None, vec![]))
+                },
+                waits(),
             ),
             (
                 "etcd unreachable, I am a standby: never promote",
@@ -1135,6 +1335,39 @@ mod tests {
                         standby: None,
                     }),
                     ..facts(standby("db1", 500), read(None, vec![]))
+                },
+                waits(),
+            ),
+            (
+                "synchronous mode, I led last (fenced, now a standby) and nobody is ahead: take it back",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db2".into(),
+                        standby: None,
+                    }),
+                    ..facts(standby("db1", 500), read(None, vec![member("db1", true, 400)]))
+                },
+                is(take(None)),
+            ),
+            (
+                "synchronous mode, I led last but a node on a newer timeline exists: wait",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db2".into(),
+                        standby: None,
+                    }),
+                    ..facts(
+                        standby("db1", 500),
+                        read(
+                            None,
+                            vec![Member {
+                                timeline: 2,
+                                ..member("db1", true, 100)
+                            }],
+                        ),
+                    )
                 },
                 waits(),
             ),

@@ -1,17 +1,20 @@
-//! A small etcd v3 client over etcd's JSON gateway (`POST /v3/...`), blocking, with a hard
-//! timeout per request and fail-over between endpoints. The agent needs a handful of calls
-//! (range, put, transactions on a revision, leases); gRPC would cost megabytes of binary
-//! and resident memory for them.
+//! A small etcd v3 client over etcd's JSON gateway (`POST /v3/...`), blocking, with one
+//! deadline per call shared among the endpoints and fail-over between them. The agent needs
+//! a handful of calls (range, put, transactions on a revision, leases); gRPC would cost
+//! megabytes of binary and resident memory for them. HTTP is `crate::http` (pooled: one
+//! connection per endpoint, reused across loops); the gateway's JSON is decoded into types
+//! here (`gateway`), so an answer that is not what etcd sends is an error, never a zero.
+
+mod gateway;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
-
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+
+use crate::http::{self, ClientTls};
+pub use gateway::{Code, GatewayError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -33,13 +36,17 @@ impl Endpoint {
         };
         let rest = rest.trim_end_matches('/');
         match rest.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() => Ok(Endpoint {
+            Some((h, p)) if !h.is_empty() && !h.contains(['/', '?', '#', '@']) => Ok(Endpoint {
                 host: h.trim_matches(['[', ']']).to_string(),
                 port: p.parse().map_err(|_| format!("{url:?}: bad port"))?,
                 tls,
             }),
             _ => Err(format!("{url:?}: expected http(s)://host:port")),
         }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", http::base_url(self.tls, &self.host, self.port))
     }
 }
 
@@ -49,21 +56,20 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// No endpoint answered in time: etcd is unreachable from here (or has no quorum).
+    /// No endpoint answered in time, or each that did had no leader or quorum: etcd is
+    /// unreachable from here. Each endpoint's reason, in the order tried.
+    #[error("etcd unreachable: {0}")]
     Unreachable(String),
-    /// etcd answered with an error.
-    Server(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Unreachable(e) => write!(f, "etcd unreachable: {e}"),
-            Error::Server(e) => write!(f, "etcd error: {e}"),
-        }
-    }
+    /// etcd answered with an error (a definite answer: trying another member would get the
+    /// same).
+    #[error("etcd error: {0}")]
+    Server(GatewayError),
+    /// An answer with status 200 that is not what the gateway sends (a revision that is not
+    /// a number, a missing header): nothing in it can be trusted.
+    #[error("etcd answered something unreadable on {path}: {why}")]
+    Malformed { path: String, why: String },
 }
 
 /// One key as etcd returns it.
@@ -75,25 +81,32 @@ pub struct Kv {
     pub lease: i64,
 }
 
+/// The largest answer read from etcd: a range of the cluster's keys is a few KB; etcd's
+/// own request limit is 1.5 MiB per value.
+const MAX_ANSWER: u64 = 8 << 20;
+
 pub struct Client {
     endpoints: Vec<Endpoint>,
     /// The endpoint that answered last: tried first next time.
     preferred: AtomicUsize,
     timeout: Duration,
-    /// For https:// endpoints.
-    tls: Option<Arc<ClientConfig>>,
+    http: http::Client,
 }
 
 impl Client {
+    /// `timeout` is the budget of one call, all endpoints included.
     pub fn new(
         urls: &[String],
         timeout: Duration,
-        tls: Option<Arc<ClientConfig>>,
+        tls: Option<ClientTls>,
     ) -> Result<Client, String> {
         let endpoints = urls
             .iter()
             .map(|u| Endpoint::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err("no etcd endpoint".into());
+        }
         if endpoints.iter().any(|e| e.tls) && tls.is_none() {
             return Err("https:// etcd endpoints need etcd.ca_file".into());
         }
@@ -101,33 +114,34 @@ impl Client {
             endpoints,
             preferred: AtomicUsize::new(0),
             timeout,
-            tls,
+            http: http::Client::new(tls.as_ref(), MAX_ANSWER),
         })
     }
 
     /// Every key under `prefix`, and the store's revision at the time of the read.
     pub fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Kv>), Error> {
-        let r = self.call(
-            "/v3/kv/range",
+        let path = "/v3/kv/range";
+        let r: gateway::Range = self.call(
+            path,
             &json!({"key": b64(prefix), "range_end": b64(&prefix_end(prefix))}),
         )?;
-        let rev = int(&r["header"]["revision"]);
-        let kvs = r["kvs"]
-            .as_array()
-            .map(|a| a.iter().filter_map(kv).collect())
-            .unwrap_or_default();
-        Ok((rev, kvs))
+        let kvs = r.kvs().map_err(|why| malformed(path, why))?;
+        Ok((r.header.revision, kvs))
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Kv>, Error> {
-        let r = self.call("/v3/kv/range", &json!({"key": b64(key)}))?;
-        Ok(r["kvs"].as_array().and_then(|a| a.first()).and_then(kv))
+        let path = "/v3/kv/range";
+        let r: gateway::Range = self.call(path, &json!({"key": b64(key)}))?;
+        Ok(r.kvs()
+            .map_err(|why| malformed(path, why))?
+            .into_iter()
+            .next())
     }
 
     /// Writes `key` (bound to `lease`, 0 for none); returns the new revision.
     pub fn put(&self, key: &str, value: &str, lease: i64) -> Result<i64, Error> {
-        let r = self.call("/v3/kv/put", &put_body(key, value, lease))?;
-        Ok(int(&r["header"]["revision"]))
+        let r: gateway::Ack = self.call("/v3/kv/put", &put_body(key, value, lease))?;
+        Ok(r.header.revision)
     }
 
     /// Writes `key` only if its mod_revision is `expected` (`None`: only if it is absent).
@@ -147,90 +161,97 @@ impl Client {
                 json!({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
             }
         };
-        let r = self.call(
+        let r: gateway::Txn = self.call(
             "/v3/kv/txn",
             &json!({"compare": [compare], "success": [{"request_put": put_body(key, value, lease)}]}),
         )?;
-        Ok(r["succeeded"]
-            .as_bool()
-            .unwrap_or(false)
-            .then(|| int(&r["header"]["revision"])))
+        Ok(r.succeeded.then_some(r.header.revision))
     }
 
     /// Deletes `key` only if its mod_revision is `expected`.
     pub fn delete_if(&self, key: &str, expected: i64) -> Result<bool, Error> {
-        let r = self.call(
+        let r: gateway::Txn = self.call(
             "/v3/kv/txn",
             &json!({
                 "compare": [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": expected.to_string()}],
                 "success": [{"request_delete_range": {"key": b64(key)}}],
             }),
         )?;
-        Ok(r["succeeded"].as_bool().unwrap_or(false))
+        Ok(r.succeeded)
     }
 
     pub fn delete(&self, key: &str) -> Result<(), Error> {
-        self.call("/v3/kv/deleterange", &json!({"key": b64(key)}))
-            .map(|_| ())
+        let _: gateway::Ack = self.call("/v3/kv/deleterange", &json!({"key": b64(key)}))?;
+        Ok(())
     }
 
     pub fn lease_grant(&self, ttl_secs: i64) -> Result<i64, Error> {
-        let r = self.call("/v3/lease/grant", &json!({"TTL": ttl_secs.to_string()}))?;
-        match int(&r["ID"]) {
-            0 => Err(Error::Server(format!("lease grant returned no ID: {r}"))),
-            id => Ok(id),
-        }
+        let path = "/v3/lease/grant";
+        let r: gateway::LeaseGrant = self.call(path, &json!({"TTL": ttl_secs.to_string()}))?;
+        r.id().map_err(|why| malformed(path, why))
     }
 
     /// Refreshes a lease; false when it no longer exists (it expired).
     pub fn lease_keepalive(&self, id: i64) -> Result<bool, Error> {
-        let r = self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
-        Ok(int(&r["result"]["TTL"]) > 0)
+        let r: gateway::KeepAlive =
+            self.call("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+        r.alive().map_err(Error::Server)
     }
 
     pub fn lease_revoke(&self, id: i64) -> Result<(), Error> {
-        self.call("/v3/lease/revoke", &json!({"ID": id.to_string()}))
-            .map(|_| ())
+        let _: gateway::Ack = self.call("/v3/lease/revoke", &json!({"ID": id.to_string()}))?;
+        Ok(())
     }
 
-    /// Tries each endpoint, the last good one first, within one overall timeout.
-    fn call(&self, path: &str, body: &Value) -> Result<Value, Error> {
+    /// Tries each endpoint, the last good one first, within one overall deadline.
+    fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, Error> {
         let deadline = Instant::now() + self.timeout;
+        let body = body.to_string();
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut errors = Vec::new();
         for i in 0..n {
             let idx = (first + i) % n;
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left < Duration::from_millis(10) {
+                errors.push("no time left".to_string());
                 break;
             }
             // Leave the other endpoints a share of the time when one hangs.
-            let share = left / (n - i) as u32;
+            let share = (left / (n - i) as u32).max(Duration::from_millis(100).min(left));
             let ep = &self.endpoints[idx];
-            let tls = if ep.tls { self.tls.as_ref() } else { None };
-            match post(ep, tls, path, body, share.max(Duration::from_millis(100))) {
-                Ok((200, v)) => {
-                    self.preferred.store(idx, Ordering::Relaxed);
-                    return Ok(v);
+            let answer = match self
+                .http
+                .post_json(&ep.url(path), None, body.as_bytes(), share)
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(format!("{ep}: {e}"));
+                    continue;
                 }
-                Ok((status, v)) => {
-                    let msg = v["error"]
-                        .as_str()
-                        .or_else(|| v["message"].as_str())
-                        .unwrap_or("")
-                        .to_string();
-                    // No leader/quorum on that member: another may do better.
-                    if status >= 500 || msg.contains("no leader") || msg.contains("timed out") {
-                        errors.push(format!("{ep}: {status} {msg}"));
-                        continue;
-                    }
-                    return Err(Error::Server(format!("{path}: {status} {msg}")));
-                }
-                Err(e) => errors.push(format!("{ep}: {e}")),
+            };
+            if answer.status == 200 {
+                self.preferred.store(idx, Ordering::Relaxed);
+                return gateway::decode(&answer.body).map_err(|why| malformed(path, why));
             }
+            let err = GatewayError::from_answer(answer.status, &answer.body);
+            // No leader or quorum on that member: another may do better.
+            if err.transient() {
+                errors.push(format!("{ep}: {err}"));
+                continue;
+            }
+            // A definite answer: this member answered for the cluster.
+            self.preferred.store(idx, Ordering::Relaxed);
+            return Err(Error::Server(err));
         }
         Err(Error::Unreachable(errors.join("; ")))
+    }
+}
+
+fn malformed(path: &str, why: String) -> Error {
+    Error::Malformed {
+        path: path.to_string(),
+        why,
     }
 }
 
@@ -243,32 +264,8 @@ fn put_body(key: &str, value: &str, lease: i64) -> Value {
 }
 
 fn b64(s: &str) -> String {
-    B64.encode(s.as_bytes())
-}
-
-fn unb64(v: &Value) -> String {
-    v.as_str()
-        .and_then(|s| B64.decode(s).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The gateway renders int64 as strings.
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn kv(v: &Value) -> Option<Kv> {
-    Some(Kv {
-        key: unb64(v.get("key")?),
-        value: unb64(v.get("value").unwrap_or(&Value::Null)),
-        mod_revision: int(&v["mod_revision"]),
-        lease: int(&v["lease"]),
-    })
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
 }
 
 /// The end of the range of keys starting with `prefix` (etcd's convention: the prefix with
@@ -282,35 +279,6 @@ fn prefix_end(prefix: &str) -> String {
         }
     }
     "\0".into()
-}
-
-/// One request to the JSON gateway; (status, JSON body).
-fn post(
-    ep: &Endpoint,
-    tls: Option<&Arc<ClientConfig>>,
-    path: &str,
-    body: &Value,
-    timeout: Duration,
-) -> Result<(u16, Value), String> {
-    let (status, payload) = crate::http::request(
-        &ep.host,
-        ep.port,
-        tls,
-        "POST",
-        path,
-        &[],
-        &body.to_string(),
-        timeout,
-    )?;
-    match serde_json::from_slice(&payload) {
-        Ok(v) => Ok((status, v)),
-        // Not the JSON gateway (e.g. 404 when etcd runs with enable-grpc-gateway off).
-        Err(_) if status != 200 => Ok((
-            status,
-            json!({"error": String::from_utf8_lossy(&payload).trim().to_string()}),
-        )),
-        Err(e) => Err(format!("bad JSON from etcd: {e}")),
-    }
 }
 
 #[cfg(test)]
@@ -327,9 +295,13 @@ mod tests {
                 tls: false
             }
         );
-        assert!(Endpoint::parse("https://x:1").unwrap().tls);
+        let v6 = Endpoint::parse("https://[::1]:2379/").unwrap();
+        assert_eq!((v6.host.as_str(), v6.tls), ("::1", true));
+        assert_eq!(v6.url("/v3/kv/range"), "https://[::1]:2379/v3/kv/range");
         assert!(Endpoint::parse("ftp://x:1").is_err());
         assert!(Endpoint::parse("http://x").is_err());
+        assert!(Endpoint::parse("http://x/y:1").is_err());
+        assert!(Endpoint::parse("http://x:99999").is_err());
     }
 
     #[test]

@@ -3,17 +3,22 @@
 
 pub mod agent;
 pub mod api;
+pub mod args;
 pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod dcs;
 pub mod decide;
 pub mod etcd;
+pub mod failsafe;
 pub mod guard;
+pub mod hba_checks;
 pub mod http;
 pub mod logging;
 pub mod logical;
 pub mod maintenance;
 pub mod postgres;
 pub mod records;
+pub mod state;
+pub mod streaming;
 pub mod tls;

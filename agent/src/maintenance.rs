@@ -20,7 +20,7 @@ pub fn persist(state_dir: &Path, down: bool) -> io::Result<()> {
     let path = marker(state_dir);
     match (down, path.exists()) {
         (true, false) => {
-            std::fs::create_dir_all(state_dir)?;
+            fs_err::create_dir_all(state_dir)?;
             let own = Ownership {
                 uid: 0,
                 gid: 0,
@@ -34,9 +34,9 @@ pub fn persist(state_dir: &Path, down: bool) -> io::Result<()> {
             )
         }
         (false, true) => {
-            std::fs::remove_file(&path)?;
+            fs_err::remove_file(&path)?;
             // The removal must survive a crash as the creation would.
-            std::fs::File::open(state_dir)?.sync_all()
+            fs_err::File::open(state_dir)?.sync_all()
         }
         _ => Ok(()),
     }

@@ -4,7 +4,6 @@
 //! TLS with a client certificate works, and refuses a client without one.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,92 +12,39 @@ use pgshift_agent::config::Config;
 use pgshift_agent::dcs::Dcs;
 use pgshift_agent::{http, tls};
 use pgshift_testkit::etcd::EtcdServer;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair,
-};
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    path: PathBuf,
-}
-
-fn ca(dir: &Path, name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = p.self_signed(&key).unwrap();
-    let path = dir.join(format!("{name}.crt"));
-    std::fs::write(&path, cert.pem()).unwrap();
-    Ca { cert, key, path }
-}
-
-/// (certificate, key) for localhost and 127.0.0.1, usable by servers and clients.
-fn issue(ca: &Ca, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, stem);
-    p.extended_key_usages = vec![Eku::ServerAuth, Eku::ClientAuth];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let (c, k) = (
-        dir.join(format!("{stem}.crt")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (c, k)
-}
-
-fn config(extra_api: &str, etcd: &str) -> Config {
-    let text = format!(
-        r#"
-cluster = "t"
-name = "db1"
-[api]
-listen = "127.0.0.1:{port}"
-{extra_api}
-[etcd]
-{etcd}
-[postgresql]
-data_directory = "/nonexistent/data"
-connect_address = "db1:5432"
-[replication]
-user = "replicator"
-passfile = "/nonexistent/.pgpass"
-"#,
-        port = pgshift_testkit::free_port()
-    );
-    Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
+mod common;
+use common::{ca, config, issue};
 
 fn call(
     cfg: &Config,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    tls: Option<&http::ClientTls>,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    let r = try_call(cfg, tls, method, path, token, body).unwrap();
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+fn try_call(
+    cfg: &Config,
+    tls: Option<&http::ClientTls>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<http::Response, http::Error> {
     let port: u16 = cfg.api.listen.rsplit_once(':').unwrap().1.parse().unwrap();
-    let headers: Vec<String> = token
-        .map(|t| format!("Authorization: Bearer {t}"))
-        .into_iter()
-        .collect();
-    let (status, raw) = http::request(
-        "localhost",
-        port,
-        tls,
-        method,
-        path,
-        &headers,
-        body,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    (status, String::from_utf8_lossy(&raw).into_owned())
+    let url = format!("{}{path}", http::base_url(tls.is_some(), "localhost", port));
+    let client = http::Client::new(tls, 1 << 20);
+    let timeout = Duration::from_secs(5);
+    match method {
+        "POST" => client.post_json(&url, token, body.as_bytes(), timeout),
+        "GET" | "HEAD" => client.get(&url, method == "HEAD", timeout),
+        _ => panic!("{method}"),
+    }
 }
 
 fn paused(cfg: &Config) -> bool {
@@ -157,18 +103,11 @@ fn mutating_requests_need_credentials() {
     assert!(!paused(&cfg));
     // A certificate from another CA does not even finish the handshake.
     if let Ok(stranger) = stranger {
-        let port: u16 = cfg.api.listen.rsplit_once(':').unwrap().1.parse().unwrap();
-        let r = http::request(
-            "localhost",
-            port,
-            Some(&stranger),
-            "POST",
-            "/pause",
-            &[],
-            "{}",
-            Duration::from_secs(5),
+        let r = try_call(&cfg, Some(&stranger), "POST", "/pause", None, "{}");
+        assert!(
+            matches!(r, Err(http::Error::Tls(_) | http::Error::Io(_))),
+            "{r:?}"
         );
-        assert!(r.is_err(), "{r:?}");
         assert!(!paused(&cfg));
     }
 
@@ -254,4 +193,109 @@ fn etcd_over_tls_with_a_client_certificate() {
     );
     let r = Dcs::new(anonymous.etcd_client(Duration::from_secs(2)).unwrap(), "t").read();
     assert!(r.is_err(), "{r:?}");
+}
+
+#[test]
+fn the_cli_goes_through_the_local_api_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start();
+    let the_ca = ca(dir.path(), "api-ca");
+    let (cert, key) = issue(&the_ca, dir.path(), "db1");
+    // The CLI verifies the API with tls_ca and presents this host's certificate.
+    let with_cert = config(
+        &format!(
+            "tls_cert = {cert:?}\ntls_key = {key:?}\ntls_client_ca = {ca:?}\ntls_ca = {ca:?}",
+            ca = the_ca.path
+        ),
+        &format!("endpoints = [{:?}]", etcd.url),
+    );
+    api::serve(&with_cert, Arc::new(Mutex::new(Snapshot::default()))).unwrap();
+    let ctl = pgshift_agent::ctl::Ctl::new(&with_cert).unwrap();
+    ctl.pause(true).unwrap();
+    assert!(paused(&with_cert));
+    ctl.pause(false).unwrap();
+    assert!(!paused(&with_cert));
+
+    // A wrong token: the agent's refusal, said, without either token in it.
+    let token_file = dir.path().join("api.token");
+    std::fs::write(&token_file, "right").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = config(
+        &format!("token_file = {token_file:?}"),
+        &format!("endpoints = [{:?}]", etcd.url),
+    );
+    api::serve(&server, Arc::new(Mutex::new(Snapshot::default()))).unwrap();
+    let mut cli = server.clone();
+    let other = dir.path().join("other.token");
+    std::fs::write(&other, "wrong").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cli.api.token_file = Some(other);
+    let e = pgshift_agent::ctl::Ctl::new(&cli)
+        .unwrap()
+        .pause(true)
+        .unwrap_err();
+    assert!(e.contains("(403)"), "{e}");
+    assert!(!e.contains("wrong") && !e.contains("right"), "{e}");
+    assert!(!paused(&server));
+}
+
+/// SHA-256 fingerprint of a PEM certificate, as openssl prints it.
+fn fingerprint(pem: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -noout -fingerprint -sha256 <<'EOF'\n{pem}\nEOF"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The fingerprint of the certificate the server on `port` presents to a new connection.
+fn served(port: u16) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn sighup_takes_a_renewed_api_certificate_and_keeps_it_over_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdServer::start();
+    let the_ca = ca(dir.path(), "api-ca");
+    let (cert, key) = issue(&the_ca, dir.path(), "db1");
+    let cfg = config(
+        &format!("tls_cert = {cert:?}\ntls_key = {key:?}"),
+        &format!("endpoints = [{:?}]", etcd.url),
+    );
+    let handle = api::start(&cfg, Arc::new(Mutex::new(Snapshot::default()))).unwrap();
+    let port = handle.addr.port();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let first = fingerprint(&read(&cert));
+    assert!(first.contains("Fingerprint"), "{first}");
+    assert_eq!(served(port), first);
+    // The renewal lands in the same files (as cert_install or a deploy hook puts it).
+    let (new_cert, new_key) = issue(&the_ca, dir.path(), "db1-renewed");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    assert_eq!(served(port), first, "nothing changes before the reload");
+    assert_eq!(handle.reload(&cfg), Vec::<String>::new());
+    let renewed = fingerprint(&read(&new_cert));
+    assert_ne!(renewed, first);
+    assert_eq!(served(port), renewed);
+    // A key that does not match the certificate is refused; the renewed pair stays in use.
+    let (_, stranger_key) = issue(&the_ca, dir.path(), "stranger");
+    std::fs::copy(&stranger_key, &key).unwrap();
+    let failed = handle.reload(&cfg);
+    assert!(
+        failed.len() == 1 && failed[0].contains("API certificate not reloaded"),
+        "{failed:?}"
+    );
+    assert_eq!(served(port), renewed);
 }

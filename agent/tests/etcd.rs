@@ -1,9 +1,10 @@
 //! The etcd client against a real etcd (Debian etcd-server) on loopback: the transactions
-//! leadership rests on, leases, and a clear "unreachable" when etcd is gone.
+//! leadership rests on, leases, etcd's refusals as typed errors, and a clear "unreachable"
+//! when etcd is gone.
 
 use std::time::{Duration, Instant};
 
-use pgshift_agent::etcd::{Client, Error};
+use pgshift_agent::etcd::{Client, Code, Error};
 use pgshift_testkit::etcd::EtcdServer;
 
 #[test]
@@ -57,6 +58,15 @@ fn revision_transactions_leases_and_outage() {
         "expired lease reported alive"
     );
     assert!(c.delete_if("/pgshift/t/leader", renewed).unwrap());
+
+    // etcd's refusals come typed: a key bound to a lease that does not exist.
+    match c.put("/pgshift/t/members/db3", "{}", 0x7ead_beef) {
+        Err(Error::Server(e)) => {
+            assert_eq!(e.code, Some(Code::NotFound), "{e}");
+            assert!(e.message.contains("lease not found"), "{e}");
+        }
+        other => panic!("expected a NotFound refusal, got {other:?}"),
+    }
 
     drop(etcd);
     let t = Instant::now();

@@ -66,10 +66,14 @@ fn setup() -> Pair {
     std::fs::write(
         &config,
         format!(
-            "database = \"app\"\nactive = \"db1\"\n\
+            "database = \"app\"\nactive = \"db1\"\nstate_file = {:?}\n\
              [[node]]\nname = \"db1\"\nhost = \"127.0.0.1\"\nport = {}\npassfile = {:?}\n\
              [[node]]\nname = \"db2\"\nhost = \"127.0.0.1\"\nport = {}\npassfile = {:?}\n",
-            db1.port, passfile, db2.port, passfile
+            db1.root.join("logical-health.json"),
+            db1.port,
+            passfile,
+            db2.port,
+            passfile
         ),
     )
     .unwrap();
@@ -292,6 +296,20 @@ fn check_puts_the_passive_side_down_when_replication_breaks() {
     assert!(ok && out.contains("flows both ways"), "{out}");
     p.db1.psql_db("app", "ALTER SUBSCRIPTION from_db2 DISABLE");
     wait_for("db1's worker gone", || !workers_running(&p.db1));
+    // One broken look is only noted (a worker restarting looks the same for an instant);
+    // the next check that sees it too acts.
+    let (ok, out) = pgshift(&p, &["check"]);
+    assert!(
+        ok && out.contains("acting if the next check sees it too"),
+        "{out}"
+    );
+    sql_as(
+        &p.db2,
+        "writer",
+        &p.passfile,
+        "INSERT INTO t VALUES (3, 'db2')",
+    )
+    .unwrap();
     let (ok, out) = pgshift(&p, &["check"]);
     assert!(ok && out.contains("db2 is down"), "{out}");
     let e = sql_as(

@@ -3,7 +3,7 @@
 //! the old file or the new one, never a torn one, also across a crash.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -33,26 +33,63 @@ impl Ownership {
 /// Replaces `path` with `contents`. An existing file keeps its owner, group and mode unless
 /// `ownership` says otherwise; a new file gets `ownership` or the caller's ids with mode 0600.
 pub fn write_atomic(path: &Path, contents: &[u8], ownership: Option<Ownership>) -> io::Result<()> {
-    let own = match (ownership, Ownership::of(path)) {
-        (Some(o), _) => o,
-        (None, Ok(existing)) => existing,
-        (None, Err(e)) if e.kind() == io::ErrorKind::NotFound => Ownership {
-            uid: Uid::effective().as_raw(),
-            gid: Gid::effective().as_raw(),
-            mode: 0o600,
-        },
-        (None, Err(e)) => return Err(e),
-    };
-    let dir = parent_dir(path);
-    let tmp = temp_path(path);
-    let result = (|| {
+    let mut r = Replacement::new(path, ownership)?;
+    r.writer().write_all(contents)?;
+    r.commit()
+}
+
+/// A new version of a file, written to a temporary file beside it and renamed over it by
+/// [`Replacement::commit`]; dropped without a commit, it leaves nothing behind. For contents
+/// that are streamed rather than held in memory (a large pg_hba.conf), and for callers that
+/// must check something between writing and the rename.
+pub struct Replacement {
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    own: Ownership,
+}
+
+impl Replacement {
+    /// Ownership as for [`write_atomic`].
+    pub fn new(path: &Path, ownership: Option<Ownership>) -> io::Result<Replacement> {
+        let own = match (ownership, Ownership::of(path)) {
+            (Some(o), _) => o,
+            (None, Ok(existing)) => existing,
+            (None, Err(e)) if e.kind() == io::ErrorKind::NotFound => Ownership {
+                uid: Uid::effective().as_raw(),
+                gid: Gid::effective().as_raw(),
+                mode: 0o600,
+            },
+            (None, Err(e)) => return Err(e),
+        };
+        let tmp = temp_path(path);
         // 0600 until the final mode is set, so a secret is never briefly world-readable.
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(contents)?;
+        Ok(Replacement {
+            target: path.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::new(f)),
+            own,
+        })
+    }
+
+    pub fn writer(&mut self) -> &mut impl Write {
+        self.file.as_mut().expect("open until commit")
+    }
+
+    /// Owner and mode, fsync, rename over the target, fsync the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        let f = self
+            .file
+            .take()
+            .expect("open until commit")
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        let own = self.own;
         if Uid::effective().is_root() || own.uid == Uid::effective().as_raw() {
             fchown(
                 f.as_raw_fd(),
@@ -63,19 +100,28 @@ pub fn write_atomic(path: &Path, contents: &[u8], ownership: Option<Ownership>) 
         }
         f.set_permissions(fs::Permissions::from_mode(own.mode))?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        fs::rename(&self.tmp, &self.target)?;
+        File::open(parent_dir(&self.target))?.sync_all()
     }
-    result
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        // Still open: not committed (an error, or the caller gave up).
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Copies `path` next to itself as `<name>.<pid>.<timestamp>~` (Ansible's backup naming),
 /// keeping owner and mode, and returns the backup's path.
 pub fn backup(path: &Path) -> io::Result<PathBuf> {
-    let contents = fs::read(path)?;
+    backup_of(path, &fs::read(path)?)
+}
+
+/// [`backup`] of a file whose `contents` the caller already holds (no second read).
+pub fn backup_of(path: &Path, contents: &[u8]) -> io::Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -87,7 +133,7 @@ pub fn backup(path: &Path) -> io::Result<PathBuf> {
         stamp.subsec_micros()
     );
     let dest = parent_dir(path).join(name);
-    write_atomic(&dest, &contents, Some(Ownership::of(path)?))?;
+    write_atomic(&dest, contents, Some(Ownership::of(path)?))?;
     Ok(dest)
 }
 
@@ -139,6 +185,23 @@ mod tests {
         let p = dir.path().join("missing-dir").join("f");
         assert!(write_atomic(&p, b"x", None).is_err());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn replacement_dropped_without_commit_leaves_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, "old").unwrap();
+        let mut r = Replacement::new(&p, None).unwrap();
+        r.writer().write_all(b"new").unwrap();
+        drop(r);
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mut r = Replacement::new(&p, None).unwrap();
+        r.writer().write_all(b"new").unwrap();
+        r.commit().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum CertError {
     NoCertificate { origin: String },
     #[error("{origin} holds no PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)")]
     NoKey { origin: String },
+    #[error("{origin} holds an encrypted (passphrase-protected) private key, which the server cannot load unattended; decrypt it first (openssl pkey -in KEY -out KEY.plain)")]
+    EncryptedKey { origin: String },
     #[error("{origin} is not valid PEM: {reason}")]
     Pem { origin: String, reason: String },
     #[error("the certificate cannot be parsed: {0}")]
@@ -85,6 +87,14 @@ pub fn load_certs(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static
 }
 
 pub fn load_key(pem: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>, CertError> {
+    // PKCS#8 "ENCRYPTED PRIVATE KEY" blocks and legacy "Proc-Type: 4,ENCRYPTED" headers are
+    // skipped by the PEM reader, which would then report no key at all.
+    let encrypted = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+    if encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || encrypted(b"Proc-Type: 4,ENCRYPTED") {
+        return Err(CertError::EncryptedKey {
+            origin: origin.into(),
+        });
+    }
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey {
             origin: origin.into(),
@@ -466,5 +476,30 @@ mod tests {
                 origin: "/x/key.pem".into()
             }
         );
+        let encrypted = key_block("ENCRYPTED PRIVATE KEY", "");
+        assert!(matches!(
+            load_key(&encrypted, "k"),
+            Err(CertError::EncryptedKey { .. })
+        ));
+        let legacy = key_block(
+            "RSA PRIVATE KEY",
+            "Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\n",
+        );
+        assert!(matches!(
+            load_key(&legacy, "k"),
+            Err(CertError::EncryptedKey { .. })
+        ));
+    }
+
+    /// A PEM block labelled `label`, with `headers`, around a key generated now: the shape an
+    /// encrypting tool writes, and no key lives in the source.
+    fn key_block(label: &str, headers: &str) -> Vec<u8> {
+        let pem = KeyPair::generate().unwrap().serialize_pem();
+        let body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        format!(
+            "-----BEGIN {label}-----\n{headers}{}\n-----END {label}-----\n",
+            body.join("\n")
+        )
+        .into_bytes()
     }
 }

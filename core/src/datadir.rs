@@ -130,11 +130,9 @@ impl DataDir {
 
     /// Runs `pg_controldata` from `bin_dir` (C locale, so the labels are stable).
     pub fn control_data(&self, bin_dir: &Path) -> Result<ControlData, DataDirError> {
-        let out = std::process::Command::new(bin_dir.join("pg_controldata"))
-            .arg("-D")
-            .arg(&self.path)
-            .env("LC_ALL", "C")
-            .output()
+        let mut cmd = std::process::Command::new(bin_dir.join("pg_controldata"));
+        cmd.arg("-D").arg(&self.path).env("LC_ALL", "C");
+        let out = crate::process::run_as(&mut cmd, None, std::time::Duration::from_secs(30))
             .map_err(|source| DataDirError::Read {
                 path: bin_dir.join("pg_controldata"),
                 source,

@@ -1,12 +1,58 @@
 //! Small PostgreSQL text formats that standby setup writes: `postgresql.auto.conf` settings,
 //! libpq connection strings, and `.pgpass` entries.
 
-/// Quotes a value for postgresql.conf / postgresql.auto.conf (`'...'`, quotes doubled).
-pub fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+use thiserror::Error;
+
+/// A value that cannot be written into one of these formats.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{what} {value:?} cannot be written into {format}: {reason}")]
+pub struct Unrepresentable {
+    pub what: String,
+    pub value: String,
+    pub format: &'static str,
+    pub reason: &'static str,
 }
 
-/// Reads a quoted or bare value of a `key = value` line (the part after `=`).
+/// Refuses what none of these line-based formats can carry: line breaks (a new line is a new
+/// setting or entry), NUL (C strings end there) and other control characters. `what` names
+/// the option for the message; a secret's `value` is never echoed (`secret`).
+pub fn check_value(
+    what: &str,
+    value: &str,
+    format: &'static str,
+    secret: bool,
+) -> Result<(), Unrepresentable> {
+    let reason = if value.contains(['\n', '\r']) {
+        "line breaks are refused"
+    } else if value.contains('\0') {
+        "NUL characters are refused"
+    } else if value.chars().any(|c| c.is_control() && c != '\t') {
+        "control characters are refused"
+    } else {
+        return Ok(());
+    };
+    Err(Unrepresentable {
+        what: what.to_string(),
+        value: if secret {
+            "********".into()
+        } else {
+            value.to_string()
+        },
+        format,
+        reason,
+    })
+}
+
+/// Quotes a value for postgresql.conf / postgresql.auto.conf as ALTER SYSTEM does: `'...'`
+/// with quotes doubled and backslashes doubled (the configuration scanner reads `\` escapes
+/// inside quoted values, so a lone backslash would swallow the closing quote). Line breaks
+/// cannot be represented: check values with [`check_value`] first.
+pub fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Reads a quoted or bare value of a `key = value` line (the part after `=`), undoing the
+/// escapes PostgreSQL's configuration scanner knows (`GUC_scanstr`).
 fn conf_unquote(raw: &str) -> String {
     let raw = raw.trim();
     let Some(q) = raw.strip_prefix('\'') else {
@@ -25,7 +71,28 @@ fn conf_unquote(raw: &str) -> String {
                 out.push('\'');
             }
             '\'' => break,
-            '\\' => out.extend(chars.next()),
+            '\\' => match chars.next() {
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some(d @ '0'..='7') => {
+                    let mut n = d.to_digit(8).unwrap_or(0);
+                    for _ in 0..2 {
+                        match chars.peek().and_then(|c| c.to_digit(8)) {
+                            Some(x) => {
+                                n = n * 8 + x;
+                                chars.next();
+                            }
+                            None => break,
+                        }
+                    }
+                    out.extend(char::from_u32(n));
+                }
+                Some(other) => out.push(other),
+                None => {}
+            },
             c => out.push(c),
         }
     }
@@ -84,7 +151,9 @@ pub fn conf_set(text: &str, settings: &[(&str, Option<&str>)]) -> String {
     s
 }
 
-/// A libpq connection string from key/value pairs, quoting values that need it.
+/// A libpq connection string from key/value pairs, quoting values that need it (libpq reads
+/// `\\` and `\'` inside quotes). Line breaks cannot be represented safely: check values with
+/// [`check_value`] first.
 pub fn conninfo(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
@@ -97,6 +166,48 @@ pub fn conninfo(pairs: &[(&str, &str)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The value of `key` in a libpq keyword/value connection string (`key=value`, values
+/// bare or single-quoted with `\\` and `\'` escapes, spaces around `=` allowed), as libpq
+/// reads it; the last occurrence wins. None when absent or the string is malformed.
+pub fn conninfo_get(info: &str, key: &str) -> Option<String> {
+    let mut it = info.chars().peekable();
+    let mut found = None;
+    loop {
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        if it.peek().is_none() {
+            return found;
+        }
+        let mut k = String::new();
+        while let Some(c) = it.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            k.push(c);
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        it.next_if_eq(&'=')?;
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut v = String::new();
+        if it.next_if_eq(&'\'').is_some() {
+            loop {
+                match it.next()? {
+                    '\\' => v.push(it.next()?),
+                    '\'' => break,
+                    c => v.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = it.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    v.push(it.next()?);
+                } else {
+                    v.push(c);
+                }
+            }
+        }
+        if k == key {
+            found = Some(v);
+        }
+    }
 }
 
 /// Escapes backslash and `:` in one `.pgpass` field.
@@ -228,6 +339,41 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_round_trip_through_auto_conf() {
+        for v in [
+            "x' primary_slot_name='evil",
+            "back\\slash\\",
+            "\\'",
+            "''",
+            "host=db1 application_name='a\\'b'",
+            "non-ASCII: ü ✓",
+            "tab\there",
+        ] {
+            let text = conf_set("", &[("primary_conninfo", Some(v))]);
+            assert_eq!(text.lines().count(), 1, "{text}");
+            assert_eq!(
+                conf_get(&text, "primary_conninfo").as_deref(),
+                Some(v),
+                "{text}"
+            );
+        }
+        assert_eq!(conf_unquote(r"'a\nb\101\q'"), "a\nbAq");
+    }
+
+    #[test]
+    fn check_value_refuses_line_breaks_and_hides_secrets() {
+        assert!(check_value("application_name", "ok 'quoted' \\ ü", "conninfo", false).is_ok());
+        let e = check_value("replication_password", "a\nb", ".pgpass", true).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("replication_password \"********\""),
+            "{e}"
+        );
+        assert!(check_value("x", "nul\0", "f", false).is_err());
+        assert!(check_value("x", "bell\u{7}", "f", false).is_err());
+    }
+
+    #[test]
     fn conninfo_quotes_only_when_needed() {
         assert_eq!(
             conninfo(&[("host", "db1"), ("passfile", "/a b/.pgpass"), ("x", "it's")]),
@@ -270,5 +416,27 @@ mod tests {
             pgpass_merge("", "db2", 5432, "replication", "repl", "x"),
             "db2:5432:replication:repl:x\n"
         );
+    }
+
+    #[test]
+    fn conninfo_get_reads_what_conninfo_writes() {
+        let info = conninfo(&[
+            ("host", "db1"),
+            ("sslcert", "/etc/a b/c'd\\e.crt"),
+            ("user", ""),
+        ]);
+        assert_eq!(conninfo_get(&info, "host").as_deref(), Some("db1"));
+        assert_eq!(
+            conninfo_get(&info, "sslcert").as_deref(),
+            Some("/etc/a b/c'd\\e.crt")
+        );
+        assert_eq!(conninfo_get(&info, "user").as_deref(), Some(""));
+        assert_eq!(conninfo_get(&info, "port"), None);
+        assert_eq!(
+            conninfo_get("port = 5433  port=5434", "port").as_deref(),
+            Some("5434")
+        );
+        assert_eq!(conninfo_get("host='unterminated", "host"), None);
+        assert_eq!(conninfo_get("nonsense", "host"), None);
     }
 }

@@ -3,12 +3,13 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::unistd::{chown, getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
 
@@ -38,8 +39,110 @@ impl Owner {
     }
 }
 
-/// Runs `cmd` (stdin closed), as `owner` when we are root, and returns its output.
-pub fn run_as(cmd: &mut Command, owner: Option<&Owner>) -> io::Result<Output> {
+/// Makes this whole process `owner` for good: supplementary groups, gid, uid (real, effective
+/// and saved), as a daemon started by root does once it needs nothing of root any more. Call
+/// it before any thread starts. Checked: root cannot be regained afterwards.
+pub fn become_for_good(owner: &Owner) -> Result<(), String> {
+    let (uid, gid) = (Uid::from_raw(owner.uid), Gid::from_raw(owner.gid));
+    let groups = CString::new(owner.name.clone())
+        .ok()
+        .and_then(|n| getgrouplist(&n, gid).ok())
+        .unwrap_or_else(|| vec![gid]);
+    let who = &owner.name;
+    setgroups(&groups).map_err(|e| format!("cannot take the groups of {who:?}: {e}"))?;
+    setgid(gid).map_err(|e| format!("cannot take the group of {who:?}: {e}"))?;
+    setuid(uid).map_err(|e| format!("cannot become {who:?}: {e}"))?;
+    if owner.uid != 0 && setuid(Uid::from_raw(0)).is_ok() {
+        return Err(format!(
+            "still able to become root after switching to {who:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` (stdin closed), as `owner` when we are root, and returns its output; kills it
+/// once `deadline` has passed (an error of kind `TimedOut` that names the deadline).
+///
+/// Its stdout and stderr go to unnamed temporary files, never pipes: a daemon the command
+/// leaves behind (the postmaster `pg_ctl start` forks) may inherit them, and a pipe would
+/// then never reach end-of-file and block the caller for good.
+pub fn run_as(cmd: &mut Command, owner: Option<&Owner>, deadline: Duration) -> io::Result<Output> {
+    run_cancellable(cmd, owner, deadline, None)
+}
+
+/// [`run_as`] that also ends the command early when `cancel` is set (checked while it runs):
+/// an error of kind `Interrupted`. For long commands on a worker (a base backup, pg_rewind)
+/// that an operator may call off.
+pub fn run_cancellable(
+    cmd: &mut Command,
+    owner: Option<&Owner>,
+    deadline: Duration,
+    cancel: Option<&AtomicBool>,
+) -> io::Result<Output> {
+    prepare(cmd, owner);
+    let (mut out, mut err) = (tempfile::tempfile()?, tempfile::tempfile()?);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
+        .spawn()?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let program = || {
+            Path::new(cmd.get_program())
+                .file_name()
+                .map_or_else(|| cmd.get_program().to_owned(), |f| f.to_owned())
+                .to_string_lossy()
+                .into_owned()
+        };
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("{} was cancelled and killed", program()),
+            ));
+        }
+        if started.elapsed() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} did not finish within {} s and was killed",
+                    program(),
+                    deadline.as_secs_f32()
+                ),
+            ));
+        }
+        // Short at first (most commands end in milliseconds), then gentler.
+        let waited = started.elapsed();
+        std::thread::sleep(if waited < Duration::from_millis(100) {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(20)
+        });
+    };
+    Ok(Output {
+        status,
+        stdout: read_all(&mut out)?,
+        stderr: read_all(&mut err)?,
+    })
+}
+
+fn read_all(f: &mut fs::File) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    f.seek(SeekFrom::Start(0))?;
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The child's identity (uid, groups, home) and a libpq environment cleared of the caller's
+/// connection settings.
+fn prepare(cmd: &mut Command, owner: Option<&Owner>) {
     if let Some(o) = owner.filter(|_| Uid::effective().is_root()) {
         // Like login: the owner's supplementary groups too (Debian's postgres reads the
         // snakeoil key through ssl-cert). std's uid()/gid() would drop them, so switch in
@@ -89,7 +192,6 @@ pub fn run_as(cmd: &mut Command, owner: Option<&Owner>) -> io::Result<Output> {
             cmd.env_remove(var);
         }
     }
-    cmd.stdin(Stdio::null()).output()
 }
 
 /// Combined, trimmed stderr/stdout of a failed command, for error messages.
@@ -211,6 +313,57 @@ fn listening_inode_in(table: &str, port: u16) -> Option<u64> {
         }
         cols.get(9)?.parse().ok()
     })
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    #[test]
+    fn output_is_captured_and_a_daemon_left_behind_does_not_block() {
+        // The grandchild keeps stdout and stderr open for 5 s after its parent exits.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; (sleep 5 &) ; exit 3"]);
+        let started = Instant::now();
+        let out = run_as(&mut cmd, None, Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn a_command_past_its_deadline_is_killed() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let e = run_as(&mut cmd, None, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            e.to_string().contains("sleep did not finish within 0.3 s"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_cancelled_command_is_killed_at_once() {
+        let cancel = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            flag.store(true, Ordering::Relaxed);
+        });
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let e =
+            run_cancellable(&mut cmd, None, Duration::from_secs(60), Some(&cancel)).unwrap_err();
+        setter.join().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert!(e.to_string().contains("sleep was cancelled"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]

@@ -55,19 +55,20 @@ proptest! {
 
     #[test]
     fn parse_render_round_trips(text in file_text()) {
-        let f = HbaFile::parse(text.as_bytes());
+        let f = HbaFile::parse(text.as_bytes()).unwrap();
         prop_assert_eq!(f.render(), text.as_bytes());
+        prop_assert!(f.renders_as(text.as_bytes()));
     }
 
     #[test]
     fn arbitrary_bytes_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        let f = HbaFile::parse(&bytes);
+        let f = HbaFile::parse(bytes.clone()).unwrap();
         prop_assert_eq!(f.render(), bytes);
     }
 
     #[test]
     fn add_then_remove_restores_bytes(text in file_text(), n in any::<u8>(), local in any::<bool>(), pos in 0..2usize) {
-        let mut f = HbaFile::parse(text.as_bytes());
+        let mut f = HbaFile::parse(text.as_bytes()).unwrap();
         let rule = new_rule(n, local);
         let position = if pos == 0 { Position::First } else { Position::Last };
         if let Err(e) = f.apply(&Change::Present { rule: rule.clone(), position }) {
@@ -78,7 +79,7 @@ proptest! {
         }
         let after = f.render();
         // The new rule parses back as itself.
-        let reparsed = HbaFile::parse(&after);
+        let reparsed = HbaFile::parse(after).unwrap();
         prop_assert!(reparsed.find(&rule).is_some());
         let _ = reparsed.warnings_for(&rule);
         f.apply(&Change::Absent { rule }).unwrap();
@@ -92,14 +93,14 @@ proptest! {
     #[test]
     fn exclusive_is_idempotent(text in file_text(), ns in prop::collection::btree_set(any::<u8>(), 0..5)) {
         let rules: Vec<Rule> = ns.iter().map(|&n| new_rule(n, n % 2 == 0)).collect();
-        let mut f = HbaFile::parse(text.as_bytes());
+        let mut f = HbaFile::parse(text.as_bytes()).unwrap();
         if let Err(e) = f.set_exclusive(&rules) {
             prop_assert!(e.to_string().contains("continuation backslash"), "{}", e);
             return Ok(());
         }
         let once = f.render();
-        let mut again = HbaFile::parse(&once);
-        let got: Vec<&Rule> = again.rules().map(|(_, r)| r).collect();
+        let mut again = HbaFile::parse(once.clone()).unwrap();
+        let got: Vec<Rule> = again.rules().map(|(_, r)| r).collect();
         prop_assert_eq!(got.len(), rules.len());
         for (g, want) in got.iter().zip(&rules) {
             prop_assert!(g.same_content(want));

@@ -10,20 +10,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pgshift_core::atomic::{self, Ownership};
-use pgshift_core::cert::{self, CertInfo, Requirements};
+use pgshift_core::cert::{self, CertError, CertInfo, Requirements};
 use pgshift_core::datadir::{DataDir, PostmasterPid};
 use pgshift_core::ini;
 use pgshift_core::pg::probe::{served_chain, Protocol};
 use pgshift_core::pg::sql::quote_literal;
 use pgshift_core::pg::Client;
 use pgshift_core::pgbackrest;
+use pgshift_core::pgconf::{check_value, conninfo_get};
 use pgshift_core::process::{self, Owner};
+use pgshift_core::userfile::UserFile;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::args::{Arg, Default, Kind};
 use crate::login::LoginParams;
 use crate::protocol::{Context, Failure, Module};
+
+/// Certificates, keys and pgbackrest.conf are kilobytes; more is not one of them.
+const MAX_PEM: u64 = 1024 * 1024;
 
 const SPEC: &[Arg] = &[
     Arg::new("cert", Kind::Path),
@@ -123,13 +128,26 @@ pub fn install(
     login: &LoginParams,
 ) -> Result<Map<String, Value>, Failure> {
     let plan = Plan::build(p)?;
-    let old_cert = read_opt(&plan.cert_dest)?;
-    let old_key = read_opt(&plan.key_dest)?;
+    let old_cert = read_opt("cert_name", &plan.cert_dest)?;
+    let old_key = read_opt("key_name", &plan.key_dest)?;
     let same_files = old_cert.as_deref() == Some(&plan.cert_pem[..])
         && old_key.as_deref() == Some(&plan.key_pem[..])
         && ownership_is(&plan.cert_dest, plan.cert_own)
         && ownership_is(&plan.key_dest, plan.key_own);
     let mut server = Server::connect(p, login, &plan)?;
+    let client_ok = plan
+        .info
+        .extended_key_usage
+        .as_ref()
+        .is_none_or(|u| u.contains(&"clientAuth"));
+    if !server.subscriptions.is_empty() && !client_ok {
+        return Err(format!(
+            "cert {}: the subscription(s) {} present the installed files as their client certificate, and this certificate lacks the clientAuth usage; nothing was installed",
+            plan.cert_dest.display(),
+            server.subscription_names()
+        )
+        .into());
+    }
     let settings = server.settings_to_change(p, &plan)?;
     let changed = !same_files || !settings.is_empty();
 
@@ -229,9 +247,22 @@ pub fn install(
     if let Err(e) = server.apply_settings(&settings) {
         return Err(restore(&mut server, e));
     }
-    match server.reload_and_verify(&plan) {
+    let verified = server
+        .reload_and_verify(&plan)
+        .and_then(|v| server.reconnect_subscriptions().map(|_| v));
+    match verified {
         Ok(Some(served)) => {
             out.insert("reloaded".into(), true.into());
+            if !server.subscriptions.is_empty() {
+                out.insert(
+                    "subscriptions".into(),
+                    json!(server
+                        .subscriptions
+                        .iter()
+                        .map(|(_, n)| n)
+                        .collect::<Vec<_>>()),
+                );
+            }
             out.insert("served_sha256".into(), served.into());
             out.insert(
                 "msg".into(),
@@ -262,32 +293,58 @@ pub fn install(
                 ctx.warn(format!("{}: {why}", p.service));
             }
         }
-        Err(e) => return Err(restore(&mut server, e)),
+        Err(e) => {
+            let mut failure = restore(&mut server, e);
+            // Back on the old files: the workers reconnect with them.
+            if let Err(e) = server.reconnect_subscriptions() {
+                failure.msg.push_str(&format!("; after the restore: {e}"));
+            }
+            return Err(failure);
+        }
     }
     Ok(out)
 }
 
 impl Plan {
+    /// Every source and destination checked, and the certificate checked against the key,
+    /// the host name, the usages and the CA, before anything is written.
     fn build(p: &Install) -> Result<Plan, Failure> {
         let (cert_src, key_src) = match (&p.lineage, &p.cert, &p.key) {
             (Some(l), None, None) => (l.join("fullchain.pem"), l.join("privkey.pem")),
             (None, Some(c), Some(k)) => (c.clone(), k.clone()),
             (Some(_), _, _) => return Err("lineage and cert/key are mutually exclusive".into()),
+            (None, Some(_), None) => {
+                return Err("missing required arguments: key (with cert)".into())
+            }
+            (None, None, Some(_)) => {
+                return Err("missing required arguments: cert (with key)".into())
+            }
             _ => return Err("give cert and key, or lineage".into()),
         };
-        let cert_pem = fs::read(&cert_src)
-            .map_err(|e| format!("cannot read the certificate {}: {e}", cert_src.display()))?;
-        let key_pem = fs::read(&key_src)
-            .map_err(|e| format!("cannot read the key {}: {e}", key_src.display()))?;
-        let chain = cert::load_certs(&cert_pem, &cert_src.display().to_string())?;
-        let key = cert::load_key(&key_pem, &key_src.display().to_string())?;
+        let (cert_opt, key_opt) = if p.lineage.is_some() {
+            ("lineage's fullchain.pem", "lineage's privkey.pem")
+        } else {
+            ("cert", "key")
+        };
+        let read = |option: &'static str, path: &Path| -> Result<Vec<u8>, Failure> {
+            Ok(UserFile::existing(option, path)?
+                .read(MAX_PEM)?
+                .unwrap_or_default())
+        };
+        let cert_pem = read(cert_opt, &cert_src)?;
+        let key_pem = read(key_opt, &key_src)?;
+        let chain = cert::load_certs(&cert_pem, &format!("{cert_opt} {}", cert_src.display()))?;
+        let key = cert::load_key(&key_pem, &format!("{key_opt} {}", key_src.display()))?;
         let ca = match &p.ca_file {
             Some(f) => Some(cert::load_certs(
-                &fs::read(f).map_err(|e| format!("cannot read ca_file {}: {e}", f.display()))?,
-                &f.display().to_string(),
+                &read("ca_file", f)?,
+                &format!("ca_file {}", f.display()),
             )?),
             None => None,
         };
+        if let Some(h) = &p.hostname {
+            check_value("hostname", h, "a certificate check", false)?;
+        }
         let req = Requirements {
             hostname: p.hostname.as_deref(),
             ca: ca.as_deref(),
@@ -295,27 +352,51 @@ impl Plan {
             // pgBackRest uses one certificate as server and as client.
             client_auth: p.service == "pgbackrest",
         };
-        let info = cert::check_now(&chain, &key, &req)
-            .map_err(|e| format!("{}: {e}", cert_src.display()))?;
-        if !p.dest_dir.is_dir() {
+        let info = cert::check_now(&chain, &key, &req).map_err(|e| {
+            let option = match e {
+                CertError::NameMismatch { .. } => "hostname",
+                CertError::Chain(_) => "ca_file",
+                CertError::KeyMismatch { .. } | CertError::KeyUnsupported(_) => key_opt,
+                _ => cert_opt,
+            };
+            format!("{option} {}: {e}", cert_src.display())
+        })?;
+        match fs::metadata(&p.dest_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!("dest_dir {} is not a directory", p.dest_dir.display()).into())
+            }
+            Err(e) => {
+                return Err(format!("dest_dir {}: {e}", p.dest_dir.display()).into());
+            }
+        }
+        for (option, name) in [("cert_name", &p.cert_name), ("key_name", &p.key_name)] {
+            if name.is_empty()
+                || name.contains('/')
+                || name == "."
+                || name == ".."
+                || check_value(option, name, "a file name", false).is_err()
+            {
+                return Err(format!(
+                    "{option} {name:?} is not a file name: give a plain name for a file inside dest_dir"
+                )
+                .into());
+            }
+        }
+        if p.cert_name == p.key_name {
             return Err(format!(
-                "destination directory {} does not exist",
-                p.dest_dir.display()
+                "cert_name and key_name are both {:?}: the key would overwrite the certificate",
+                p.cert_name
             )
             .into());
         }
-        for name in [&p.cert_name, &p.key_name] {
-            if name.is_empty() || name.contains('/') {
-                return Err(
-                    format!("invalid file name {name:?}: a plain name inside dest_dir").into(),
-                );
-            }
-        }
-        let owner = Owner::lookup(&p.owner)?;
+        let cert_dest = UserFile::resolve("cert_name", &p.dest_dir.join(&p.cert_name))?;
+        let key_dest = UserFile::resolve("key_name", &p.dest_dir.join(&p.key_name))?;
+        let owner = Owner::lookup(&p.owner).map_err(|e| format!("owner: {e}"))?;
         let gid = match &p.group {
             Some(g) => nix::unistd::Group::from_name(g)
-                .map_err(|e| format!("cannot look up group {g:?}: {e}"))?
-                .ok_or_else(|| format!("no group named {g:?}"))?
+                .map_err(|e| format!("group: cannot look up {g:?}: {e}"))?
+                .ok_or_else(|| format!("group: no group named {g:?}"))?
                 .gid
                 .as_raw(),
             None => owner.gid,
@@ -326,8 +407,8 @@ impl Plan {
             cert_pem,
             key_pem,
             info,
-            cert_dest: p.dest_dir.join(&p.cert_name),
-            key_dest: p.dest_dir.join(&p.key_name),
+            cert_dest: cert_dest.real,
+            key_dest: key_dest.real,
             cert_own: Ownership {
                 uid: owner.uid,
                 gid,
@@ -352,6 +433,9 @@ struct Server {
     /// Settings changed by `configure`, with their previous values.
     previous: Vec<(String, String)>,
     not_verified: Option<String>,
+    /// Logical replication subscriptions (oid, name) whose connection presents the installed
+    /// files as the client certificate: their apply workers must reconnect to use new ones.
+    subscriptions: Vec<(u32, String)>,
 }
 
 impl Server {
@@ -363,17 +447,32 @@ impl Server {
             pgbackrest_config: PathBuf::from(pgbackrest::DEFAULT_CONFIG),
             previous: Vec::new(),
             not_verified: None,
+            subscriptions: Vec::new(),
         };
         match p.service.as_str() {
             "postgres" => {
-                let dd = DataDir::new(
-                    p.data_directory
-                        .clone()
-                        .ok_or("service: postgres needs data_directory")?,
-                );
+                let dir = p
+                    .data_directory
+                    .clone()
+                    .ok_or("service: postgres needs data_directory")?;
+                // A mistyped data directory must not pass as "not running": the files would
+                // be installed for a server that does not exist.
+                if !dir.join("PG_VERSION").is_file() {
+                    return Err(format!(
+                        "data_directory {} is not a PostgreSQL data directory (no PG_VERSION); nothing was installed",
+                        dir.display()
+                    )
+                    .into());
+                }
+                UserFile::resolve(
+                    "data_directory's postmaster.pid",
+                    &dir.join("postmaster.pid"),
+                )?;
+                let dd = DataDir::new(dir);
                 match dd.postmaster()? {
                     Some(pm) => {
-                        let client = Client::connect(&login.connect_options(Some(&pm))?)?;
+                        let mut client = login.connect(Some(&pm))?;
+                        s.subscriptions = subscriptions_using(&mut client, plan)?;
                         s.pg = Some((dd, pm, client));
                     }
                     None => {
@@ -389,8 +488,9 @@ impl Server {
                     .config_file
                     .clone()
                     .unwrap_or_else(|| PathBuf::from(pgbackrest::DEFAULT_CONFIG));
-                let text = fs::read_to_string(&conf)
-                    .map_err(|e| format!("cannot read {}: {e}", conf.display()))?;
+                let text = UserFile::existing("config_file", &conf)?
+                    .read_text(MAX_PEM)?
+                    .unwrap_or_default();
                 for (key, want) in [
                     ("tls-server-cert-file", &plan.cert_dest),
                     ("tls-server-key-file", &plan.key_dest),
@@ -519,6 +619,63 @@ impl Server {
         }
     }
 
+    fn subscription_names(&self) -> String {
+        self.subscriptions
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Ends the apply workers of `subscriptions` (they read the client certificate only
+    /// when they connect; a terminated worker is not an apply error) and waits until the
+    /// launcher has started each again and it has heard from the peer on its new
+    /// connection, which the peer accepted with the files now in place: a new worker's
+    /// `received_lsn` is empty until the first message from the peer (its timestamps are
+    /// set at start, before it connects, and prove nothing).
+    fn reconnect_subscriptions(&mut self) -> Result<(), String> {
+        let Some((_, _, client)) = &mut self.pg else {
+            return Ok(());
+        };
+        if self.subscriptions.is_empty() {
+            return Ok(());
+        }
+        let oids: Vec<u32> = self.subscriptions.iter().map(|(o, _)| *o).collect();
+        let old: Vec<i32> = client
+            .query_one(
+                "SELECT coalesce(array_agg(pid) FILTER (WHERE pid IS NOT NULL), '{}') \
+                 FROM pg_stat_subscription WHERE subid = ANY($1) AND relid IS NULL",
+                &[&oids],
+            )
+            .map_err(|e| e.to_string())?
+            .get(0);
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_subscription \
+                 WHERE subid = ANY($1) AND relid IS NULL AND pid IS NOT NULL",
+                &[&oids],
+            )
+            .map_err(|e| e.to_string())?;
+        let want = oids.len() as i64;
+        wait_until(SUBSCRIPTION_DEADLINE, || {
+            client
+                .query_one(
+                    "SELECT count(DISTINCT subid) FROM pg_stat_subscription \
+                     WHERE subid = ANY($1) AND relid IS NULL AND pid IS NOT NULL \
+                       AND pid <> ALL($2) AND received_lsn IS NOT NULL",
+                    &[&oids, &old],
+                )
+                .is_ok_and(|r| r.get::<_, i64>(0) == want)
+        })
+        .map_err(|_| {
+            format!(
+                "the apply worker of {} did not reconnect to its peer within {} s with the files now installed (the peer refused the client certificate? see both servers' logs)",
+                self.subscription_names(),
+                SUBSCRIPTION_DEADLINE.as_secs()
+            )
+        })
+    }
+
     /// Reloads and returns the fingerprint the service now serves; `None` when there is
     /// nothing to verify (service none, not running, or no TLS endpoint yet).
     fn reload_and_verify(&mut self, plan: &Plan) -> Result<Option<String>, String> {
@@ -590,6 +747,34 @@ impl Server {
     }
 }
 
+/// How long restarted apply workers get to reconnect: the launcher may wait
+/// wal_retrieve_retry_interval (5 s by default) after a worker's last start.
+const SUBSCRIPTION_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Enabled subscriptions whose connection names the installed certificate or key (as
+/// `sslcert`/`sslkey`), in any database.
+fn subscriptions_using(c: &mut Client, plan: &Plan) -> Result<Vec<(u32, String)>, Failure> {
+    let rows = c.query(
+        "SELECT oid, subname::text, subconninfo FROM pg_subscription WHERE subenabled ORDER BY 2",
+        &[],
+    )?;
+    let names = |v: Option<String>, dest: &Path| {
+        v.is_some_and(|v| {
+            let p = Path::new(&v);
+            p == dest || fs::canonicalize(p).ok().as_deref() == Some(dest)
+        })
+    };
+    Ok(rows
+        .iter()
+        .filter(|r| {
+            let info: String = r.get(2);
+            names(conninfo_get(&info, "sslcert"), &plan.cert_dest)
+                || names(conninfo_get(&info, "sslkey"), &plan.key_dest)
+        })
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 fn served_fingerprint(host: &str, port: u16, protocol: Protocol) -> Result<String, String> {
     let chain = served_chain(host, port, protocol, Duration::from_secs(5))?;
     Ok(cert::fingerprint(chain[0].as_ref()))
@@ -621,12 +806,8 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), ()> {
     }
 }
 
-fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
-    }
+fn read_opt(option: &'static str, path: &Path) -> Result<Option<Vec<u8>>, Failure> {
+    Ok(UserFile::resolve(option, path)?.read(MAX_PEM)?)
 }
 
 fn ownership_is(path: &Path, want: Ownership) -> bool {

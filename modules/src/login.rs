@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pgshift_core::datadir::PostmasterPid;
-use pgshift_core::pg::ConnectOptions;
+use pgshift_core::pg::{Client, ConnectOptions, PgError};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{Arg, Default, Kind};
@@ -66,10 +66,49 @@ pub struct LoginParams {
     pub connect_timeout: Option<i64>,
 }
 
+/// How long one statement of a module may run, and wait for a lock, before the task fails
+/// (an ALTER ROLE behind another session's open transaction would otherwise wait for good).
+const STATEMENT_TIMEOUT: &str = "SET statement_timeout = '60s'; SET lock_timeout = '30s'";
+
 impl LoginParams {
+    /// A session for a module's short statements: connected with `connect_timeout`, every
+    /// statement bounded by [`STATEMENT_TIMEOUT`].
+    pub fn connect(&self, local: Option<&PostmasterPid>) -> Result<Client, String> {
+        self.connector(local)?().map_err(|e| e.to_string())
+    }
+
+    /// Opens such sessions again and again (options checked once), each failure with the
+    /// server's SQLSTATE when it sent one.
+    pub fn connector(
+        &self,
+        local: Option<&PostmasterPid>,
+    ) -> Result<impl Fn() -> Result<Client, PgError>, String> {
+        let opts = self.connect_options(local)?;
+        Ok(move || {
+            let mut c = Client::connect(&opts)?;
+            c.batch_execute(STATEMENT_TIMEOUT)?;
+            Ok(c)
+        })
+    }
+
+    /// The certificate and key files name regular files (a FIFO would hang the TLS setup).
+    pub fn check_files(&self) -> Result<(), pgshift_core::userfile::FileError> {
+        for (option, path) in [
+            ("ca_cert", &self.ca_cert),
+            ("ssl_cert", &self.ssl_cert),
+            ("ssl_key", &self.ssl_key),
+        ] {
+            if let Some(p) = path {
+                pgshift_core::userfile::UserFile::existing(option, p)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Connection options; a running local server (`postmaster.pid`) supplies the socket
     /// directory and port unless the user set them.
     pub fn connect_options(&self, local: Option<&PostmasterPid>) -> Result<ConnectOptions, String> {
+        self.check_files().map_err(|e| e.to_string())?;
         let port = match (self.login_port, local) {
             (Some(p), _) => p,
             (None, Some(pm)) => i64::from(pm.port),

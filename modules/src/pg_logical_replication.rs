@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use pgshift_core::pg::sql::{quote_ident, quote_literal};
 use pgshift_core::pg::{Client, ConnectOptions, SslMode};
-use pgshift_core::pgconf::conninfo;
+use pgshift_core::pgconf::{check_value, conninfo};
+use pgshift_core::userfile::UserFile;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -26,6 +27,7 @@ const SPEC: &[Arg] = &[
     Arg::new("peer_host", Kind::Str).required(),
     Arg::new("peer_port", Kind::Int).default(Default::Int(5432)),
     Arg::new("peer_user", Kind::Str).default(Default::Str("postgres")),
+    Arg::new("subscription_user", Kind::Str),
     Arg::new("peer_dbname", Kind::Str),
     Arg::new("peer_passfile", Kind::Path),
     Arg::new("peer_ssl_mode", Kind::Str)
@@ -50,6 +52,7 @@ pub struct Params {
     peer_host: String,
     peer_port: i64,
     peer_user: String,
+    subscription_user: Option<String>,
     peer_dbname: Option<String>,
     peer_passfile: Option<PathBuf>,
     peer_ssl_mode: String,
@@ -59,6 +62,58 @@ pub struct Params {
     copy_data: bool,
     refresh: bool,
     state: String,
+}
+
+/// Every value that lands in the subscription's connection string or in SQL is one line,
+/// and every file named is a regular file (a FIFO passfile would hang the task), before
+/// either server is asked anything.
+fn check_inputs(p: &Params) -> Result<(), Failure> {
+    let mut values: Vec<(String, String)> = vec![
+        ("publication".into(), p.publication.clone()),
+        ("peer_host".into(), p.peer_host.clone()),
+        ("peer_user".into(), p.peer_user.clone()),
+    ];
+    values.extend(
+        p.subscription
+            .clone()
+            .map(|v| ("subscription".to_string(), v)),
+    );
+    values.extend(
+        p.subscription_user
+            .clone()
+            .map(|v| ("subscription_user".to_string(), v)),
+    );
+    values.extend(
+        p.peer_dbname
+            .clone()
+            .map(|v| ("peer_dbname".to_string(), v)),
+    );
+    for (i, t) in p.tables.iter().flatten().enumerate() {
+        values.push((format!("tables[{i}]"), t.clone()));
+    }
+    for (option, path) in [
+        ("peer_passfile", &p.peer_passfile),
+        ("peer_ca_cert", &p.peer_ca_cert),
+        ("peer_ssl_cert", &p.peer_ssl_cert),
+        ("peer_ssl_key", &p.peer_ssl_key),
+    ] {
+        if let Some(path) = path {
+            UserFile::existing(option, path)?;
+            values.push((option.into(), path.display().to_string()));
+        }
+    }
+    for (what, v) in &values {
+        check_value(
+            what,
+            v,
+            "the subscription's connection string or SQL",
+            false,
+        )?;
+    }
+    if p.peer_host.contains(char::is_whitespace) {
+        return Err(format!("peer_host {:?} is not a host name or address", p.peer_host).into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +291,7 @@ impl Module for PgLogicalReplication {
         if p.publication.is_empty() {
             return Err("publication must not be empty".into());
         }
+        check_inputs(&p)?;
         let sub_name = p
             .subscription
             .clone()
@@ -384,7 +440,12 @@ impl Module for PgLogicalReplication {
         let mut pairs: Vec<(&str, String)> = vec![
             ("host", p.peer_host.clone()),
             ("port", peer_port.to_string()),
-            ("user", p.peer_user.clone()),
+            // The module administers the peer as peer_user; the subscription may log in as
+            // a replication role (e.g. by its client certificate).
+            (
+                "user",
+                p.subscription_user.clone().unwrap_or(p.peer_user.clone()),
+            ),
             ("dbname", peer_dbname.clone()),
             ("sslmode", p.peer_ssl_mode.clone()),
         ];

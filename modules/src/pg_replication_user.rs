@@ -3,6 +3,7 @@
 
 use pgshift_core::pg::sql::{quote_ident, quote_literal};
 use pgshift_core::pg::Client;
+use pgshift_core::pgconf::check_value;
 use pgshift_core::scram::{self, Verifier};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -93,8 +94,12 @@ impl Module for PgReplicationUser {
         p: Params,
         login: LoginParams,
     ) -> Result<Map<String, Value>, Failure> {
-        if p.name.is_empty() {
-            return Err("name must not be empty".into());
+        check_name(&p.name)?;
+        if let Some(pw) = &p.password {
+            if pw.starts_with("SCRAM-SHA-256$") && !scram::is_verifier(pw) {
+                return Err("password starts like a SCRAM-SHA-256 verifier but is not a valid one; give the plaintext or the verifier exactly as pg_authid holds it".into());
+            }
+            check_value("password", pw, "a role's password", true)?;
         }
         let conn_limit = i32::try_from(p.conn_limit)
             .ok()
@@ -108,7 +113,7 @@ impl Module for PgReplicationUser {
         if p.state == "absent" && p.password.is_some() {
             ctx.warn("password is ignored with state: absent");
         }
-        let mut c = Client::connect(&login.connect_options(None)?)?;
+        let mut c = login.connect(None)?;
         let current = Role::load(&mut c, &p.name)?;
         let before = current.as_ref().map(|r| r.describe(&p.name));
 
@@ -116,6 +121,9 @@ impl Module for PgReplicationUser {
         let mut statements: Vec<(String, String)> = Vec::new();
         let ident = quote_ident(&p.name);
         let mut after_role = None;
+        if let Some(role) = &current {
+            refuse_foreign_role(&p, role)?;
+        }
         if p.state == "absent" {
             if current.is_some() {
                 refuse_while_streaming(&mut c, &p.name, p.force, &mut statements)?;
@@ -224,6 +232,48 @@ impl Module for PgReplicationUser {
         );
         Ok(out)
     }
+}
+
+/// A role name PostgreSQL stores as given: not empty, no NUL or control characters (they
+/// cannot be typed back), at most 63 bytes (longer names are silently truncated, so the role
+/// created would not be the one named).
+fn check_name(name: &str) -> Result<(), Failure> {
+    if name.is_empty() {
+        return Err("name must not be empty".into());
+    }
+    check_value("name", name, "a role name", false)?;
+    if name.len() > 63 {
+        return Err(format!(
+            "name {name:?} is {} bytes; PostgreSQL truncates role names to 63 bytes, so it would manage another role",
+            name.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A role that exists but is not a replication role, or is a superuser, belongs to someone
+/// else: making it NOSUPERUSER (or dropping it) could lock out an administrator or an
+/// application. Only `force: true` says that is intended.
+fn refuse_foreign_role(p: &Params, role: &Role) -> Result<(), Failure> {
+    let (superuser, replication) = (role.flags[2], role.flags[1]);
+    if p.force || (replication && !superuser) {
+        return Ok(());
+    }
+    let what = match (superuser, replication) {
+        (true, _) => "is a superuser",
+        _ => "is not a replication role (NOREPLICATION)",
+    };
+    let verb = if p.state == "absent" {
+        "drop it"
+    } else {
+        "make it exactly LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE"
+    };
+    Err(format!(
+        "role {} exists and {what}; refusing to {verb}: set force: true if that is intended (name the replication role you mean otherwise)",
+        p.name
+    )
+    .into())
 }
 
 /// The verifier to store, or `None` when the stored one already matches: a verifier given by

@@ -1,5 +1,6 @@
-//! The binary-module protocol: Ansible runs `<module> <args-file>`; the module prints exactly
-//! one JSON object on stdout. Ansible fails a task only on `"failed": true` in that object (the
+//! The binary-module protocol: the collection's action plugin runs `<binary> -` with the
+//! arguments on stdin (Ansible's plain binary-module call, `<module> <args-file>`, works too);
+//! the module prints exactly one JSON object on stdout. Ansible fails a task only on `"failed": true` in that object (the
 //! exit code is ignored when the JSON is valid), so everything, panics included, must end as
 //! one well-formed object with no secret in it.
 
@@ -172,6 +173,62 @@ pub fn execute<M: Module>(mut ctx: Context, user: Map<String, Value>) -> Map<Str
     out
 }
 
+/// The module's options as an Ansible `argument_spec` (with `supports_check_mode`), for the
+/// collection's Python stubs: `ansible-test sanity` checks the documentation against it, and a
+/// stub run without its action plugin validates with it before saying what it needs.
+pub fn argument_spec<M: Module>() -> Value {
+    let mut spec = arg_specs(M::SPEC);
+    if M::LOGIN {
+        spec.extend(arg_specs(LOGIN_ARGS));
+    }
+    json!({"argument_spec": spec, "supports_check_mode": true})
+}
+
+fn arg_specs(args: &[Arg]) -> Map<String, Value> {
+    args.iter()
+        .map(|a| {
+            let (kind, elements) = match a.kind {
+                args::Kind::Str => ("str", None),
+                args::Kind::Path => ("path", None),
+                args::Kind::Int => ("int", None),
+                args::Kind::Bool => ("bool", None),
+                args::Kind::List => ("list", Some("str")),
+                args::Kind::ListOfDicts => ("list", Some("dict")),
+                args::Kind::Dict => ("dict", None),
+            };
+            let mut o = Map::new();
+            o.insert("type".into(), kind.into());
+            if let Some(e) = elements {
+                o.insert("elements".into(), e.into());
+            }
+            if a.required {
+                o.insert("required".into(), true.into());
+            }
+            if let Some(d) = a.default {
+                let v = match d {
+                    args::Default::Str(s) => Value::from(s),
+                    args::Default::Int(i) => Value::from(i),
+                    args::Default::Bool(b) => Value::from(b),
+                    args::Default::List(l) => Value::from(l.to_vec()),
+                };
+                o.insert("default".into(), v);
+            }
+            if !a.aliases.is_empty() {
+                o.insert("aliases".into(), Value::from(a.aliases.to_vec()));
+            }
+            if !a.choices.is_empty() {
+                o.insert("choices".into(), Value::from(a.choices.to_vec()));
+            }
+            // Explicit either way: Ansible's sanity test asks for it on names like `ssl_key`.
+            o.insert("no_log".into(), a.no_log.into());
+            if let Some(sub) = a.suboptions {
+                o.insert("options".into(), Value::Object(arg_specs(sub)));
+            }
+            (a.name.to_string(), Value::Object(o))
+        })
+        .collect()
+}
+
 pub fn failed(msg: impl Into<String>, extra: Map<String, Value>) -> Map<String, Value> {
     let mut m = extra;
     m.insert("failed".into(), Value::Bool(true));
@@ -274,6 +331,19 @@ mod tests {
         let out = run(json!({"word": "hi", "_ansible_diff": true}));
         assert_eq!(out["changed"], true);
         assert_eq!(out["diff"]["after"], "b");
+    }
+
+    #[test]
+    fn argument_spec_says_what_validation_enforces() {
+        let spec = argument_spec::<Echo>();
+        assert_eq!(spec["supports_check_mode"], true);
+        assert_eq!(
+            spec["argument_spec"],
+            json!({
+                "word": {"type": "str", "required": true, "no_log": false},
+                "token": {"type": "str", "no_log": true},
+            })
+        );
     }
 
     #[test]

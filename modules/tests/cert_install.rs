@@ -138,10 +138,7 @@ fn bad_inputs_leave_the_old_certificate_in_service() {
         (s.args(&exp_c, &exp_k), "expired"),
         (s.args(&name_c, &name_k), "not valid for db1.example.test"),
         (s.args(&for_c, &for_k), "does not verify to the CA"),
-        (
-            s.args(&dir.join("missing.crt"), &exp_k),
-            "cannot read the certificate",
-        ),
+        (s.args(&dir.join("missing.crt"), &exp_k), "cert /tmp"),
         (
             {
                 let mut a = s.args(&good_c, &other_k);
@@ -149,7 +146,7 @@ fn bad_inputs_leave_the_old_certificate_in_service() {
                 a["dest_dir"] = json!(dir.join("no-such-dir"));
                 a
             },
-            "destination directory",
+            "dest_dir",
         ),
     ];
     for (args, want) in cases {
@@ -289,4 +286,177 @@ fn the_deploy_hook_replays_a_saved_installation() {
     let out = run(args);
     assert_eq!(out["changed"], true, "{out}");
     assert!(!saved.exists() && !hook.exists());
+}
+
+/// Hostile input: every case refused naming its option, the old certificate still served,
+/// the TLS directory and the data directory's files unchanged.
+#[test]
+fn hostile_inputs_are_refused_naming_the_option() {
+    use common::hostile::{assert_refused, mkfifo, snapshot, snapshot_datadir};
+    let s = setup();
+    let served = s.served();
+    let dir = s.src.path();
+    let (c, k) = issue(&s.root, dir, "good", HOST, (-1, 90));
+    let fifo = dir.join("fifo");
+    mkfifo(&fifo);
+    let enc = dir.join("encrypted.key");
+    let status = Command::new("openssl")
+        .args([
+            "pkey",
+            "-aes256",
+            "-passout",
+            "pass:Hidden-Passphrase",
+            "-in",
+        ])
+        .arg(&k)
+        .arg("-out")
+        .arg(&enc)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let not_pem = dir.join("not.pem");
+    fs::write(&not_pem, "hello\n").unwrap();
+    let huge = dir.join("huge.pem");
+    fs::File::create(&huge).unwrap().set_len(2 << 20).unwrap();
+    let a_file = dir.join("a-file");
+    fs::write(&a_file, "x").unwrap();
+    mkfifo(&s.tls.join("fifo.crt"));
+    let base = s.args(&c, &k);
+    let with = |extra: Value| {
+        let mut a = base.clone();
+        for (key, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                a.as_object_mut().unwrap().remove(key);
+            } else {
+                a[key] = v.clone();
+            }
+        }
+        a
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("cert is a FIFO", with(json!({"cert": fifo})), "cert"),
+        ("key is a FIFO", with(json!({"key": fifo})), "key"),
+        (
+            "ca_file is a FIFO",
+            with(json!({"ca_file": fifo})),
+            "ca_file",
+        ),
+        ("cert is a directory", with(json!({"cert": dir})), "cert"),
+        (
+            "cert is a device",
+            with(json!({"cert": "/dev/zero"})),
+            "cert",
+        ),
+        ("cert is not PEM", with(json!({"cert": not_pem})), "cert"),
+        ("cert is huge", with(json!({"cert": huge})), "cert"),
+        ("key is encrypted", with(json!({"key": enc})), "key"),
+        (
+            "hostname with a newline",
+            with(json!({"hostname": "db1.example.test\nx"})),
+            "hostname",
+        ),
+        (
+            "hostname not in the certificate",
+            with(json!({"hostname": "db9.example.test"})),
+            "hostname",
+        ),
+        (
+            "cert_name climbs out",
+            with(json!({"cert_name": "../x"})),
+            "cert_name",
+        ),
+        (
+            "cert_name is a path",
+            with(json!({"cert_name": "a/b"})),
+            "cert_name",
+        ),
+        (
+            "key_name is empty",
+            with(json!({"key_name": ""})),
+            "key_name",
+        ),
+        (
+            "key_name with a newline",
+            with(json!({"key_name": "k\ney"})),
+            "key_name",
+        ),
+        (
+            "key_name equals cert_name",
+            with(json!({"key_name": "server.crt"})),
+            "key_name",
+        ),
+        (
+            "destination is a FIFO",
+            with(json!({"cert_name": "fifo.crt"})),
+            "cert_name",
+        ),
+        (
+            "dest_dir is a file",
+            with(json!({"dest_dir": a_file})),
+            "dest_dir",
+        ),
+        (
+            "dest_dir is missing",
+            with(json!({"dest_dir": dir.join("none")})),
+            "dest_dir",
+        ),
+        (
+            "data_directory is missing",
+            with(json!({"data_directory": dir.join("none")})),
+            "data_directory",
+        ),
+        (
+            "data_directory not given",
+            with(json!({"data_directory": null})),
+            "data_directory",
+        ),
+        (
+            "owner unknown",
+            with(json!({"owner": "no-such-user-x"})),
+            "owner",
+        ),
+        (
+            "group unknown",
+            with(json!({"group": "no-such-group-x"})),
+            "group",
+        ),
+        (
+            "lineage with cert",
+            with(json!({"lineage": dir})),
+            "lineage",
+        ),
+        ("cert without key", with(json!({"key": null})), "key"),
+        (
+            "deploy_hook without lineage",
+            with(json!({"deploy_hook": "present"})),
+            "lineage",
+        ),
+        (
+            "service not a choice",
+            with(json!({"service": "nginx"})),
+            "service",
+        ),
+        (
+            "wrong login password",
+            with(
+                json!({"login_host": "127.0.0.1", "login_password": "Hidden-Login-pw", "ssl_mode": "disable", "login_unix_socket": null}),
+            ),
+            "password authentication failed",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    let tls_before = snapshot(&s.tls);
+    let dd_before = snapshot_datadir(&s.server.data_dir);
+    for (case, args, option) in cases {
+        let out = run(args);
+        assert_refused(
+            case,
+            &out,
+            option,
+            &["Hidden-Passphrase", "Hidden-Login-pw", "PRIVATE KEY"],
+        );
+        tls_before.assert_same(&snapshot(&s.tls), case);
+        dd_before.assert_same(&snapshot_datadir(&s.server.data_dir), case);
+    }
+    assert_eq!(s.served(), served);
 }

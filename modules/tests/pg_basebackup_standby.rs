@@ -294,3 +294,66 @@ fn occupied_directories_are_refused_and_a_live_primary_always() {
     assert_eq!(pair.primary.psql("SELECT pg_is_in_recovery()"), "f");
     assert!(!pair.primary.data_dir.join("standby.signal").exists());
 }
+
+/// Without slot_name the slot is application_name by the agent's rule (one slot per member
+/// whatever the name's case or dots), and every TLS file reaches primary_conninfo, with the
+/// passfile (no password in it): what the agent writes for the same member.
+/// The primary is reached through a passfile entry for the database `replication`.
+#[test]
+fn the_default_slot_and_the_connection_are_the_agents() {
+    let pair = Pair::new();
+    let dir = pair.dir.path();
+    for f in ["ca.crt", "repl.crt", "repl.key"] {
+        fs::write(dir.join(f), "not read in check mode\n").unwrap();
+    }
+    let mut args = pair.args(json!({
+        "_ansible_check_mode": true,
+        "application_name": "DB2.Lab.example",
+        // The files are not TLS files: with TLS off libpq never reads them.
+        "ssl_mode": "disable",
+        "ca_cert": dir.join("ca.crt"),
+        "ssl_cert": dir.join("repl.crt"),
+        "ssl_key": dir.join("repl.key"),
+    }));
+    args.as_object_mut().unwrap().remove("slot_name");
+    // No password: the passfile's wildcard entry for the database `replication`, as the
+    // playbooks write it (the module's replication connections must find it there too).
+    args.as_object_mut().unwrap().remove("replication_password");
+    fs::write(
+        pair.passfile(),
+        format!("*:*:replication:replicator:{PW}\n"),
+    )
+    .unwrap();
+    fs::set_permissions(pair.passfile(), fs::Permissions::from_mode(0o600)).unwrap();
+    chown_to_owner(&pair.passfile());
+    let out = common::run_module("pg_basebackup_standby", args);
+    assert_eq!(out["slot_name"], "db2_lab_example", "{out}");
+    let expected = pgshift_core::standby::Upstream {
+        host: "127.0.0.1".into(),
+        port: pair.primary.port,
+        user: "replicator".into(),
+        passfile: Some(pair.passfile()),
+        tls: pgshift_core::standby::ReplicationTls {
+            sslmode: "disable".into(),
+            sslrootcert: Some(dir.join("ca.crt")),
+            sslcert: Some(dir.join("repl.crt")),
+            sslkey: Some(dir.join("repl.key")),
+        },
+        application_name: "DB2.Lab.example".into(),
+    };
+    assert_eq!(
+        out["primary_conninfo"],
+        expected.primary_conninfo(),
+        "{out}"
+    );
+    assert!(
+        !out["primary_conninfo"].as_str().unwrap().contains(PW),
+        "{out}"
+    );
+    assert_eq!(
+        pair.primary
+            .psql("SELECT count(*) FROM pg_replication_slots"),
+        "0",
+        "check mode made a slot"
+    );
+}

@@ -199,6 +199,53 @@ fn replicates_both_ways_without_loops() {
     );
 }
 
+/// The subscription logs in as a replication role while the module administers the peer as
+/// its superuser (a `FOR ALL TABLES` publication needs one): the role's own entry in the
+/// passfile, never the superuser's, and replication flows through it.
+#[test]
+fn subscription_logs_in_as_subscription_user() {
+    let p = pair();
+    both(&p, "CREATE TABLE t (id int PRIMARY KEY)");
+    p.b.psql("CREATE ROLE repl LOGIN REPLICATION PASSWORD 'repl-pw'");
+    let mut entries = std::fs::read_to_string(&p.passfile).unwrap();
+    entries.push_str("127.0.0.1:*:*:repl:repl-pw\n");
+    std::fs::write(&p.passfile, entries).unwrap();
+    let out = run(
+        &p.a,
+        &p.b,
+        &p.passfile,
+        json!({"subscription_user": "repl"}),
+    );
+    assert_eq!(out["changed"], true, "{out}");
+    let info =
+        p.a.psql_db("app", "SELECT subconninfo FROM pg_subscription");
+    assert!(
+        info.contains("user=repl ") && !info.contains("password"),
+        "{info}"
+    );
+    // The peer's publication was made by the module's own (superuser) connection.
+    assert_eq!(
+        p.b.psql_db("app", "SELECT pubowner::regrole FROM pg_publication"),
+        "postgres"
+    );
+    p.b.psql_db("app", "INSERT INTO t VALUES (1)");
+    wait_rows(&p.a, "SELECT count(*) FROM t", "1");
+    assert_eq!(
+        p.b.psql_db(
+            "app",
+            "SELECT usename FROM pg_stat_replication WHERE application_name = 'pgshift_from_127_0_0_1'"
+        ),
+        "repl"
+    );
+    let again = run(
+        &p.a,
+        &p.b,
+        &p.passfile,
+        json!({"subscription_user": "repl"}),
+    );
+    assert_eq!(again["changed"], false, "{again}");
+}
+
 fn nothing_created(p: &Pair) {
     for s in [&p.a, &p.b] {
         assert_eq!(
@@ -287,4 +334,117 @@ fn refusals_change_nothing() {
         "{out}"
     );
     nothing_created(&p);
+}
+
+/// Hostile input: each case refused naming its option before either server changes (both
+/// catalogs' publications and subscriptions compared, files hashed).
+#[test]
+fn hostile_inputs_are_refused_naming_the_option() {
+    use common::hostile::{assert_refused, mkfifo, snapshot};
+    let p = pair();
+    both(&p, "CREATE TABLE t (id int PRIMARY KEY)");
+    let scratch = tempfile::tempdir().unwrap();
+    let fifo = scratch.path().join("fifo");
+    mkfifo(&fifo);
+    let catalog = |s: &PgServer| {
+        s.psql_db(
+            "app",
+            "SELECT (SELECT count(*) FROM pg_publication) || '/' || (SELECT count(*) FROM pg_subscription) || '/' || (SELECT count(*) FROM pg_replication_slots)",
+        )
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "peer_passfile is a FIFO",
+            json!({"peer_passfile": fifo}),
+            "peer_passfile",
+        ),
+        (
+            "peer_passfile is a directory",
+            json!({"peer_passfile": scratch.path()}),
+            "peer_passfile",
+        ),
+        (
+            "peer_passfile is missing",
+            json!({"peer_passfile": scratch.path().join("none")}),
+            "peer_passfile",
+        ),
+        (
+            "peer_ca_cert is a FIFO",
+            json!({"peer_ca_cert": fifo}),
+            "peer_ca_cert",
+        ),
+        (
+            "peer_host with a second keyword",
+            json!({"peer_host": "127.0.0.1 sslmode=disable"}),
+            "peer_host",
+        ),
+        (
+            "peer_host with a newline",
+            json!({"peer_host": "127.0.0.1\nx"}),
+            "peer_host",
+        ),
+        (
+            "peer_user with a newline",
+            json!({"peer_user": "postgres\npassword=x"}),
+            "peer_user",
+        ),
+        (
+            "peer_dbname with NUL",
+            json!({"peer_dbname": "app\u{0}"}),
+            "peer_dbname",
+        ),
+        (
+            "publication with a newline",
+            json!({"publication": "p\n; DROP TABLE t"}),
+            "publication",
+        ),
+        (
+            "publication empty",
+            json!({"publication": ""}),
+            "publication",
+        ),
+        (
+            "subscription with a newline",
+            json!({"subscription": "s\nx"}),
+            "subscription",
+        ),
+        (
+            "subscription_user with a newline",
+            json!({"subscription_user": "r\nx"}),
+            "subscription_user",
+        ),
+        (
+            "table with a newline",
+            json!({"tables": ["t\n; DROP TABLE t"]}),
+            "tables[0]",
+        ),
+        (
+            "peer_port out of range",
+            json!({"peer_port": 0}),
+            "peer_port",
+        ),
+        (
+            "peer_ssl_mode not a choice",
+            json!({"peer_ssl_mode": "sometimes"}),
+            "peer_ssl_mode",
+        ),
+        ("state not a choice", json!({"state": "gone"}), "state"),
+        (
+            "login_port not a number",
+            json!({"login_port": "x"}),
+            "login_port",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    let (a_before, b_before) = (catalog(&p.a), catalog(&p.b));
+    let files = snapshot(scratch.path());
+    let passfile = std::fs::read(&p.passfile).unwrap();
+    for (case, extra, option) in cases {
+        let out = run(&p.a, &p.b, &p.passfile, extra);
+        assert_refused(case, &out, option, &["multi-home-pw"]);
+        assert_eq!(catalog(&p.a), a_before, "{case}");
+        assert_eq!(catalog(&p.b), b_before, "{case}");
+        files.assert_same(&snapshot(scratch.path()), case);
+        assert_eq!(std::fs::read(&p.passfile).unwrap(), passfile, "{case}");
+    }
 }

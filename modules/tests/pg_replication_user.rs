@@ -76,7 +76,18 @@ fn creates_exact_role_without_sending_the_plaintext() {
 fn corrects_attributes_and_password() {
     let s = server();
     s.psql("CREATE ROLE replicator SUPERUSER CREATEDB NOLOGIN PASSWORD 'old'");
+    // A superuser is someone else's role: refused unless forced.
     let out = run(&s, json!({"name": "replicator", "password": PW}));
+    assert_eq!(out["failed"], true, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("force: true"),
+        "{out}"
+    );
+    assert_eq!(attrs(&s, "replicator"), "f|f|t|t|f|-1");
+    let out = run(
+        &s,
+        json!({"name": "replicator", "password": PW, "force": true}),
+    );
     assert_eq!(out["changed"], true, "{out}");
     let q = out["queries"].as_array().unwrap();
     assert_eq!(

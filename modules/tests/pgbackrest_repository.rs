@@ -343,3 +343,196 @@ fn bad_inputs_fail_clearly_and_change_nothing() {
     );
     ok(&r);
 }
+
+/// Hostile input: every case refused naming its option, with nothing written (the host's
+/// directory hashed before and after); a line break in any value would add keys to
+/// pgbackrest.conf or directives to a systemd unit.
+#[test]
+fn hostile_inputs_are_refused_naming_the_option() {
+    use common::hostile::{assert_refused, mkfifo, snapshot};
+    let h = Host::new("aux");
+    let conf = h.path("pgbackrest.conf");
+    fs::write(&conf, "[global]\nlog-level-file=detail\n").unwrap();
+    let fifo = h.path("fifo");
+    mkfifo(&fifo);
+    let fifo_conf = h.path("fifo.conf");
+    mkfifo(&fifo_conf);
+    let dangling = h.path("dangling.conf");
+    std::os::unix::fs::symlink(h.path("nowhere/x.conf"), &dangling).unwrap();
+    let repo = h.repository();
+    let db = h.database();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "config_file is a FIFO",
+            with(repo.clone(), json!({"config_file": fifo_conf})),
+            "config_file",
+        ),
+        (
+            "config_file is a directory",
+            with(repo.clone(), json!({"config_file": h.dir.path()})),
+            "config_file",
+        ),
+        (
+            "config_file is a dangling link",
+            with(repo.clone(), json!({"config_file": dangling})),
+            "config_file",
+        ),
+        (
+            "config_file with a newline",
+            with(repo.clone(), json!({"config_file": "/tmp/x\n[global]"})),
+            "config_file",
+        ),
+        (
+            "repo_path injects a key",
+            with(
+                repo.clone(),
+                json!({"repo_path": "/var/lib/x\nrepo1-cipher-type=none"}),
+            ),
+            "repo_path",
+        ),
+        (
+            "stanza name injects a section",
+            with(
+                repo.clone(),
+                json!({"stanzas": [{"name": "main]\n[evil", "instances": [{"host": "db1", "name": "15/main"}]}]}),
+            ),
+            "stanzas[0].name",
+        ),
+        (
+            "instance host with a newline",
+            with(
+                repo.clone(),
+                json!({"stanzas": [{"name": "main", "instances": [{"host": "db1\npg1-host=evil", "name": "15/main"}]}]}),
+            ),
+            "stanzas[0].instances[0].host",
+        ),
+        (
+            "client with a newline",
+            with(
+                repo.clone(),
+                json!({"stanzas": [{"name": "main", "clients": ["db1\nx"], "instances": [{"host": "db1", "name": "15/main"}]}]}),
+            ),
+            "stanzas[0].clients[0]",
+        ),
+        (
+            "on_calendar injects a directive",
+            with(
+                repo.clone(),
+                json!({"schedules": [{"type": "full", "on_calendar": "daily\nExecStartPre=/bin/sh -c id"}]}),
+            ),
+            "schedules[0].on_calendar",
+        ),
+        (
+            "tls.cert is a FIFO",
+            with(
+                repo.clone(),
+                json!({"tls": with(h.tls("aux"), json!({"cert": fifo}))}),
+            ),
+            "tls.cert",
+        ),
+        (
+            "tls.key is a FIFO",
+            with(
+                repo.clone(),
+                json!({"tls": with(h.tls("aux"), json!({"key": fifo}))}),
+            ),
+            "tls.key",
+        ),
+        (
+            "tls.ca is a directory",
+            with(
+                repo.clone(),
+                json!({"tls": with(h.tls("aux"), json!({"ca": h.dir.path()}))}),
+            ),
+            "tls.ca",
+        ),
+        (
+            "tls.name with a newline",
+            with(
+                repo.clone(),
+                json!({"tls": with(h.tls("aux"), json!({"name": "aux\nx"}))}),
+            ),
+            "tls.name",
+        ),
+        (
+            "tls.port out of range",
+            with(
+                repo.clone(),
+                json!({"tls": with(h.tls("aux"), json!({"port": 70000}))}),
+            ),
+            "tls.port",
+        ),
+        (
+            "retention not a number",
+            with(repo.clone(), json!({"retention_full": "two"})),
+            "retention_full",
+        ),
+        (
+            "user unknown",
+            with(repo.clone(), json!({"user": "no-such-user-x"})),
+            "user",
+        ),
+        (
+            "role not a choice",
+            with(repo.clone(), json!({"role": "both"})),
+            "role",
+        ),
+        (
+            "queue max not a size",
+            with(db.clone(), json!({"archive_push_queue_max": "4GiB; x"})),
+            "archive_push_queue_max",
+        ),
+        (
+            "queue max with a newline",
+            with(db.clone(), json!({"archive_push_queue_max": "4GiB\nx=y"})),
+            "archive_push_queue_max",
+        ),
+        (
+            "repository_host with a newline",
+            with(
+                db.clone(),
+                json!({"repository_host": "aux\nrepo1-host=evil"}),
+            ),
+            "repository_host",
+        ),
+        (
+            "stanza with a quote",
+            with(db.clone(), json!({"stanza": "main'x"})),
+            "stanza",
+        ),
+        (
+            "io_timeout zero",
+            with(db.clone(), json!({"io_timeout": 0})),
+            "io_timeout",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    let before = snapshot(h.dir.path());
+    for (case, args, option) in cases {
+        let out = run_module(MODULE, args);
+        assert_refused(case, &out, option, &["PRIVATE KEY"]);
+        before.assert_same(&snapshot(h.dir.path()), case);
+    }
+}
+
+/// A configuration file that is a symbolic link: the target is edited in place, the link
+/// stays a link (it used to be replaced by a regular file, leaving the target stale).
+#[test]
+fn a_linked_config_file_is_edited_through_the_link() {
+    let h = Host::new("db1");
+    let real = h.path("real.conf");
+    fs::write(&real, "[global]\nlog-level-file=detail\n").unwrap();
+    chown_postgres(&real);
+    let link = h.path("pgbackrest.conf");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let r = run_module(MODULE, h.database());
+    ok(&r);
+    assert_eq!(r["changed"], json!(true), "{r:#}");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let text = fs::read_to_string(&real).unwrap();
+    assert!(text.contains("repo1-host=aux"), "{text}");
+    assert!(text.contains("log-level-file=detail"), "{text}");
+}

@@ -1,8 +1,11 @@
 """HAProxy on the lab's aux host, following the pgshift agent: site.yml (twice: the second
 run changes nothing) builds the cluster with the `demo` database and HAProxy on aux, port
 5000 read-write (the agent's GET /primary), 5001 read-only (GET /replica). Then the
-primary's host crashes while a client writes through 5000 every ~50 ms; the numbers go to
-target/haproxy-results.json.
+primary's host crashes while a client writes through 5000 every ~50 ms; last, connection
+floods (tests/agent/flood.py: 2,000 half-open requests and 1,000 byte-a-second clients for
+60 s) against the leader's and a standby's API must cost nothing: no fence, no failover,
+HAProxy keeps both, health checks answer (p99 ≤ 50 ms), the agent's threads and
+descriptors stay bounded. The numbers go to target/haproxy-results.json.
 
 The tests run in file order against one cluster; the module fixture always runs
 `lab/lab down` at the end, also after a failure.
@@ -13,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +26,7 @@ import pytest
 
 # The lab helpers of the agent's fault tests (tests/agent is on sys.path under pytest).
 from test_failover import (
-    INVENTORY, IPS, PSQL, ROOT, VENV_BIN, _REQUIRED, lab, on, roles, streaming_from, wait_for,
+    INVENTORY, IPS, PSQL, ROOT, VENV_BIN, _REQUIRED, cluster_status, lab, member, on, roles, streaming_from, wait_for,
 )
 
 AUX = "10.77.0.13"
@@ -320,3 +324,110 @@ def test_switchover_through_haproxy(cluster):
             "acknowledged": acked, "failed_writes": w.failures,
         })
     assert max(gaps) < 3, gaps
+
+
+class Latency:
+    """GET `path` on one agent every 50 ms, each on a new connection (as HAProxy's checks
+    come), from this process: (seconds, status) of each, None for a failure."""
+
+    def __init__(self, host, path):
+        self.url = f"http://{IPS[host]}:8008{path}"
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # lab only, no proxy
+        self.samples = []
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self.stop_flag.is_set():
+            t0 = time.monotonic()
+            try:
+                with self.opener.open(self.url, timeout=1) as resp:
+                    resp.read()
+                    self.samples.append((time.monotonic() - t0, resp.status))
+            except urllib.error.HTTPError as e:
+                self.samples.append((time.monotonic() - t0, e.code))
+            except (urllib.error.URLError, OSError):
+                self.samples.append((time.monotonic() - t0, None))
+            time.sleep(0.05)
+
+    def p99(self):
+        s = sorted(t for t, _ in self.samples)
+        return s[max(0, int(len(s) * 0.99) - 1)] if s else None
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(timeout=5)
+
+
+def agent_resources(host):
+    """The agent's open descriptors, threads and descriptor limit."""
+    res = on(host, "p=$(pgrep -f '^/usr/local/bin/pgshift agent' | head -1); ls /proc/$p/fd | wc -l; "
+                   "awk '/^Threads/ {print $2}' /proc/$p/status; awk '/open files/ {print $4}' /proc/$p/limits",
+             timeout=10)
+    fds, threads, limit = res.stdout.split()
+    return int(fds), int(threads), int(limit)
+
+
+def flood(cluster, name, host, path, pool, seconds=60):
+    """2,000 half-open requests and 1,000 byte-a-second clients against `host`'s API for
+    `seconds`, from a separate process; meanwhile `path` is timed from here, the agent's
+    descriptors and threads sampled, HAProxy's view of `host` in `pool` watched."""
+    leader, _ = roles()
+    timeline = member(cluster_status(leader), leader)["timeline"]
+    mark = int(on(host, "wc -l < /etc/pgshift-lab/log/pgshift-agent.log").stdout)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "agent" / "flood.py"), f"{IPS[host]}:8008",
+                             "--idle", "2000", "--slow", "1000", "--seconds", str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    peaks = {"fds": 0, "threads": 0}
+    states = set()
+    try:
+        with Latency(host, path) as lat, Writer(first_id=(9 if host == leader else 8) * 10**7) as w:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                fds, threads, limit = agent_resources(host)
+                peaks = {"fds": max(peaks["fds"], fds), "threads": max(peaks["threads"], threads), "limit": limit}
+                states.add(haproxy_states().get((pool, host)))
+                time.sleep(1)
+        stats = json.loads(proc.communicate(timeout=seconds + 30)[0])
+    finally:
+        proc.kill()
+    statuses = [s for _, s in lat.samples]
+    failed = [i for i, s in enumerate(statuses) if s != 200]
+    result = {
+        "flood": stats, "checks": len(statuses), "failed_checks": len(failed),
+        "p99_ms": round(lat.p99() * 1000, 1), "max_ms": round(max(t for t, _ in lat.samples) * 1000, 1),
+        "failures": [(round(t * 1000, 1), s) for t, s in lat.samples if s != 200][:10],
+        "agent_peak_fds": peaks["fds"], "agent_peak_threads": peaks["threads"], "agent_fd_limit": peaks["limit"],
+        "haproxy_states": sorted(s for s in states if s), "writes_through_haproxy": len(w.acks),
+        "failed_writes": w.failures,
+    }
+    cluster["results"][name] = result
+    assert stats["connects"] >= 3000, result
+    doc = cluster_status(leader)
+    assert doc["leader"] == leader and member(doc, leader)["timeline"] == timeline, doc
+    log = on(host, f"tail -n +{mark + 1} /etc/pgshift-lab/log/pgshift-agent.log").stdout
+    assert "Fence" not in log and "Rejoin" not in log, log[-2000:]
+    # A check's connection can still lose its slot when the flood fills the cap in the few ms
+    # before its head is read (on 2 cores the flood's own process competes for them): seen
+    # 1-2 in ~1,150. What would cost the node its place is HAProxy's `fall` (2) failures in a
+    # row; these checks come 4 times as often as HAProxy's, and never fail twice running.
+    assert not any(b == a + 1 for a, b in zip(failed, failed[1:])), result
+    assert len(failed) <= len(statuses) // 100 and result["p99_ms"] <= 50, result
+    assert result["haproxy_states"] == ["UP"], result
+    assert w.failures == 0 and w.acks, result
+    # The cap (64) and the runtime's own few: nowhere near one thread or descriptor per client.
+    assert peaks["threads"] <= 8 and peaks["fds"] <= 200, result
+
+
+def test_connection_flood_against_the_leader(cluster):
+    leader, _ = roles()
+    flood(cluster, "flood_leader", leader, "/primary", "postgres_rw")
+
+
+def test_connection_flood_against_a_standby(cluster):
+    _, standby = roles()
+    flood(cluster, "flood_standby", standby, "/replica", "postgres_ro")

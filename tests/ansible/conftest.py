@@ -12,7 +12,9 @@ import tempfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-VENV_BIN = ROOT / ".venv" / "bin"
+# The ansible-core under test: .venv (requirements.txt) unless PGSHIFT_ANSIBLE_VENV names another
+# (make ansible-test-oldest: .venv-oldest, the oldest release meta/runtime.yml claims).
+VENV_BIN = pathlib.Path(os.environ.get("PGSHIFT_ANSIBLE_VENV", ROOT / ".venv")) / "bin"
 SCRATCH_PG = ROOT / "target" / "debug" / "pgshift-scratch-pg"
 
 
@@ -64,8 +66,9 @@ class Ansible:
 
     def _run(self, cmd):
         p = subprocess.run(cmd, env=self.env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        start = p.stdout.find("{")
-        assert start >= 0, f"no JSON from {cmd}: {p.stdout}\n{p.stderr}"
+        # The results_json callback's document starts a line; at -vvv, logged commands come first.
+        start = 0 if p.stdout.startswith("{") else p.stdout.find("\n{") + 1
+        assert start > 0 or p.stdout.startswith("{"), f"no JSON from {cmd}: {p.stdout}\n{p.stderr}"
         return json.loads(p.stdout[start:])
 
     @staticmethod

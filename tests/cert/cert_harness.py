@@ -2,8 +2,8 @@
 against it, a scratch PostgreSQL serving TLS, a pgBackRest TLS server, an openssl-made test CA, and
 probes of what a server serves. Keys and certificates are made at test time, never committed.
 
-Facts these rely on (LAB-NOTES "certbot 2.1 + pebble 2.4", "PostgreSQL 15 SSL reload",
-"pgBackRest 2.45 repository host over TLS"): pebble makes a new root at every start and its
+Facts these rely on (certbot 2.1 with pebble 2.4, PostgreSQL 15, pgBackRest 2.45; checked by
+tests/cert/test_harness.py): pebble makes a new root at every start and its
 certificates last 5 years (renewal needs --force-renewal); live/*.pem are root-only symlinks;
 PostgreSQL keeps serving the old certificate when a reload fails; pgBackRest reloads on SIGHUP.
 """

@@ -1,6 +1,6 @@
 """The real parts the cert_install tests stand on, checked without the module: if these fail, the
 machine (pebble, certbot, PostgreSQL, pgBackRest, openssl) is the problem, not cert_install.
-The certificate swaps here are done by hand (copy + reload / SIGHUP), the way LAB-NOTES measured."""
+The certificate swaps here are done by hand (copy + reload / SIGHUP), as an operator does them."""
 
 import os
 import shutil

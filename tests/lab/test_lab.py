@@ -25,6 +25,7 @@ IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12", "aux": "10.77.0.13"}
 # (PGSHIFT_REQUIRE_LAB=1) a missing piece fails instead of hiding behind a skip.
 _REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))
 pytestmark = [
+    pytest.mark.smoke,
     pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
     pytest.mark.skipif(
         not _REQUIRED

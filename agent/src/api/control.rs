@@ -18,6 +18,8 @@ use crate::records::{unix_now, Outcome, Request, RequestKind};
 
 pub struct Control {
     dcs: Mutex<Dcs>,
+    /// The last leader that called in failsafe mode (the loop reads it).
+    pub failsafe: std::sync::Arc<crate::failsafe::Seen>,
     me: String,
     token_file: Option<PathBuf>,
     client_ca: bool,
@@ -31,16 +33,15 @@ fn error(status: u16, why: impl Into<String>) -> Answer {
 
 /// The token, refusing a file others can read (it would be a password lying around).
 pub fn read_token(path: &std::path::Path) -> Result<String, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = fs_err::metadata(path).map_err(|e| e.to_string())?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
             "{} is accessible to group or others: chmod 600 it",
             path.display()
         ));
     }
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    let token = fs_err::read_to_string(path)
+        .map_err(|e| e.to_string())?
         .trim()
         .to_string();
     if token.is_empty() {
@@ -50,12 +51,21 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
 }
 
 impl Control {
+    /// A new etcd client from `cfg` (SIGHUP: rotated client certificates, other endpoints);
+    /// on error the one in use stays.
+    pub fn reload_etcd(&self, cfg: &Config) -> Result<(), String> {
+        let dcs = Dcs::new(cfg.etcd_client(Duration::from_secs(2))?, &cfg.cluster);
+        *self.dcs.lock().unwrap_or_else(|e| e.into_inner()) = dcs;
+        Ok(())
+    }
+
     pub fn new(cfg: &Config) -> Result<Control, String> {
         Ok(Control {
             dcs: Mutex::new(Dcs::new(
                 cfg.etcd_client(Duration::from_secs(2))?,
                 &cfg.cluster,
             )),
+            failsafe: Default::default(),
             me: cfg.name.clone(),
             token_file: cfg.api.token_file.clone(),
             client_ca: cfg.api.tls_client_ca.is_some(),
@@ -107,6 +117,19 @@ impl Control {
                 _ => return error(400, "the body must be a JSON object"),
             }
         };
+        // Failsafe calls come exactly when etcd is unreachable: answered from memory.
+        if target == crate::failsafe::PATH {
+            let Some(caller) = args["leader"].as_str() else {
+                return error(400, "a failsafe call names its leader: {\"leader\": NAME}");
+            };
+            return match crate::failsafe::answer(&self.me, caller, snap) {
+                Ok(()) => {
+                    self.failsafe.record(caller, crate::guard::monotonic_ms());
+                    (200, json!({"ok": true}))
+                }
+                Err(why) => (200, json!({"ok": false, "why": why})),
+            };
+        }
         let dcs = match self.dcs.lock() {
             Ok(d) => d,
             Err(_) => return error(500, "internal lock poisoned"),

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use super::slots::Stats;
 use super::Snapshot;
 
 /// What the loop counts and times, for `/metrics`.
@@ -15,6 +16,9 @@ pub struct Counters {
     /// the handover) to the promotion done (ms).
     pub last_failover_ms: Option<u64>,
     pub promotions: u64,
+    /// Rejoins of this node by pg_rewind, and by a rebuild from a base backup.
+    pub rewinds: u64,
+    pub rebuilds: u64,
 }
 
 pub fn render(snap: &Snapshot) -> String {
@@ -75,10 +79,28 @@ pub fn render(snap: &Snapshot) -> String {
         u8::from(snap.down).to_string(),
     );
     metric(
+        "failsafe",
+        "gauge",
+        "1 while failsafe mode is active (etcd unreachable; the leader confirmed by every member).",
+        u8::from(snap.failsafe).to_string(),
+    );
+    metric(
         "paused",
         "gauge",
         "1 while automatic failover is paused.",
         u8::from(snap.paused).to_string(),
+    );
+    metric(
+        "streaming",
+        "gauge",
+        "1 when this node's PostgreSQL is a standby streaming from its upstream.",
+        u8::from(me.is_some_and(|m| m.role == "replica" && m.state == "streaming")).to_string(),
+    );
+    metric(
+        "warnings",
+        "gauge",
+        "Problems this node reports about itself (pgshift status shows them).",
+        me.map_or(0, |m| m.warnings.len()).to_string(),
     );
     metric(
         "etcd_reachable",
@@ -100,6 +122,18 @@ pub fn render(snap: &Snapshot) -> String {
         c.promotions.to_string(),
     );
     metric(
+        "rewinds_total",
+        "counter",
+        "Rejoins of this node by pg_rewind.",
+        c.rewinds.to_string(),
+    );
+    metric(
+        "rebuilds_total",
+        "counter",
+        "Rejoins of this node by a rebuild from a base backup (pg_rewind could not work).",
+        c.rebuilds.to_string(),
+    );
+    metric(
         "lease_renew_seconds",
         "gauge",
         "Round trip of the last leader-key renewal (NaN when not leader yet).",
@@ -116,6 +150,66 @@ pub fn render(snap: &Snapshot) -> String {
     out
 }
 
+/// The API server's own counts: what a connection flood did to it.
+pub fn render_api(stats: &Stats) -> String {
+    let mut out = String::new();
+    for (name, kind, help, counter) in [
+        (
+            "api_connections_accepted_total",
+            "counter",
+            "Connections accepted by the API.",
+            &stats.accepted,
+        ),
+        (
+            "api_requests_total",
+            "counter",
+            "Requests whose head the API received.",
+            &stats.requests,
+        ),
+        (
+            "api_connections_refused_total",
+            "counter",
+            "Connections closed at once: every slot was busy answering.",
+            &stats.refused,
+        ),
+        (
+            "api_connections_evicted_total",
+            "counter",
+            "Connections closed to make room: they had waited longest without sending a request.",
+            &stats.evicted,
+        ),
+        (
+            "api_connections_timed_out_total",
+            "counter",
+            "Connections closed for not sending a whole request within api.request_timeout.",
+            &stats.timed_out,
+        ),
+        (
+            "api_accept_errors_total",
+            "counter",
+            "Failed accepts (out of descriptors or memory), each followed by a pause.",
+            &stats.accept_errors,
+        ),
+        (
+            "api_connections_open",
+            "gauge",
+            "Connections being served now.",
+            &stats.open,
+        ),
+        (
+            "api_connections_peak",
+            "gauge",
+            "The most connections served at once since the agent started.",
+            &stats.peak,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP pgshift_{name} {help}");
+        let _ = writeln!(out, "# TYPE pgshift_{name} {kind}");
+        let _ = writeln!(out, "pgshift_{name} {}", Stats::get(counter));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,17 +220,22 @@ mod tests {
             counters: Counters {
                 leader_changes: 3,
                 renew_ms: Some(4),
+                rewinds: 2,
                 ..Counters::default()
             },
             ..Snapshot::default()
         };
-        let text = render(&snap);
+        let text = render(&snap) + &render_api(&Stats::default());
         assert!(text.contains(
             "# TYPE pgshift_leader_changes_total counter\npgshift_leader_changes_total 3\n"
         ));
         assert!(text.contains("pgshift_lease_renew_seconds 0.004\n"));
+        assert!(text.contains("pgshift_rewinds_total 2\n"));
+        assert!(text.contains("pgshift_rebuilds_total 0\n"));
+        assert!(text.contains("pgshift_streaming 0\n"));
         assert!(text.contains("pgshift_last_failover_duration_seconds NaN\n"));
         assert!(text.contains("pgshift_lag_bytes -1\n"));
+        assert!(text.contains("pgshift_api_connections_evicted_total 0\n"));
         // Every sample line is `name value` with the prefix.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = l.split_once(' ').unwrap();

@@ -4,24 +4,27 @@
 //! a health check; `/primary` re-checks the leadership deadline at request time, so a hung
 //! agent stops being "primary" to HAProxy when its leadership runs out, not when it wakes up.
 //! Mutating requests (POST, see `control`) are authenticated before their body is read.
+//! The transport (hyper on one thread, a connection cap that idle clients cannot use to
+//! lock health checks out, deadlines) is `server`, `slots` and `respond`.
 
 pub mod control;
 mod metrics;
+mod respond;
+mod server;
+pub mod slots;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::dcs::MemberRecord;
-use crate::guard::monotonic_ms;
 use crate::records::Request;
 
 pub use control::Control;
 pub use metrics::Counters;
+pub use respond::MAX_BODY;
+pub use server::{Handle, MAX_HEAD};
 
 /// What the agent last knew, shared with the API threads.
 #[derive(Debug, Clone, Default)]
@@ -41,194 +44,45 @@ pub struct Snapshot {
     pub sync_standby: Option<String>,
     pub request: Option<Request>,
     pub counters: Counters,
+    /// Failsafe mode is active: on the leader, every member confirmed it without etcd; on a
+    /// member, a leader called within ttl.
+    pub failsafe: bool,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
 
+/// Starts the API on `api.listen` (see `server`); errors (address in use, unreadable
+/// certificates) are reported here, before the agent goes on.
 pub fn serve(cfg: &Config, shared: Shared) -> Result<(), String> {
-    let listener = TcpListener::bind(&cfg.api.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.api.listen))?;
+    start(cfg, shared).map(|_| ())
+}
+
+/// `serve`, returning where the server listens and its counters (for tests and tools).
+pub fn start(cfg: &Config, shared: Shared) -> Result<Handle, String> {
+    let addr: std::net::SocketAddr = cfg
+        .api
+        .listen
+        .parse()
+        .map_err(|_| format!("api.listen {:?} is not an address:port", cfg.api.listen))?;
     let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
-        (Some(c), Some(k)) => Some(crate::tls::server(c, k, cfg.api.tls_client_ca.as_deref())?),
+        (Some(c), Some(k)) => Some(crate::tls::reloadable_server(
+            c,
+            k,
+            cfg.api.tls_client_ca.as_deref(),
+        )?),
         _ => None,
     };
-    let control = Arc::new(Control::new(cfg)?);
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let shared = shared.clone();
-                let control = control.clone();
-                let tls = tls.clone();
-                // Health checks are tiny and short: a thread each keeps one slow client
-                // from delaying HAProxy's next check.
-                let _ = std::thread::Builder::new()
-                    .name("api-conn".into())
-                    .spawn(move || {
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                        match tls {
-                            None => handle(stream, false, &shared, &control),
-                            Some(config) => {
-                                let Ok(conn) = rustls::ServerConnection::new(config) else {
-                                    return;
-                                };
-                                let mut t = rustls::StreamOwned::new(conn, stream);
-                                // Finish the handshake first: whether the client proved a
-                                // certificate is known only then.
-                                while t.conn.is_handshaking() {
-                                    if t.conn.complete_io(&mut t.sock).is_err() {
-                                        return;
-                                    }
-                                }
-                                let verified = t.conn.peer_certificates().is_some();
-                                handle(t, verified, &shared, &control);
-                            }
-                        }
-                    });
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// A request's head: method, target and the headers we use.
-pub struct Head {
-    pub method: String,
-    pub target: String,
-    pub authorization: Option<String>,
-    pub content_length: usize,
-}
-
-fn parse_head(text: &str) -> Head {
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split_whitespace();
-    let (method, target) = (
-        first.next().unwrap_or("").to_string(),
-        first.next().unwrap_or("/").to_string(),
-    );
-    let mut head = Head {
-        method,
-        target,
-        authorization: None,
-        content_length: 0,
-    };
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "authorization" => head.authorization = Some(v.trim().to_string()),
-            "content-length" => head.content_length = v.trim().parse().unwrap_or(usize::MAX),
-            _ => {}
-        }
-    }
-    head
-}
-
-fn handle<S: Read + Write>(mut s: S, client_cert: bool, shared: &Shared, control: &Control) {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    let mut end = None;
-    while n < buf.len() {
-        match s.read(&mut buf[n..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => {
-                n += k;
-                if let Some(p) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-                    end = Some(p);
-                    break;
-                }
-            }
-        }
-    }
-    let Some(end) = end else {
-        return respond(
-            &mut s,
-            "GET",
-            400,
-            json!({"error": "incomplete request head"}),
-            "",
-        );
-    };
-    let head = parse_head(&String::from_utf8_lossy(&buf[..end]));
-    let snap = shared.lock().map(|g| g.clone()).unwrap_or_default();
-    if head.method == "POST" {
-        // Credentials first: an unauthenticated client never gets its body read.
-        if let Err((status, why)) = control.authorize(client_cert, head.authorization.as_deref()) {
-            let extra = if status == 401 {
-                "WWW-Authenticate: Bearer realm=\"pgshift\"\r\n"
-            } else {
-                ""
-            };
-            return respond(&mut s, "POST", status, json!({"error": why}), extra);
-        }
-        if head.content_length > 4096 {
-            return respond(&mut s, "POST", 413, json!({"error": "body too large"}), "");
-        }
-        let mut body = buf[end + 4..n].to_vec();
-        while body.len() < head.content_length {
-            let mut chunk = [0u8; 1024];
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => body.extend_from_slice(&chunk[..k]),
-            }
-        }
-        body.truncate(head.content_length);
-        let (status, answer) = control.handle(&head.target, &body, &snap);
-        return respond(&mut s, "POST", status, answer, "");
-    }
-    if head.target.split('?').next() == Some("/metrics") {
-        let text = metrics::render(&snap);
-        return respond_text(&mut s, &head.method, 200, &text);
-    }
-    let (status, body) = route(&head.method, &head.target, &snap, monotonic_ms());
-    respond(&mut s, &head.method, status, body, "");
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    }
-}
-
-fn respond<S: Write>(s: &mut S, method: &str, status: u16, body: Value, extra: &str) {
-    let text = format!("{body}\n");
-    respond_raw(s, method, status, "application/json", &text, extra);
-}
-
-fn respond_text<S: Write>(s: &mut S, method: &str, status: u16, text: &str) {
-    respond_raw(s, method, status, "text/plain; version=0.0.4", text, "");
-}
-
-fn respond_raw<S: Write>(
-    s: &mut S,
-    method: &str,
-    status: u16,
-    content_type: &str,
-    text: &str,
-    extra: &str,
-) {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        reason(status),
-        text.len()
-    );
-    if method != "HEAD" {
-        out.push_str(text);
-    }
-    let _ = s.write_all(out.as_bytes());
-    let _ = s.flush();
+    let control = Control::new(cfg)?;
+    server::start(
+        addr,
+        server::Settings {
+            max_connections: cfg.api.max_connections,
+            request_timeout: cfg.api.request_timeout(),
+            tls,
+        },
+        shared,
+        control,
+    )
 }
 
 /// (status, JSON body) for a request; pure, so the rules are unit-tested.
@@ -288,7 +142,33 @@ pub fn cluster_json(snap: &Snapshot) -> Value {
         "paused": snap.paused,
         "sync_standby": snap.sync_standby,
         "request": snap.request,
+        "failsafe": snap.failsafe,
     })
+}
+
+impl Handle {
+    /// What this node's API heard of a leader in failsafe mode.
+    pub fn failsafe_seen(&self) -> Arc<crate::failsafe::Seen> {
+        self.control.failsafe.clone()
+    }
+
+    /// SIGHUP: the API's certificate and key and the etcd client of its requests, read
+    /// again from `cfg` (same listener, same client CA). Each part that fails keeps what it
+    /// had; the reasons are returned.
+    pub fn reload(&self, cfg: &Config) -> Vec<String> {
+        let mut failed = Vec::new();
+        if let (Some(identity), Some(cert), Some(key)) =
+            (&self.identity, &cfg.api.tls_cert, &cfg.api.tls_key)
+        {
+            if let Err(e) = identity.reload(cert, key) {
+                failed.push(format!("API certificate not reloaded: {e}"));
+            }
+        }
+        if let Err(e) = self.control.reload_etcd(cfg) {
+            failed.push(format!("etcd client of API requests not reloaded: {e}"));
+        }
+        failed
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +191,7 @@ mod tests {
             settings: Default::default(),
             warnings: vec![],
             down: false,
+            ..Default::default()
         }
     }
 
@@ -366,5 +247,39 @@ mod tests {
         };
         assert_eq!(route("GET", "/health", &stopped, 0).0, 503);
         assert_eq!(route("GET", "/replica", &stopped, 0).0, 503);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_request_gets_a_known_status(method in "[A-Z]{0,8}", target in "\\PC{0,64}", now in any::<u64>()) {
+                let snap = Snapshot {
+                    me: Some(rec("db2", "replica", "streaming", 90)),
+                    leader: Some("db1".into()),
+                    members: vec![rec("db1", "primary", "running", 100)],
+                    ..Snapshot::default()
+                };
+                let (status, _) = route(&method, &target, &snap, now);
+                prop_assert!([200, 404, 405, 503].contains(&status));
+                if method != "GET" && method != "HEAD" {
+                    prop_assert_eq!(status, 405);
+                }
+            }
+
+            #[test]
+            fn replica_lag_is_compared_with_the_leader(lag in any::<u64>(), behind in 0u64..1000) {
+                let snap = Snapshot {
+                    me: Some(rec("db2", "replica", "streaming", 1000 - behind)),
+                    leader: Some("db1".into()),
+                    members: vec![rec("db1", "primary", "running", 1000)],
+                    ..Snapshot::default()
+                };
+                let (status, _) = route("GET", &format!("/replica?lag={lag}"), &snap, 0);
+                prop_assert_eq!(status == 200, behind <= lag);
+            }
+        }
     }
 }

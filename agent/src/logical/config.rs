@@ -18,6 +18,7 @@ use pgshift_core::pg::{Client, ConnectOptions, SslMode};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/pgshift/logical.toml";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/pgshift/logical-health.json";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,8 @@ pub struct LogicalConfig {
     pub active: Option<String>,
     #[serde(rename = "node")]
     pub nodes: Vec<Node>,
+    /// Where `check`/`watch` keep what they saw for the next look (see `health`).
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +87,12 @@ impl LogicalConfig {
                 .map_err(|e| format!("node {}: {e}", n.name))?;
         }
         Ok(c)
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE))
     }
 
     /// (the node, the other one) for `name`.

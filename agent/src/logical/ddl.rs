@@ -11,8 +11,9 @@ use pgshift_core::pg::sql::quote_ident;
 use pgshift_core::pg::Client;
 
 use super::config::LogicalConfig;
-use super::fence::{down, up};
-use super::status::{read, replication_ok};
+use super::fence::{down, up, SETTLE};
+use super::health;
+use super::status::read;
 
 /// Waits until each side's slots have confirmed all of its WAL (the peer applied it).
 fn drained(cfg: &LogicalConfig, timeout: Duration) -> Result<(), String> {
@@ -52,12 +53,12 @@ pub fn ddl(cfg: &LogicalConfig, file: &str, timeout: Duration) -> Result<String,
     if sql.trim().is_empty() {
         return Err(format!("{file} is empty"));
     }
-    let before: Vec<_> = cfg.nodes.iter().map(|n| read(cfg, n)).collect();
-    if !replication_ok(&before[0], &before[1]) {
-        return Err(
-            "replication is not flowing both ways: repair it first (pgshift logical status); nothing was changed"
-                .into(),
-        );
+    let (before, dirs) = health::settled(cfg, SETTLE);
+    if !health::all_ok(&dirs) {
+        return Err(format!(
+            "replication is not flowing both ways ({}): repair it first (pgshift logical status); nothing was changed",
+            health::describe(&dirs)
+        ));
     }
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
     let mut log = Vec::new();

@@ -7,7 +7,8 @@ use pgshift_core::pg::sql::quote_ident;
 use pgshift_core::pg::Client;
 
 use super::config::LogicalConfig;
-use super::status::{is_down, read, replication_ok};
+use super::health::{self, Memory};
+use super::status::is_down;
 
 // In one transaction; the DDL guard is dropped first and re-created last (event-trigger
 // commands do not fire event triggers), so running it again on a down node works.
@@ -43,6 +44,10 @@ END $d$;
 "#;
 
 // Event-trigger commands do not fire event triggers, so this runs while the DDL guard is on.
+// Both nodes' watches may put the same side down at once: one at a time (the second finds
+// it done), not a duplicate-key error from two CREATE SCHEMA IF NOT EXISTS.
+const SERIALIZE: &str = "SELECT pg_advisory_xact_lock(7426128);";
+
 const REMOVE: &str = r#"
 DROP EVENT TRIGGER IF EXISTS pgshift_logical_down;
 DROP SCHEMA IF EXISTS pgshift CASCADE;
@@ -86,7 +91,7 @@ pub fn down(cfg: &LogicalConfig, node: &str, timeout: Duration) -> Result<String
         }
         // The triggers need a lock each writer holds: try briefly, again after the wait.
         let installed = c.batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '200ms'; {INSTALL} COMMIT;"
+            "BEGIN; SET LOCAL lock_timeout = '200ms'; {SERIALIZE} {INSTALL} COMMIT;"
         ));
         match installed {
             Ok(()) => break,
@@ -100,6 +105,7 @@ pub fn down(cfg: &LogicalConfig, node: &str, timeout: Duration) -> Result<String
             }
         }
     }
+    Memory::note(cfg, node, true);
     let note = if ended.is_empty() {
         String::new()
     } else {
@@ -117,10 +123,11 @@ pub fn down(cfg: &LogicalConfig, node: &str, timeout: Duration) -> Result<String
 }
 
 /// Makes `node` writable again, unless the other node is writable while replication
-/// between them is broken (two writable sides would diverge).
+/// between them is broken (two writable sides would diverge). Replication is judged over two
+/// looks a moment apart (see `health`).
 pub fn up(cfg: &LogicalConfig, node: &str) -> Result<String, String> {
     let (n, other) = cfg.pick(node)?;
-    let (here, there) = (read(cfg, n), read(cfg, other));
+    let here = super::status::read(cfg, n);
     if !here.reachable {
         return Err(format!(
             "{node} is unreachable: {}",
@@ -130,75 +137,100 @@ pub fn up(cfg: &LogicalConfig, node: &str) -> Result<String, String> {
     if !here.down {
         return Ok(format!("{node} is already writable"));
     }
+    let there = super::status::read(cfg, other);
     let other_writable = !there.reachable || !there.down;
-    if other_writable && !replication_ok(&here, &there) {
-        let why = if !there.reachable {
-            format!(
-                "{} is unreachable, so its state and replication are unknown",
-                other.name
-            )
-        } else {
-            let dir = |s: &super::status::NodeState| {
-                if s.receiving() {
-                    "flowing"
-                } else {
-                    "stopped"
-                }
+    if other_writable {
+        let (states, dirs) = health::settled(cfg, SETTLE);
+        let there = states.iter().find(|s| s.name == other.name);
+        let still = there.is_none_or(|t| !t.reachable || !t.down);
+        if still && !health::all_ok(&dirs) {
+            let why = match there {
+                Some(t) if t.reachable => format!(
+                    "{} is writable and replication is broken ({})",
+                    other.name,
+                    health::describe(&dirs)
+                ),
+                _ => format!(
+                    "{} is unreachable, so its state and replication are unknown",
+                    other.name
+                ),
             };
-            format!(
-                "{} is writable and replication is broken (into {node}: {}, into {}: {})",
-                other.name,
-                dir(&here),
-                other.name,
-                dir(&there)
-            )
-        };
-        return Err(format!(
-            "refusing to make {node} writable: {why}; both sides would take writes that never reach the other. Repair replication, or `pgshift logical down {}` first",
-            other.name
-        ));
+            return Err(format!(
+                "refusing to make {node} writable: {why}; both sides would take writes that never reach the other. Repair replication, or `pgshift logical down {}` first",
+                other.name
+            ));
+        }
     }
     let mut c = cfg.connect(n)?;
     c.batch_execute(&format!(
-        "BEGIN; {REMOVE} ALTER DATABASE {} RESET default_transaction_read_only; COMMIT;",
+        "BEGIN; {SERIALIZE} {REMOVE} ALTER DATABASE {} RESET default_transaction_read_only; COMMIT;",
         quote_ident(&cfg.database)
     ))
     .map_err(|e| format!("{node}: {e}"))?;
+    Memory::note(cfg, node, false);
     Ok(format!("{node} is writable again"))
 }
 
-/// One look at the pair: with both sides writable and replication broken, the side that is
-/// not `active` goes down (writes diverge otherwise). Ok(message) when nothing needed doing
-/// or it was done; Err when the pair is unsafe and this could not fix it.
-pub fn check(cfg: &LogicalConfig, timeout: Duration) -> Result<String, String> {
-    let states: Vec<_> = cfg.nodes.iter().map(|n| read(cfg, n)).collect();
-    if replication_ok(&states[0], &states[1]) {
+/// How far apart the two looks of `up` and `ddl` are.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// One look at the pair, judged against the previous one (`memory`, else the state file):
+/// with both sides writable and replication broken, the side that is not `active` goes down
+/// (writes diverge otherwise). An unreachable side counts as writable unless it was down
+/// when last reached (a down side stays down until `up`). Ok(message) when nothing needed
+/// doing or it was done; Err when the pair is unsafe and this could not fix it.
+pub fn check(
+    cfg: &LogicalConfig,
+    timeout: Duration,
+    memory: &mut Option<Memory>,
+) -> Result<String, String> {
+    let seen = health::look(cfg, memory);
+    let (states, dirs) = (&seen.states, &seen.directions);
+    if health::all_ok(dirs) {
         return Ok("replication flows both ways".into());
     }
-    let writable: Vec<&str> = states
-        .iter()
-        .filter(|s| s.reachable && !s.down)
-        .map(|s| s.name.as_str())
-        .collect();
-    let active = cfg.active.as_deref().unwrap_or(&cfg.nodes[0].name);
-    let (_, passive) = cfg.pick(active)?;
-    let passive_state = states.iter().find(|s| s.name == passive.name);
-    match passive_state {
-        Some(s) if s.reachable && !s.down => {
-            let msg = down(cfg, &passive.name, timeout)?;
-            Ok(format!(
-                "replication is broken while both sides were writable: {msg}"
-            ))
-        }
-        Some(s) if s.reachable => Ok(format!(
-            "replication is broken; {} is already down, {} writable",
-            s.name,
-            writable.join(", ")
-        )),
-        _ => Err(format!(
-            "replication is broken and {} (the side to put down) is unreachable: it may still take writes; writable: {}",
-            passive.name,
-            writable.join(", ")
-        )),
+    let broken = health::describe(dirs);
+    if !seen.broken_before {
+        return Ok(format!(
+            "replication looks broken ({broken}); acting if the next check sees it too"
+        ));
     }
+    let active = cfg.active.as_deref().unwrap_or(&cfg.nodes[0].name);
+    let (active, passive) = cfg.pick(active)?;
+    let state = |name: &str| states.iter().find(|s| s.name == name).expect("both read");
+    let (a, p) = (state(&active.name), state(&passive.name));
+    let was_down = |name: &str| {
+        memory
+            .as_ref()
+            .and_then(|m| m.down.get(name).copied())
+            .unwrap_or(false)
+    };
+    if a.reachable && a.down {
+        return Ok(format!(
+            "replication is broken ({broken}); {} is down, so {} stays writable",
+            a.name, p.name
+        ));
+    }
+    if !a.reachable && was_down(&a.name) {
+        return Ok(format!(
+            "replication is broken ({broken}); {} is unreachable and was down when last seen, so {} stays writable",
+            a.name, p.name
+        ));
+    }
+    if p.reachable && !p.down {
+        let msg = down(cfg, &p.name, timeout)?;
+        return Ok(format!(
+            "replication is broken ({broken}) while both sides were writable: {msg}"
+        ));
+    }
+    if p.reachable {
+        return Ok(format!(
+            "replication is broken ({broken}); {} is already down",
+            p.name
+        ));
+    }
+    Err(format!(
+        "replication is broken ({broken}) and {} (the side to put down) is unreachable: it may still take writes",
+        p.name
+    ))
 }

@@ -14,6 +14,7 @@
 pub mod config;
 mod ddl;
 mod fence;
+pub mod health;
 mod status;
 
 pub use config::LogicalConfig;

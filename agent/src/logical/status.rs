@@ -1,12 +1,13 @@
 //! `pgshift logical status`: both sides' read-only state, subscriptions (worker running,
-//! errors), how far behind the peer's subscription is on this side's WAL, and client
-//! sessions by application_name.
+//! errors), the logical slots the peer's subscription uses, how far behind the peer is on
+//! this side's WAL, and client sessions by application_name.
 
 use pgshift_core::pg::Client;
 use serde::Serialize;
 use serde_json::json;
 
 use super::config::{LogicalConfig, Node};
+use super::health::{self, Memory};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Subscription {
@@ -16,6 +17,17 @@ pub struct Subscription {
     pub worker: bool,
     /// apply + sync errors since the statistics were reset.
     pub errors: i64,
+    /// The slot on the peer it streams from.
+    pub slot: Option<String>,
+}
+
+/// A logical slot of this node's database (the peer's subscription streams from one).
+#[derive(Debug, Clone, Serialize)]
+pub struct Slot {
+    pub name: String,
+    pub active: bool,
+    /// confirmed_flush_lsn, as a byte position.
+    pub confirmed: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +38,9 @@ pub struct NodeState {
     pub error: Option<String>,
     pub down: bool,
     pub subscriptions: Vec<Subscription>,
+    pub slots: Vec<Slot>,
+    /// This node's current WAL position, in bytes.
+    pub wal: Option<i64>,
     /// Bytes of this node's WAL the peer has not confirmed (its logical slots).
     pub lag_bytes: Option<i64>,
     /// Client sessions in the database by application_name.
@@ -33,7 +48,8 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// Whether changes flow into this node: an enabled subscription with a running worker.
+    /// An enabled subscription with a running worker: the instant's view only; whether
+    /// changes really flow takes two looks (see `health`).
     pub fn receiving(&self) -> bool {
         self.reachable && self.subscriptions.iter().any(|s| s.enabled && s.worker)
     }
@@ -55,6 +71,8 @@ pub fn read(cfg: &LogicalConfig, n: &Node) -> NodeState {
         error: None,
         down: false,
         subscriptions: vec![],
+        slots: vec![],
+        wal: None,
         lag_bytes: None,
         sessions: vec![],
     };
@@ -64,7 +82,8 @@ pub fn read(cfg: &LogicalConfig, n: &Node) -> NodeState {
         st.subscriptions = q(
             &mut c,
             "SELECT s.subname::text, s.subenabled, st.pid IS NOT NULL, \
-                    coalesce(ss.apply_error_count + ss.sync_error_count, 0) \
+                    coalesce(ss.apply_error_count + ss.sync_error_count, 0), \
+                    coalesce(s.subslotname::text, s.subname::text) \
              FROM pg_subscription s \
              LEFT JOIN pg_stat_subscription st ON st.subid = s.oid AND st.relid IS NULL \
              LEFT JOIN pg_stat_subscription_stats ss ON ss.subid = s.oid \
@@ -77,15 +96,33 @@ pub fn read(cfg: &LogicalConfig, n: &Node) -> NodeState {
             enabled: r.get(1),
             worker: r.get(2),
             errors: r.get(3),
+            slot: r.get(4),
         })
         .collect();
-        st.lag_bytes = q(
+        st.slots = q(
             &mut c,
-            "SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn))::bigint \
-             FROM pg_replication_slots WHERE slot_type = 'logical' AND database = current_database()",
+            "SELECT slot_name::text, active, pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint \
+             FROM pg_replication_slots WHERE slot_type = 'logical' AND database = current_database() \
+             ORDER BY 1",
+        )?
+        .iter()
+        .map(|r| Slot {
+            name: r.get(0),
+            active: r.get(1),
+            confirmed: r.get(2),
+        })
+        .collect();
+        st.wal = q(
+            &mut c,
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
         )?
         .first()
         .and_then(|r| r.get(0));
+        st.lag_bytes = st
+            .slots
+            .iter()
+            .filter_map(|s| Some(st.wal? - s.confirmed?))
+            .max();
         st.sessions = q(
             &mut c,
             "SELECT coalesce(nullif(application_name, ''), '(none)'), count(*) FROM pg_stat_activity \
@@ -104,17 +141,20 @@ pub fn read(cfg: &LogicalConfig, n: &Node) -> NodeState {
     st
 }
 
-/// Both directions flow.
-pub fn replication_ok(a: &NodeState, b: &NodeState) -> bool {
-    a.receiving() && b.receiving()
+/// Both sides as they are now.
+pub fn read_both(cfg: &LogicalConfig) -> [NodeState; 2] {
+    [read(cfg, &cfg.nodes[0]), read(cfg, &cfg.nodes[1])]
 }
 
+/// `status`: judged against what the last check remembered (read only, never updated here).
 pub fn status(cfg: &LogicalConfig, as_json: bool) -> String {
-    let states: Vec<NodeState> = cfg.nodes.iter().map(|n| read(cfg, n)).collect();
-    let ok = replication_ok(&states[0], &states[1]);
+    let states = read_both(cfg);
+    let memory = Memory::load(&cfg.state_file());
+    let dirs = health::judge(&states, memory.as_ref());
+    let ok = dirs.iter().all(|d| d.ok);
     if as_json {
         return serde_json::to_string_pretty(&json!({
-            "database": cfg.database, "replication_ok": ok, "nodes": states,
+            "database": cfg.database, "replication_ok": ok, "directions": dirs, "nodes": states,
         }))
         .expect("serializable");
     }
@@ -123,6 +163,18 @@ pub fn status(cfg: &LogicalConfig, as_json: bool) -> String {
         cfg.database,
         if ok { "flowing both ways" } else { "BROKEN" }
     );
+    for d in &dirs {
+        out.push_str(&format!(
+            "  {} -> {}: {}\n",
+            d.from,
+            d.into,
+            if d.ok {
+                "flowing".to_string()
+            } else {
+                d.why.join("; ")
+            }
+        ));
+    }
     for s in &states {
         if !s.reachable {
             out.push_str(&format!(
@@ -154,6 +206,13 @@ pub fn status(cfg: &LogicalConfig, as_json: bool) -> String {
                     ", NO WORKER"
                 },
                 sub.errors
+            ));
+        }
+        for slot in &s.slots {
+            out.push_str(&format!(
+                "  slot {}: {}\n",
+                slot.name,
+                if slot.active { "active" } else { "INACTIVE" }
             ));
         }
         let sessions: Vec<String> = s

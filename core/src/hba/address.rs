@@ -21,11 +21,27 @@ pub enum Address {
 
 impl Address {
     /// Parses a user-supplied address: a keyword, a CIDR network, a bare IP (= a single host,
-    /// /32 or /128), or a host name.
+    /// /32 or /128), or a host name. It is one token: text after a blank is refused, never
+    /// dropped (`0.0.0.0/0 trust` is not an address).
     pub fn parse_user(s: &str) -> Result<Address, String> {
-        let s = s.trim();
-        if s.is_empty() {
+        if s.trim().is_empty() {
             return Err("must not be empty".into());
+        }
+        if s.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            let hint = match s.split_whitespace().collect::<Vec<_>>()[..] {
+                [ip, mask] if ip.parse::<IpAddr>().is_ok() && mask.parse::<IpAddr>().is_ok() => {
+                    format!(
+                        "; write the network in CIDR form ({ip}/{})",
+                        netmask_prefix(mask, &ip.parse().expect("checked"))
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|_| "prefix".into())
+                    )
+                }
+                _ => String::new(),
+            };
+            return Err(format!(
+                "an address is one token without blanks (a CIDR network, an IP address, a host name, a .domain suffix, all, samehost or samenet){hint}"
+            ));
         }
         if let Ok(addr) = s.parse::<IpAddr>() {
             let prefix = max_prefix(&addr);
@@ -35,13 +51,8 @@ impl Address {
                 netmask_form: false,
             });
         }
-        // Everything else reads as it would in the file: keywords, CIDR, "addr netmask".
-        let (ip, mask) = match s.split_once(char::is_whitespace) {
-            Some((ip, mask)) => (ip, Some(mask.trim())),
-            None => (s, None),
-        };
-        match Address::parse_file(ip, false, mask)? {
-            (Address::Host(h), _) if mask.is_some() || !valid_hostname(&h) => Err(
+        match Address::parse_file(s, false, None)? {
+            (Address::Host(h), _) if !valid_hostname(&h) => Err(
                 "expected a CIDR network (10.0.0.0/8), an IP address, a host name, \
                  a .domain suffix, all, samehost or samenet"
                     .into(),
@@ -269,6 +280,11 @@ mod tests {
             "bad host",
             "-x.com",
             "",
+            "0.0.0.0/0 trust",
+            "10.0.0.0/8\tmd5",
+            "10.0.0.1 255.255.0.0",
+            " 10.0.0.1",
+            "\"db.example.com\"",
         ] {
             assert!(Address::parse_user(bad).is_err(), "{bad}");
         }

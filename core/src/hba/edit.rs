@@ -4,7 +4,7 @@
 
 use super::address::Address;
 use super::error::HbaError;
-use super::file::{HbaFile, Record, RecordKind};
+use super::file::HbaFile;
 use super::rule::{ConnType, Rule};
 use super::shadow::covers;
 use super::token::Token;
@@ -121,87 +121,82 @@ impl HbaFile {
         rule: &Rule,
         position: &Position,
     ) -> Result<RuleOutcome, HbaError> {
-        let outcome = |action| {
-            Ok(RuleOutcome {
-                rule: rule.clone(),
-                action,
-            })
-        };
-        if let Some(i) = self.find(rule) {
-            if self.records[i].rule().is_some_and(|r| r.same_content(rule)) {
-                return outcome(RuleAction::Unchanged);
-            }
-            self.records[i] = Record::from_rule(rule.clone());
-            return outcome(RuleAction::Updated);
+        let found = self.rules().find(|(_, r)| r.same_identity(rule));
+        if let Some((i, existing)) = found {
+            let want = rule.keeping_comment_of(&existing);
+            let action = if existing.same_content(&want) {
+                RuleAction::Unchanged
+            } else {
+                self.replace_rule(i, &want);
+                RuleAction::Updated
+            };
+            return Ok(RuleOutcome { rule: want, action });
         }
+        let want = rule.keeping_comment_of(rule);
         let at = self.insertion_point(position)?;
-        if at > 0 && self.records[at - 1].dangles() {
+        if at > 0 && self.dangles(at - 1) {
             return Err(HbaError::Plan(format!(
                 "line {} ends with a continuation backslash at the end of the file, so a rule written after it would be joined to it; remove the backslash first",
                 self.line_of(at - 1)
             )));
         }
-        self.records.insert(at, Record::from_rule(rule.clone()));
-        outcome(RuleAction::Added)
-    }
-
-    fn ensure_absent(&mut self, rule: &Rule) -> RuleOutcome {
-        let before = self.records.len();
-        self.records
-            .retain(|r| !r.rule().is_some_and(|r| r.same_identity(rule)));
-        let action = if self.records.len() < before {
-            RuleAction::Removed
-        } else {
-            RuleAction::Unchanged
-        };
-        RuleOutcome {
-            rule: rule.clone(),
-            action,
-        }
-    }
-
-    fn insertion_point(&self, position: &Position) -> Result<usize, HbaError> {
-        let rules: Vec<usize> = self.rules().map(|(i, _)| i).collect();
-        let matching = |sel: &Selector| -> Result<Vec<usize>, HbaError> {
-            let m: Vec<usize> = self
-                .rules()
-                .filter(|(_, r)| sel.matches(r))
-                .map(|(i, _)| i)
-                .collect();
-            if m.is_empty() {
-                return Err(HbaError::Plan(format!(
-                    "anchor ({}) matches no rule in the file",
-                    sel.describe()
-                )));
-            }
-            Ok(m)
-        };
-        Ok(match position {
-            Position::First => rules
-                .first()
-                .map_or(self.records.len(), |&i| self.block_start(i)),
-            Position::Last => rules.last().map_or(self.records.len(), |&i| i + 1),
-            Position::Before(sel) => self.block_start(matching(sel)?[0]),
-            Position::After(sel) => matching(sel)?.last().copied().unwrap_or_default() + 1,
+        self.insert_rule(at, &want);
+        Ok(RuleOutcome {
+            rule: want,
+            action: RuleAction::Added,
         })
     }
 
-    /// Start of the comment lines directly above record `i` (they describe it, so a rule
-    /// inserted "before" it goes above them) unless they are the file's opening header.
-    fn block_start(&self, i: usize) -> usize {
-        let mut j = i;
-        while j > 0 && self.records[j - 1].is_comment() {
-            j -= 1;
-        }
-        if j == 0 {
-            i
-        } else {
-            j
+    fn ensure_absent(&mut self, rule: &Rule) -> RuleOutcome {
+        let doomed: Vec<usize> = self
+            .rules()
+            .filter(|(_, r)| r.same_identity(rule))
+            .map(|(i, _)| i)
+            .collect();
+        let removed = self.remove_records(|i| doomed.binary_search(&i).is_ok());
+        RuleOutcome {
+            rule: rule.clone(),
+            action: if removed > 0 {
+                RuleAction::Removed
+            } else {
+                RuleAction::Unchanged
+            },
         }
     }
 
+    fn insertion_point(&mut self, position: &Position) -> Result<usize, HbaError> {
+        // First and last record index of the rules `pick` accepts.
+        let bounds = |f: &HbaFile, pick: &dyn Fn(&Rule) -> bool| {
+            f.rules()
+                .filter(|(_, r)| pick(r))
+                .fold(None, |acc: Option<(usize, usize)>, (i, _)| {
+                    Some(acc.map_or((i, i), |(first, _)| (first, i)))
+                })
+        };
+        let matching = |f: &HbaFile, sel: &Selector| {
+            bounds(f, &|r| sel.matches(r)).ok_or_else(|| {
+                HbaError::Plan(format!(
+                    "anchor ({}) matches no rule in the file",
+                    sel.describe()
+                ))
+            })
+        };
+        Ok(match position {
+            Position::First => match bounds(self, &|_| true) {
+                Some((first, _)) => self.block_start(first),
+                None => self.len(),
+            },
+            Position::Last => bounds(self, &|_| true).map_or(self.len(), |(_, last)| last + 1),
+            Position::Before(sel) => {
+                let (first, _) = matching(self, sel)?;
+                self.block_start(first)
+            }
+            Position::After(sel) => matching(self, sel)?.1 + 1,
+        })
+    }
+
     /// Makes the file's rules exactly `rules`, in order, keeping the leading comment block.
-    /// Records whose content is already right keep their bytes.
+    /// Records whose content is already right keep their bytes (and comments).
     pub fn set_exclusive(&mut self, rules: &[Rule]) -> Result<Vec<RuleOutcome>, HbaError> {
         for (i, a) in rules.iter().enumerate() {
             if let Some(j) = rules[i + 1..].iter().position(|b| b.same_identity(a)) {
@@ -211,58 +206,46 @@ impl HbaFile {
                 )));
             }
         }
-        let current: Vec<&Record> = self
-            .records
-            .iter()
-            .filter(|r| !matches!(r.kind, RecordKind::Blank | RecordKind::Comment))
-            .collect();
-        let already = current.len() == rules.len()
-            && current
-                .iter()
-                .zip(rules)
-                .all(|(r, want)| r.rule().is_some_and(|r| r.same_content(want)));
         let mut outcomes = Vec::new();
+        let mut body = Vec::with_capacity(rules.len());
         for want in rules {
-            let action = match self.find(want).map(|i| &self.records[i]) {
-                Some(r) if r.rule().is_some_and(|r| r.same_content(want)) => RuleAction::Unchanged,
-                Some(_) => RuleAction::Updated,
-                None => RuleAction::Added,
+            let found = self.rules().find(|(_, r)| r.same_identity(want));
+            let (action, item, want) = match found {
+                Some((i, r)) => {
+                    let want = want.keeping_comment_of(&r);
+                    if r.same_content(&want) && !self.dangles(i) {
+                        (RuleAction::Unchanged, Ok(i), want)
+                    } else {
+                        (RuleAction::Updated, Err(want.clone()), want)
+                    }
+                }
+                None => {
+                    let want = want.keeping_comment_of(want);
+                    (RuleAction::Added, Err(want.clone()), want)
+                }
             };
-            outcomes.push(RuleOutcome {
-                rule: want.clone(),
-                action,
-            });
+            outcomes.push(RuleOutcome { rule: want, action });
+            body.push(item);
         }
         for (_, old) in self.rules() {
-            if !rules.iter().any(|w| w.same_identity(old)) {
+            if !rules.iter().any(|w| w.same_identity(&old)) {
                 outcomes.push(RuleOutcome {
-                    rule: old.clone(),
+                    rule: old,
                     action: RuleAction::Removed,
                 });
             }
         }
-        if already {
-            return Ok(outcomes);
+        // Already exactly these rules, in this order, with nothing but blank lines and
+        // comments between them: leave the file alone (comments in the middle stay).
+        let already = self.rule_count() == rules.len()
+            && self
+                .rules()
+                .zip(&outcomes)
+                .all(|((_, r), o)| r.same_content(&o.rule))
+            && !self.has_other_lines();
+        if !already {
+            self.rebuild(body)?;
         }
-        let header: Vec<Record> = self
-            .records
-            .iter()
-            .take_while(|r| matches!(r.kind, RecordKind::Blank | RecordKind::Comment))
-            .cloned()
-            .collect();
-        if let Some(last) = header.last().filter(|r| r.dangles() && !rules.is_empty()) {
-            return Err(HbaError::Plan(format!(
-                "the comment `{}` ends with a continuation backslash at the end of the file, so rules written after it would be joined to it; remove the backslash first",
-                last.text()
-            )));
-        }
-        let body = rules.iter().map(|want| {
-            self.rules()
-                .find(|(i, r)| r.same_content(want) && !self.records[*i].dangles())
-                .map(|(i, _)| self.records[i].clone())
-                .unwrap_or_else(|| Record::from_rule(want.clone()))
-        });
-        self.records = header.into_iter().chain(body).collect();
         Ok(outcomes)
     }
 
@@ -283,17 +266,17 @@ impl HbaFile {
                 rule,
                 self.line_of(at),
                 self.line_of(i),
-                self.records[i].text().trim()
+                self.text(i).trim()
             ));
         }
         for (i, _) in self
             .rules()
-            .filter(|&(i, r)| i > at && r.same_identity(rule))
+            .filter(|(i, r)| *i > at && r.same_identity(rule))
         {
             out.push(format!(
                 "line {} (`{}`) has the same type, databases, users and address as line {} and is never used",
                 self.line_of(i),
-                self.records[i].text().trim(),
+                self.text(i).trim(),
                 self.line_of(at)
             ));
         }
@@ -315,6 +298,10 @@ mod tests {
         # IPv4 local connections:\n\
         host    all             all             127.0.0.1/32            scram-sha-256\n\
         host    replication     all             127.0.0.1/32            scram-sha-256\n";
+
+    fn parse(b: &[u8]) -> HbaFile {
+        HbaFile::parse(b).unwrap()
+    }
 
     fn rule(line: &str) -> Rule {
         let t = tokenize(line);
@@ -353,7 +340,7 @@ mod tests {
             ("", Position::Last),
             ("# only comments\n", Position::First),
         ] {
-            let mut f = HbaFile::parse(base.as_bytes());
+            let mut f = parse(base.as_bytes());
             assert_eq!(
                 present(&mut f, "host app app 10.0.0.0/8 scram-sha-256", pos.clone()),
                 RuleAction::Added
@@ -375,7 +362,7 @@ mod tests {
 
     #[test]
     fn positions() {
-        let mut f = HbaFile::parse(BASE.as_bytes());
+        let mut f = parse(BASE.as_bytes());
         present(&mut f, "host a a 10.0.0.1/32 md5", Position::First);
         present(
             &mut f,
@@ -421,7 +408,7 @@ mod tests {
 
     #[test]
     fn update_in_place_touches_one_line() {
-        let mut f = HbaFile::parse(BASE.as_bytes());
+        let mut f = parse(BASE.as_bytes());
         assert_eq!(
             present(
                 &mut f,
@@ -443,7 +430,7 @@ mod tests {
 
     #[test]
     fn exclusive_keeps_header_and_is_idempotent() {
-        let mut f = HbaFile::parse(BASE.as_bytes());
+        let mut f = parse(BASE.as_bytes());
         let want = [
             rule("local all postgres peer"),
             rule("host app app 10.0.0.0/8 scram-sha-256"),
@@ -463,7 +450,7 @@ mod tests {
         assert!(first
             .starts_with("# header\n# more header\n\n# admin\nlocal   all             postgres"));
         assert_eq!(first.matches('\n').count(), 6);
-        let mut again = HbaFile::parse(first.as_bytes());
+        let mut again = parse(first.as_bytes());
         again.set_exclusive(&want).unwrap();
         assert_eq!(text(&again), first);
         assert!(f
@@ -472,13 +459,87 @@ mod tests {
     }
 
     #[test]
+    fn crlf_files_get_crlf_lines() {
+        let base = "# header\r\nlocal all all peer\r\n";
+        let mut f = parse(base.as_bytes());
+        present(&mut f, "host app app 10.0.0.0/8 md5", Position::Last);
+        present(&mut f, "host b b 10.0.0.0/8 md5", Position::First);
+        let t = text(&f);
+        assert_eq!(t.matches("\r\n").count(), t.matches('\n').count(), "{t:?}");
+        let mut f = parse(b"local all all peer\r\nlocal x x peer");
+        present(&mut f, "host app app 10.0.0.0/8 md5", Position::Last);
+        let t = text(&f);
+        assert!(
+            t.starts_with("local all all peer\r\nlocal x x peer\r\nhost"),
+            "{t:?}"
+        );
+        assert!(!t.ends_with('\n'), "no final newline, as before: {t:?}");
+    }
+
+    #[test]
+    fn a_trailing_comment_on_a_matching_rule_is_kept_and_no_change() {
+        let base = "host app app 10.0.0.0/8 md5 # ticket 42\n";
+        let mut f = parse(base.as_bytes());
+        assert_eq!(
+            present(&mut f, "host app app 10.0.0.0/8 md5", Position::Last),
+            RuleAction::Unchanged
+        );
+        assert_eq!(text(&f), base);
+        // A changed method keeps the comment.
+        present(
+            &mut f,
+            "host app app 10.0.0.0/8 scram-sha-256",
+            Position::Last,
+        );
+        assert!(
+            text(&f).ends_with("scram-sha-256 # ticket 42\n"),
+            "{}",
+            text(&f)
+        );
+        // exclusive keeps it too.
+        let mut f = parse(base.as_bytes());
+        let out = f
+            .set_exclusive(&[rule("host app app 10.0.0.0/8 md5")])
+            .unwrap();
+        assert_eq!(out[0].action, RuleAction::Unchanged);
+        assert_eq!(text(&f), base);
+    }
+
+    #[test]
+    fn quoted_names_with_commas_and_quotes_are_matched() {
+        let base = "host \"db,one\",\"a\"\"b\" all 10.0.0.0/8 md5\n";
+        let mut f = parse(base.as_bytes());
+        let names =
+            crate::hba::parse_names("databases", &["db,one".into(), "a\"b".into()]).unwrap();
+        let mut r = rule("host x all 10.0.0.0/8 md5");
+        r.databases = names;
+        let out = f
+            .apply(&Change::Present {
+                rule: r.clone(),
+                position: Position::Last,
+            })
+            .unwrap();
+        assert_eq!(out.action, RuleAction::Unchanged);
+        assert_eq!(text(&f), base);
+        // Written fresh, it reads back as the same names.
+        let mut f = parse(b"");
+        f.apply(&Change::Present {
+            rule: r.clone(),
+            position: Position::Last,
+        })
+        .unwrap();
+        let back = parse(text(&f).as_bytes());
+        assert!(back.rule(0).unwrap().same_content(&r), "{}", text(&f));
+    }
+
+    #[test]
     fn warns_about_shadowed_and_duplicate_rules() {
-        let mut f = HbaFile::parse(b"host all all 0.0.0.0/0 reject\n");
+        let mut f = parse(b"host all all 0.0.0.0/0 reject\n");
         present(&mut f, "host app app 10.0.0.1/32 md5", Position::Last);
         let w = f.warnings_for(&rule("host app app 10.0.0.1/32 md5"));
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("line 1"), "{w:?}");
-        let f = HbaFile::parse(b"host a a 10.0.0.1/32 md5\nhost a a 10.0.0.1/32 trust\n");
+        let f = parse(b"host a a 10.0.0.1/32 md5\nhost a a 10.0.0.1/32 trust\n");
         assert_eq!(f.warnings_for(&rule("host a a 10.0.0.1/32 md5")).len(), 1);
     }
 }

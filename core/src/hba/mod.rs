@@ -16,7 +16,7 @@ mod token;
 pub use address::Address;
 pub use edit::{Change, Position, RuleAction, RuleOutcome, Selector};
 pub use error::HbaError;
-pub use file::{HbaFile, Record, RecordKind};
+pub use file::{classify, HbaFile, LineKind, MAX_FILE};
 pub use rule::{parse_names, ConnType, Rule, ServerVersion};
 pub use shadow::covers;
 pub use token::{tokenize, Token, Tokenized};

@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::address::Address;
 use super::error::HbaError;
-use super::token::{tokenize, Token};
+use super::token::Token;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnType {
@@ -180,8 +180,10 @@ impl Rule {
     /// (no newlines, host names well-formed), so a bad rule is refused before any write.
     pub fn validate(&self, server: Option<ServerVersion>) -> Result<(), HbaError> {
         let ty = self.conn_type.as_str();
-        check_names("databases", &self.databases, server)?;
-        check_names("users", &self.users, server)?;
+        // `/regex` names are valid on every version (PostgreSQL 15 reads them as literal
+        // names): the caller warns about them, see `regex_names`.
+        let _ = server;
+        self.validate_identity()?;
         match (&self.address, self.conn_type) {
             (Some(a), ConnType::Local) => {
                 return Err(HbaError::invalid(
@@ -239,15 +241,35 @@ impl Rule {
         }
         self.validate_options()?;
         if let Some(c) = &self.comment {
-            if c.contains('\n') || c.contains('\r') {
+            if c.contains(['\n', '\r']) {
                 return Err(HbaError::invalid(
                     "comment",
                     c.clone(),
                     "must be a single line",
                 ));
             }
+            if c.chars().any(|ch| ch.is_control() && ch != '\t') {
+                return Err(HbaError::invalid(
+                    "comment",
+                    c.clone(),
+                    "must not hold control characters",
+                ));
+            }
+            if c.ends_with('\\') {
+                return Err(HbaError::invalid(
+                    "comment",
+                    c.clone(),
+                    "must not end with a backslash (PostgreSQL would join the next line to it)",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The names can be written to the file and read back as themselves.
+    pub fn validate_identity(&self) -> Result<(), HbaError> {
+        check_names("databases", &self.databases)?;
+        check_names("users", &self.users)
     }
 
     fn validate_options(&self) -> Result<(), HbaError> {
@@ -263,11 +285,18 @@ impl Rule {
                 ));
             }
             seen.push(k);
-            if v.contains('\n') || v.contains('\r') {
+            if v.contains(['\n', '\r']) {
                 return Err(HbaError::invalid(
                     "options",
                     opt(),
                     "values must be a single line",
+                ));
+            }
+            if v.chars().any(|ch| ch.is_control() && ch != '\t') {
+                return Err(HbaError::invalid(
+                    "options",
+                    opt(),
+                    "values must not hold control characters",
                 ));
             }
             match k.as_str() {
@@ -393,12 +422,35 @@ impl Rule {
         self.same_identity(other)
             && self.method == other.method
             && a == b
-            && self.comment == other.comment
+            && self.comment.as_deref().filter(|c| !c.is_empty())
+                == other.comment.as_deref().filter(|c| !c.is_empty())
     }
 
     /// Uses 16+ syntax (regular expressions in names) that PostgreSQL 15 would read differently.
     pub fn needs_16(&self) -> bool {
         self.databases.iter().chain(&self.users).any(is_regex)
+    }
+
+    /// Names that PostgreSQL 16+ reads as regular expressions and 15 as literal names.
+    pub fn regex_names(&self) -> impl Iterator<Item = &str> {
+        self.databases
+            .iter()
+            .chain(&self.users)
+            .filter(|t| is_regex(t))
+            .map(|t| t.value.as_str())
+    }
+
+    /// This rule as it should replace `existing`: without a comment of its own it keeps the
+    /// existing rule's comment (a trailing comment is the operator's note, not ours); an empty
+    /// comment means "no comment".
+    pub fn keeping_comment_of(&self, existing: &Rule) -> Rule {
+        let mut r = self.clone();
+        r.comment = match &self.comment {
+            None => existing.comment.clone().filter(|c| !c.is_empty()),
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(c.clone()),
+        };
+        r
     }
 
     /// The line in the column layout of PostgreSQL's sample file (no newline).
@@ -427,7 +479,7 @@ impl Rule {
             .render();
             line.push_str(&format!("{k}={value}"));
         }
-        if let Some(c) = &self.comment {
+        if let Some(c) = self.comment.as_deref().filter(|c| !c.is_empty()) {
             line.push_str(" # ");
             line.push_str(c);
         }
@@ -461,11 +513,7 @@ fn is_regex(t: &Token) -> bool {
     !t.quoted && t.value.starts_with('/')
 }
 
-fn check_names(
-    field: &'static str,
-    names: &[Token],
-    server: Option<ServerVersion>,
-) -> Result<(), HbaError> {
+fn check_names(field: &'static str, names: &[Token]) -> Result<(), HbaError> {
     if names.is_empty() {
         return Err(HbaError::invalid(
             field,
@@ -481,11 +529,18 @@ fn check_names(
                 "names must not be empty",
             ));
         }
-        if t.value.contains('\n') || t.value.contains('\r') {
+        if t.value.contains(['\n', '\r']) {
             return Err(HbaError::invalid(
                 field,
                 t.value.clone(),
                 "names must be a single line",
+            ));
+        }
+        if t.value.chars().any(|ch| ch.is_control() && ch != '\t') {
+            return Err(HbaError::invalid(
+                field,
+                t.value.clone(),
+                "names must not hold control characters",
             ));
         }
         if !t.quoted && (t.value == "+" || t.value == "@") {
@@ -493,13 +548,6 @@ fn check_names(
                 field,
                 t.value.clone(),
                 "a group (+) or file (@) needs a name",
-            ));
-        }
-        if is_regex(t) && server.is_some_and(|v| v.0 < 16) {
-            return Err(HbaError::invalid(
-                field,
-                t.value.clone(),
-                "regular expressions (/...) need PostgreSQL 16; PostgreSQL 15 would read this as a literal name (quote it to mean that)",
             ));
         }
     }
@@ -522,28 +570,43 @@ fn check_option_value(name: &str, v: &str) -> Result<(), String> {
     }
 }
 
-/// Parses a list of names the way PostgreSQL reads one field: `a,b`, `"x y"`, keywords.
-/// Used for user input so the rules for quoting are the same as in the file.
+/// Reads names given by a user, one name per item (a comma-separated string has already
+/// been split by the caller). An item wrapped in double quotes (`"all"`, `"a,b"`, `""` for a
+/// quote inside) is a quoted name: never a keyword. Anything else is taken as it is: a keyword
+/// (`all`, `sameuser`, `samerole`, `samegroup`, `replication`), `+group`, `@file`, `/regex`, or
+/// a name in which blanks, commas, quotes and `#` are part of the name (quoted when written).
 pub fn parse_names(field: &'static str, items: &[String]) -> Result<Vec<Token>, HbaError> {
     let mut out = Vec::new();
     for item in items {
-        let t = tokenize(item);
-        if t.fields.len() != 1 || t.comment.is_some() {
-            // A plain name with blanks or '#': take it literally, quoted.
-            if item.trim().is_empty() {
-                return Err(HbaError::invalid(
-                    field,
-                    item.clone(),
-                    "names must not be empty",
-                ));
+        let token = match item.strip_prefix('"').and_then(|i| i.strip_suffix('"')) {
+            Some(inner) if item.len() >= 2 => {
+                // `""` is a quote; a lone quote inside is ambiguous.
+                let lone = inner.replace("\"\"", "").contains('"');
+                if lone {
+                    return Err(HbaError::invalid(
+                        field,
+                        item.clone(),
+                        "a quoted name writes a double quote inside it as \"\"",
+                    ));
+                }
+                Token {
+                    value: inner.replace("\"\"", "\""),
+                    quoted: true,
+                }
             }
-            out.push(Token {
+            _ => Token {
                 value: item.clone(),
-                quoted: true,
-            });
-            continue;
+                quoted: false,
+            },
+        };
+        if token.value.trim().is_empty() {
+            return Err(HbaError::invalid(
+                field,
+                item.clone(),
+                "names must not be empty",
+            ));
         }
-        out.extend(t.fields.into_iter().flatten());
+        out.push(token);
     }
     Ok(out)
 }
@@ -551,6 +614,7 @@ pub fn parse_names(field: &'static str, items: &[String]) -> Result<Vec<Token>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hba::token::tokenize;
 
     fn rule(line: &str) -> Result<Rule, String> {
         let t = tokenize(line);
@@ -630,11 +694,72 @@ mod tests {
     }
 
     #[test]
-    fn regex_names_need_16() {
+    fn regex_names_are_valid_and_reported() {
         let r = rule("host all /^app host.example.com md5").unwrap();
         assert!(r.needs_16());
-        assert!(r.validate(Some(ServerVersion(15))).is_err());
-        assert!(r.validate(Some(ServerVersion(16))).is_ok());
+        assert_eq!(r.regex_names().collect::<Vec<_>>(), ["/^app"]);
+        assert!(r.validate(Some(ServerVersion(15))).is_ok());
+    }
+
+    #[test]
+    fn user_names_are_taken_literally_unless_wrapped_in_quotes() {
+        let items: Vec<String> = [
+            "all",
+            "\"all\"",
+            "a,b",
+            "a\"b",
+            "\"x\"\"y\"",
+            "my db",
+            "+g",
+            "#h",
+        ]
+        .map(String::from)
+        .to_vec();
+        let t = parse_names("users", &items).unwrap();
+        let got: Vec<(&str, bool)> = t.iter().map(|t| (t.value.as_str(), t.quoted)).collect();
+        assert_eq!(
+            got,
+            [
+                ("all", false),
+                ("all", true),
+                ("a,b", false),
+                ("a\"b", false),
+                ("x\"y", true),
+                ("my db", false),
+                ("+g", false),
+                ("#h", false)
+            ]
+        );
+        // Each renders as one token that reads back as the same name.
+        for tok in &t {
+            let back = tokenize(&tok.render());
+            assert_eq!(back.fields.len(), 1, "{tok:?}");
+            assert_eq!(back.fields[0].len(), 1, "{tok:?}");
+            assert_eq!(back.fields[0][0].key(), tok.key(), "{tok:?}");
+        }
+        for bad in ["", " ", "\"\"", "\"a\"b\""] {
+            assert!(parse_names("users", &[bad.to_string()]).is_err(), "{bad}");
+        }
+        let t = parse_names("users", &["new\nline".to_string()]).unwrap();
+        assert!(check_names("users", &t).is_err());
+    }
+
+    #[test]
+    fn comments_are_kept_unless_replaced_or_emptied() {
+        let old = rule("host all all 10.0.0.0/8 md5 # the app's").unwrap();
+        let mut new = rule("host all all 10.0.0.0/8 md5").unwrap();
+        assert!(old.same_content(&new.keeping_comment_of(&old)));
+        new.comment = Some(String::new());
+        assert_eq!(new.keeping_comment_of(&old).comment, None);
+        new.comment = Some("mine".into());
+        assert_eq!(
+            new.keeping_comment_of(&old).comment.as_deref(),
+            Some("mine")
+        );
+        for bad in ["ends with \\", "bell\u{7}"] {
+            new.comment = Some(bad.into());
+            assert!(new.validate(None).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -37,16 +37,25 @@ impl Token {
     /// Text for the file. Quoting is added when the value would otherwise be read differently
     /// (blanks, commas, `#`, quotes, empty) or when the token was quoted to begin with.
     pub fn render(&self) -> String {
+        // A value ending in a backslash would make PostgreSQL join the next line to this one.
         let needs = self.quoted
             || self.value.is_empty()
+            || self.value.ends_with('\\')
             || self
                 .value
                 .chars()
-                .any(|c| is_blank(c) || c == ',' || c == '#' || c == '"' || c == '\n');
-        if needs {
-            format!("\"{}\"", self.value.replace('"', "\"\""))
-        } else {
-            self.value.clone()
+                .any(|c| is_blank(c) || c == ',' || c == '#' || c == '"' || c.is_control());
+        if !needs {
+            return self.value.clone();
+        }
+        let quote = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
+        // An unquoted `+group`, `@file` or `/regex` keeps its meaning only when the quotes
+        // start after the sign: PostgreSQL reads `+"a b"` as the group "a b".
+        match self.value.chars().next() {
+            Some(c @ ('+' | '@' | '/')) if !self.quoted && self.value.len() > 1 => {
+                format!("{c}{}", quote(&self.value[1..]))
+            }
+            _ => quote(&self.value),
         }
     }
 }
@@ -225,11 +234,28 @@ mod tests {
 
     #[test]
     fn render_round_trips_through_tokenizer() {
-        for v in ["plain", "with space", "a,b", "q\"uote", "#hash", "", "all"] {
+        for v in [
+            "plain",
+            "with space",
+            "a,b",
+            "q\"uote",
+            "#hash",
+            "",
+            "all",
+            "end\\",
+        ] {
             let tok = Token {
                 value: v.into(),
                 quoted: v == "all",
             };
+            for special in [false, true] {
+                let t = Token {
+                    value: format!("+{v}"),
+                    quoted: special,
+                };
+                let back = tokenize(&t.render());
+                assert_eq!(back.fields[0][0].key(), t.key(), "{t:?}");
+            }
             let back = tokenize(&tok.render());
             assert_eq!(back.fields.len(), 1, "{v}");
             assert_eq!(back.fields[0].len(), 1, "{v}");

@@ -9,5 +9,5 @@ pub mod replication;
 pub mod sql;
 mod tls;
 
-pub use client::{Client, PgError};
+pub use client::{Client, PgError, SqlState};
 pub use options::{ConnectOptions, SslMode};

@@ -12,25 +12,37 @@ pub(crate) struct EffectiveUser {
 
 impl EffectiveUser {
     /// Becomes the operating-system user named `name` when running as root and such a user
-    /// exists; otherwise does nothing (a non-root caller connects as itself).
-    pub(crate) fn become_named(name: &str) -> EffectiveUser {
+    /// exists; otherwise does nothing (a non-root caller connects as itself, and a database
+    /// user with no operating-system namesake logs in by password). A switch that fails is an
+    /// error: connecting as root instead would be a different login than the one asked for.
+    ///
+    /// The effective ids are per process on Linux (every thread changes with them): callers
+    /// with threads of their own should not be root at all (the agent drops root for good at
+    /// start, `process::become_for_good`).
+    pub(crate) fn become_named(name: &str) -> Result<EffectiveUser, String> {
+        let none = EffectiveUser { switched: false };
         if !Uid::effective().is_root() {
-            return EffectiveUser { switched: false };
+            return Ok(none);
         }
-        let Ok(Some(user)) = User::from_name(name) else {
-            return EffectiveUser { switched: false };
+        let user = match User::from_name(name) {
+            Ok(Some(u)) => u,
+            Ok(None) => return Ok(none),
+            Err(e) => {
+                return Err(format!(
+                    "cannot look up the operating-system user {name:?}: {e}"
+                ))
+            }
         };
         if user.uid.is_root() {
-            return EffectiveUser { switched: false };
+            return Ok(none);
         }
-        if setegid(user.gid).is_err() {
-            return EffectiveUser { switched: false };
-        }
-        if seteuid(user.uid).is_err() {
+        setegid(user.gid)
+            .map_err(|e| format!("cannot take the group of {name:?} to connect as it: {e}"))?;
+        if let Err(e) = seteuid(user.uid) {
             let _ = setegid(Gid::from_raw(0));
-            return EffectiveUser { switched: false };
+            return Err(format!("cannot become {name:?} to connect as it: {e}"));
         }
-        EffectiveUser { switched: true }
+        Ok(EffectiveUser { switched: true })
     }
 }
 

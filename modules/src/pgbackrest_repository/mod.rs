@@ -20,13 +20,19 @@ use std::process::Command;
 
 use pgshift_core::atomic::{self, Ownership};
 use pgshift_core::pgbackrest::DEFAULT_CONFIG;
+use pgshift_core::pgconf::check_value;
 use pgshift_core::process::{output_text, run_as, Owner};
+use pgshift_core::userfile::UserFile;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::args::{Arg, Default, Kind};
 use crate::login::LoginParams;
 use crate::protocol::{diff, Context, Failure, Module};
+
+/// stanza-create, check and info take seconds; check waits for an archived segment, which
+/// pgBackRest itself bounds by archive-timeout (60 s by default).
+const PGBACKREST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 const TLS: &[Arg] = &[
     Arg::new("cert", Kind::Path).required(),
@@ -174,7 +180,8 @@ impl Module for PgbackrestRepository {
         p: Params,
         login: LoginParams,
     ) -> Result<Map<String, Value>, Failure> {
-        let owner = Owner::lookup(&p.user)?;
+        check_one_line(&p)?;
+        let owner = Owner::lookup(&p.user).map_err(|e| format!("user: {e}"))?;
         if p.io_timeout < 1 || p.archive_timeout < 1 {
             return Err(format!(
                 "io_timeout and archive_timeout must be at least 1 second, got {} and {}",
@@ -354,17 +361,90 @@ impl ConfigChange {
             gid: owner.gid,
             mode: 0o640,
         };
-        atomic::write_atomic(path, self.after.as_bytes(), Some(own))
+        // A link is followed: its target is replaced, the link stays.
+        let target = UserFile::in_new_dir("config_file", path)?;
+        atomic::write_atomic(&target.real, self.after.as_bytes(), Some(own))
             .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
     }
 }
 
+/// pgbackrest.conf (or its link's target): a regular file, read bounded; `None` when new.
 fn read_config(path: &Path) -> Result<Option<String>, Failure> {
-    match fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+    Ok(UserFile::in_new_dir("config_file", path)?.read_text(MAX_CONFIG)?)
+}
+
+/// pgbackrest.conf is a few kilobytes; more is not one.
+const MAX_CONFIG: u64 = 16 * 1024 * 1024;
+
+/// Every string that ends up in pgbackrest.conf (an INI file) or a systemd unit is one line:
+/// a line break would add keys or directives of the caller's choosing.
+fn check_one_line(p: &Params) -> Result<(), Failure> {
+    let path = |v: &PathBuf| v.display().to_string();
+    let mut values: Vec<(String, String)> = vec![
+        ("config_file".into(), path(&p.config_file)),
+        ("user".into(), p.user.clone()),
+        ("units_dir".into(), path(&p.units_dir)),
+        ("repo_path".into(), path(&p.repo_path)),
+        ("spool_path".into(), path(&p.spool_path)),
+        (
+            "archive_push_queue_max".into(),
+            p.archive_push_queue_max.clone(),
+        ),
+    ];
+    let opt = |name: &str, v: &Option<String>| v.clone().map(|v| (name.to_string(), v));
+    let opt_path =
+        |name: &str, v: &Option<PathBuf>| v.as_ref().map(|v| (name.to_string(), path(v)));
+    values.extend(opt("stanza", &p.stanza));
+    values.extend(opt("instance", &p.instance));
+    values.extend(opt("repository_host", &p.repository_host));
+    values.extend(opt_path("pg_path", &p.pg_path));
+    values.extend(opt_path(
+        "repository_config_file",
+        &p.repository_config_file,
+    ));
+    values.extend(opt_path("data_directory", &p.data_directory));
+    if let Some(t) = &p.tls {
+        values.push(("tls.cert".into(), path(&t.cert)));
+        values.push(("tls.key".into(), path(&t.key)));
+        values.push(("tls.ca".into(), path(&t.ca)));
+        values.push(("tls.address".into(), t.address.clone()));
+        values.extend(opt("tls.name", &t.name));
     }
+    for (i, st) in p.stanzas.iter().flatten().enumerate() {
+        values.push((format!("stanzas[{i}].name"), st.name.clone()));
+        for (j, inst) in st.instances.iter().flatten().enumerate() {
+            let at = format!("stanzas[{i}].instances[{j}]");
+            values.push((format!("{at}.host"), inst.host.clone()));
+            values.extend(opt(&format!("{at}.name"), &inst.name));
+            values.extend(opt_path(&format!("{at}.path"), &inst.path));
+            values.extend(opt_path(&format!("{at}.config_file"), &inst.config_file));
+        }
+        for (j, c) in st.clients.iter().flatten().enumerate() {
+            values.push((format!("stanzas[{i}].clients[{j}]"), c.clone()));
+        }
+    }
+    for (i, sc) in p.schedules.iter().flatten().enumerate() {
+        values.push((
+            format!("schedules[{i}].on_calendar"),
+            sc.on_calendar.clone(),
+        ));
+        values.extend(opt(&format!("schedules[{i}].stanza"), &sc.stanza));
+    }
+    for (what, v) in &values {
+        check_value(what, v, "pgbackrest.conf or a systemd unit", false)?;
+    }
+    let q = &p.archive_push_queue_max;
+    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || q.len() - digits.len() > 3
+    {
+        return Err(format!(
+            "archive_push_queue_max {q:?} is not a size: a number with an optional unit (e.g. 4GiB)"
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Runs `pgbackrest --config=<file> <args>` as the pgBackRest user; its output on failure.
@@ -373,7 +453,7 @@ fn pgbackrest(config: &Path, owner: &Owner, args: &[&str]) -> Result<String, Str
     cmd.arg(format!("--config={}", config.display()))
         .args(args)
         .env("LC_ALL", "C");
-    let out = run_as(&mut cmd, Some(owner)).map_err(|e| {
+    let out = run_as(&mut cmd, Some(owner), PGBACKREST_DEADLINE).map_err(|e| {
         format!("cannot run pgbackrest (is the pgbackrest package installed?): {e}")
     })?;
     if out.status.success() {

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use pgshift_core::cert::{self, Requirements};
 use pgshift_core::process::Owner;
+use pgshift_core::userfile::UserFile;
 
 use super::Tls;
 use crate::protocol::{Context, Failure};
@@ -29,12 +30,19 @@ pub fn check<'a>(
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| format!("tls.port {} is not a TCP port", tls.port))?;
-    let read = |what: &str, path: &Path| {
-        fs::read(path).map_err(|e| format!("cannot read tls.{what} {}: {e}", path.display()))
+    // Regular files only, bounded: a FIFO must not hang the task.
+    let read = |option: &'static str, path: &Path| -> Result<Vec<u8>, Failure> {
+        Ok(UserFile::existing(option, path)?
+            .read(1024 * 1024)?
+            .unwrap_or_default())
     };
-    let chain = cert::load_certs(&read("cert", &tls.cert)?, &tls.cert.display().to_string())?;
-    let key = cert::load_key(&read("key", &tls.key)?, &tls.key.display().to_string())?;
-    let ca = cert::load_certs(&read("ca", &tls.ca)?, &tls.ca.display().to_string())?;
+    let origin = |option: &str, path: &Path| format!("{option} {}", path.display());
+    let chain = cert::load_certs(
+        &read("tls.cert", &tls.cert)?,
+        &origin("tls.cert", &tls.cert),
+    )?;
+    let key = cert::load_key(&read("tls.key", &tls.key)?, &origin("tls.key", &tls.key))?;
+    let ca = cert::load_certs(&read("tls.ca", &tls.ca)?, &origin("tls.ca", &tls.ca))?;
     let name = match &tls.name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()

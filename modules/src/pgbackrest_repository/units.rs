@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pgshift_core::atomic;
 use pgshift_core::process::{output_text, Owner};
+use pgshift_core::userfile::UserFile;
 
 use crate::protocol::Failure;
 
@@ -111,11 +111,7 @@ pub fn plan(dir: &Path, want: &Units) -> Result<Plan, Failure> {
     let mut write = Vec::new();
     for (name, text) in want {
         let path = dir.join(name);
-        let before = match fs::read_to_string(&path) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
-        };
+        let before = UserFile::in_new_dir("units_dir", &path)?.read_text(1024 * 1024)?;
         if before.as_deref() != Some(text.as_str()) {
             write.push((path, text.clone(), before));
         }
@@ -130,7 +126,13 @@ pub fn plan(dir: &Path, want: &Units) -> Result<Plan, Failure> {
             if !ours {
                 continue;
             }
-            if let Ok(text) = fs::read_to_string(e.path()) {
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            if let Ok(Some(text)) = UserFile::resolve("units_dir", &e.path())
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.read_text(1024 * 1024).map_err(|e| e.to_string()))
+            {
                 if text.starts_with(MARKER) {
                     remove.push((e.path(), text));
                 }
@@ -186,11 +188,11 @@ pub fn verify(want: &Units) -> Result<(), Failure> {
             fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
             files.push(p);
         }
-        let out = Command::new("/usr/bin/systemd-analyze")
-            .args(["verify", "--man=no"])
+        let mut cmd = Command::new("/usr/bin/systemd-analyze");
+        cmd.args(["verify", "--man=no"])
             .args(&files)
-            .env("LC_ALL", "C")
-            .output()
+            .env("LC_ALL", "C");
+        let out = pgshift_core::process::run_as(&mut cmd, None, std::time::Duration::from_secs(60))
             .map_err(|e| format!("cannot run systemd-analyze: {e}"))?;
         if out.status.success() {
             Ok(())

@@ -1,0 +1,1081 @@
+//! The loop (observe, decide, act, publish) on fakes of etcd, PostgreSQL and the fence guard:
+//! each action of the decision table carried out, and what it leaves in etcd, on the server,
+//! with the guard and in the API's snapshot. The fakes keep their state behind an
+//! `Arc<Mutex<_>>` the test holds too, to look at it and to change the world between loops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ports::{Fence, Phase, Postgres, RejoinJob, Store};
+use super::{Agent, Ports};
+use crate::api::{Shared, Snapshot};
+use crate::config::Config;
+use crate::dcs::{HistoryEntry, MemberRecord, View};
+use crate::decide::{Action, Leader};
+use crate::etcd;
+use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
+use crate::records::{unix_now, Outcome, Request, RequestKind, SyncState};
+use crate::state::{NodeState, Role};
+
+// ---- etcd ----------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Etcd {
+    up: bool,
+    revision: i64,
+    leader: Option<Leader>,
+    members: BTreeMap<String, MemberRecord>,
+    history: Vec<HistoryEntry>,
+    request: Option<(Request, i64)>,
+    outcome: Option<Outcome>,
+    sync: Option<SyncState>,
+    down: BTreeSet<String>,
+    /// Every member record published, in order.
+    published: Vec<MemberRecord>,
+}
+
+#[derive(Clone)]
+struct FakeStore(Arc<Mutex<Etcd>>);
+
+impl FakeStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Etcd) -> T) -> Result<T, etcd::Error> {
+        let mut e = self.0.lock().unwrap();
+        if !e.up {
+            return Err(etcd::Error::Unreachable("the fake etcd is down".into()));
+        }
+        Ok(f(&mut e))
+    }
+}
+
+impl Store for FakeStore {
+    fn read(&self) -> Result<View, etcd::Error> {
+        self.with(|e| View {
+            leader: e.leader.clone(),
+            members: e.members.values().cloned().collect(),
+            history: e.history.clone(),
+            request: e.request.clone(),
+            outcome: e.outcome.clone(),
+            sync: e.sync.clone(),
+            paused: false,
+            down: e.down.clone(),
+        })
+    }
+    fn keepalive(&self, _: i64) -> Result<bool, etcd::Error> {
+        self.with(|_| true)
+    }
+    fn grant(&self, _: i64) -> Result<i64, etcd::Error> {
+        self.with(|_| 77)
+    }
+    fn publish(&self, me: &MemberRecord, _: i64) -> Result<(), etcd::Error> {
+        self.with(|e| {
+            e.members.insert(me.name.clone(), me.clone());
+            e.published.push(me.clone());
+        })
+    }
+    fn write_leader(
+        &self,
+        me: &str,
+        _: i64,
+        expected: Option<i64>,
+    ) -> Result<Option<i64>, etcd::Error> {
+        self.with(|e| {
+            if e.leader.as_ref().map(|l| l.revision) != expected {
+                return None;
+            }
+            e.revision += 1;
+            e.leader = Some(Leader {
+                name: me.into(),
+                revision: e.revision,
+            });
+            Some(e.revision)
+        })
+    }
+    fn release_leader(&self, revision: i64) -> Result<bool, etcd::Error> {
+        self.with(|e| {
+            let ours = e.leader.as_ref().is_some_and(|l| l.revision == revision);
+            if ours {
+                e.leader = None;
+            }
+            ours
+        })
+    }
+    fn file_request(&self, r: &Request) -> Result<bool, etcd::Error> {
+        self.with(|e| {
+            e.revision += 1;
+            e.request = Some((r.clone(), e.revision));
+            true
+        })
+    }
+    fn update_request(&self, r: &Request, revision: i64) -> Result<bool, etcd::Error> {
+        self.with(|e| {
+            if e.request.as_ref().map(|(_, rev)| *rev) != Some(revision) {
+                return false;
+            }
+            e.revision += 1;
+            e.request = Some((r.clone(), e.revision));
+            true
+        })
+    }
+    fn end_request(&self, revision: i64, outcome: &Outcome) -> Result<bool, etcd::Error> {
+        self.with(|e| {
+            if e.request.as_ref().map(|(_, rev)| *rev) != Some(revision) {
+                return false;
+            }
+            e.request = None;
+            e.outcome = Some(outcome.clone());
+            true
+        })
+    }
+    fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
+        self.with(|e| e.sync = Some(s.clone()))
+    }
+    fn record_history(&self, _: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
+        self.with(|e| e.history.push(entry))
+    }
+}
+
+// ---- PostgreSQL -------------------------------------------------------------------------
+
+/// How the test ends a fake rejoin.
+type JobEnd = Arc<Mutex<Receiver<Result<Rejoined, LocalPgError>>>>;
+
+#[derive(Default)]
+struct Server {
+    obs: Observed,
+    /// What the agent asked of it, in order.
+    calls: Vec<String>,
+    standby_signal: bool,
+    sync_names: String,
+    /// The rejoin job's end, sent by the test (None: it finishes at once, rewound).
+    rejoin: Option<JobEnd>,
+}
+
+#[derive(Clone)]
+struct FakePg(Arc<Mutex<Server>>);
+
+/// What following `conn` would write (the real rule is `LocalPg::settings_differ`).
+fn conninfo_for(conn: &str) -> String {
+    format!("host={conn} application_name=db2")
+}
+
+impl Postgres for FakePg {
+    fn observe(&mut self) -> Observed {
+        self.0.lock().unwrap().obs.clone()
+    }
+    fn settings_differ(&self, obs: &Observed, conn: &str) -> bool {
+        obs.running && obs.in_recovery && obs.primary_conninfo != conninfo_for(conn)
+    }
+    fn reachable(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn prepare_standby(&self, conn: Option<&str>) -> Result<(), LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("prepare_standby {conn:?}"));
+        s.standby_signal = true;
+        if let Some(c) = conn {
+            s.obs.upstream_conn = Some(c.into());
+            s.obs.primary_conninfo = conninfo_for(c);
+        }
+        Ok(())
+    }
+    fn start(&mut self) -> Result<(), LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push("start".into());
+        s.obs.running = true;
+        s.obs.in_recovery = s.standby_signal;
+        s.obs.stopped_state = None;
+        Ok(())
+    }
+    fn stop(&mut self, mode: &str) -> Result<Stopped, LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("stop {mode}"));
+        if !s.obs.running {
+            return Ok(Stopped::Already);
+        }
+        let was_primary = !s.obs.in_recovery;
+        s.obs.running = false;
+        s.obs.streaming = false;
+        s.obs.stopped_state = Some(
+            match (mode, was_primary) {
+                ("fast", true) => "shut down",
+                (_, true) => "in production",
+                _ => "shut down in recovery",
+            }
+            .into(),
+        );
+        Ok(Stopped::Now)
+    }
+    fn promote(&mut self, keep: &mut dyn FnMut()) -> Result<(), LocalPgError> {
+        keep();
+        let mut s = self.0.lock().unwrap();
+        s.calls.push("promote".into());
+        s.obs.in_recovery = false;
+        s.obs.streaming = false;
+        s.obs.timeline += 1;
+        s.standby_signal = false;
+        Ok(())
+    }
+    fn checkpoint(&mut self) -> Result<(), LocalPgError> {
+        self.0.lock().unwrap().calls.push("checkpoint".into());
+        Ok(())
+    }
+    fn follow(&mut self, conn: &str) -> Result<(), LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("follow {conn}"));
+        s.obs.upstream_conn = Some(conn.into());
+        s.obs.primary_conninfo = conninfo_for(conn);
+        Ok(())
+    }
+    fn shutdown_checkpoint(&self) -> Result<u64, LocalPgError> {
+        Ok(0x3000028)
+    }
+    fn sync_names(&mut self) -> Result<String, LocalPgError> {
+        Ok(self.0.lock().unwrap().sync_names.clone())
+    }
+    fn set_sync_names(&mut self, value: &str) -> Result<(), LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("synchronous_standby_names {value:?}"));
+        s.sync_names = value.into();
+        Ok(())
+    }
+    fn is_sync_and_caught_up(&mut self, _: &str) -> Result<bool, LocalPgError> {
+        Ok(true)
+    }
+    fn create_slots(&mut self, slots: &[String]) -> Result<Vec<String>, LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("create_slots {slots:?}"));
+        s.obs.slots.extend(slots.iter().cloned());
+        Ok(slots.to_vec())
+    }
+    fn drop_unused_slots(&mut self, slots: &[String]) -> Result<Vec<String>, LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("drop_unused_slots {slots:?}"));
+        s.obs.slots.retain(|x| !slots.contains(x));
+        s.obs.inactive_slots.retain(|x| !slots.contains(x));
+        Ok(slots.to_vec())
+    }
+    fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob> {
+        let mut s = self.0.lock().unwrap();
+        s.calls
+            .push(format!("rejoin from {leader_conn} as {rewind_user}"));
+        Box::new(FakeJob {
+            server: self.0.clone(),
+            end: s.rejoin.clone(),
+            leader_conn: leader_conn.into(),
+        })
+    }
+    fn data_directory(&self) -> PathBuf {
+        PathBuf::from("/nonexistent/pgshift-test")
+    }
+}
+
+/// Stops the server, says it rewinds, then waits for the test's word (checking `cancel`).
+struct FakeJob {
+    server: Arc<Mutex<Server>>,
+    end: Option<JobEnd>,
+    leader_conn: String,
+}
+
+impl RejoinJob for FakeJob {
+    fn run(
+        &mut self,
+        _: Instant,
+        cancel: &AtomicBool,
+        phase: &mut dyn FnMut(Phase),
+    ) -> Result<Rejoined, LocalPgError> {
+        {
+            let mut s = self.server.lock().unwrap();
+            s.obs.running = false;
+            s.obs.stopped_state = Some("in production".into());
+        }
+        phase(Phase::Rewinding);
+        let result = match &self.end {
+            None => Ok(Rejoined::Rewound),
+            Some(rx) => loop {
+                if cancel.load(Ordering::Relaxed) {
+                    break Err(LocalPgError::Cancelled("called off by the test".into()));
+                }
+                match rx.lock().unwrap().recv_timeout(Duration::from_millis(5)) {
+                    Ok(Ok(Rejoined::Rebuilt { why, aside })) if why == "phase" => {
+                        let _ = aside;
+                        phase(Phase::Rebuilding);
+                    }
+                    Ok(r) => break r,
+                    Err(_) => {}
+                }
+            },
+        };
+        if result.is_ok() {
+            let mut s = self.server.lock().unwrap();
+            s.standby_signal = true;
+            s.obs.stopped_state = Some("shut down in recovery".into());
+            s.obs.upstream_conn = Some(self.leader_conn.clone());
+            s.obs.primary_conninfo = conninfo_for(&self.leader_conn);
+        }
+        result
+    }
+}
+
+// ---- the fence guard and the clock --------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct FakeGuard(Arc<Mutex<Vec<String>>>);
+
+impl Fence for FakeGuard {
+    fn primary_until(&mut self, deadline: u64) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(format!("P {deadline}"));
+        Ok(())
+    }
+    fn standby(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap().push("S".into());
+        Ok(())
+    }
+    fn ensure_alive(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+// ---- the test bench ------------------------------------------------------------------------
+
+struct Bench {
+    agent: Agent,
+    etcd: FakeStore,
+    pg: FakePg,
+    guard: FakeGuard,
+    clock: Arc<AtomicU64>,
+    shared: Shared,
+    _state: tempfile::TempDir,
+}
+
+const START: u64 = 1_000_000;
+
+/// A configuration of member `name` for tests (`extra`: top-level keys).
+pub(super) fn config(name: &str, state_dir: &std::path::Path, extra: &str) -> Config {
+    Config::parse(&format!(
+        r#"
+cluster = "main"
+name = "{name}"
+state_dir = "{}"
+{extra}
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+[postgresql]
+data_directory = "/nonexistent/pgshift-test"
+connect_address = "{name}:5432"
+[replication]
+user = "replicator"
+passfile = "/nonexistent/.pgpass"
+"#,
+        state_dir.display()
+    ))
+    .unwrap()
+}
+
+impl Bench {
+    /// The agent of `name` (ttl 3 s, loop_wait 0.5 s, retry_timeout 1.5 s) on fakes: etcd up
+    /// and empty, PostgreSQL as `obs` says.
+    fn new(name: &str, obs: Observed, extra: &str) -> Bench {
+        let state = tempfile::tempdir().unwrap();
+        let etcd = FakeStore(Arc::new(Mutex::new(Etcd {
+            up: true,
+            ..Etcd::default()
+        })));
+        let pg = FakePg(Arc::new(Mutex::new(Server {
+            standby_signal: obs.in_recovery,
+            obs,
+            ..Server::default()
+        })));
+        let guard = FakeGuard::default();
+        let clock = Arc::new(AtomicU64::new(START));
+        let c = clock.clone();
+        let shared: Shared = Arc::new(Mutex::new(Snapshot::default()));
+        let ports = Ports {
+            store: Box::new(etcd.clone()),
+            pg: Box::new(pg.clone()),
+            guard: Box::new(guard.clone()),
+            now: Arc::new(move || c.load(Ordering::Relaxed)),
+        };
+        let agent = Agent::assemble(
+            PathBuf::from("/nonexistent/agent.toml"),
+            config(name, state.path(), extra),
+            ports,
+            shared.clone(),
+            None,
+        )
+        .unwrap();
+        Bench {
+            agent,
+            etcd,
+            pg,
+            guard,
+            clock,
+            shared,
+            _state: state,
+        }
+    }
+
+    fn advance(&self, ms: u64) {
+        self.clock.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Half a second later, another leader having renewed its key: one loop.
+    fn step(&mut self) -> Action {
+        self.advance(500);
+        let me = self.agent.cfg.name.clone();
+        self.etcd(|e| {
+            if let Some(l) = e.leader.as_mut().filter(|l| l.name != me) {
+                e.revision += 1;
+                l.revision = e.revision;
+            }
+        });
+        self.agent.cycle()
+    }
+
+    fn etcd<T>(&self, f: impl FnOnce(&mut Etcd) -> T) -> T {
+        f(&mut self.etcd.0.lock().unwrap())
+    }
+
+    fn server<T>(&self, f: impl FnOnce(&mut Server) -> T) -> T {
+        f(&mut self.pg.0.lock().unwrap())
+    }
+
+    /// What PostgreSQL was asked since the last look.
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.pg.0.lock().unwrap().calls)
+    }
+
+    fn guard_calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.guard.0.lock().unwrap())
+    }
+
+    fn me(&self) -> MemberRecord {
+        let name = self.agent.cfg.name.clone();
+        self.etcd(|e| e.members[&name].clone())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.shared.lock().unwrap().clone()
+    }
+
+    /// Another member's record in etcd.
+    fn member(&self, name: &str, role: Role, state: NodeState, upstream: Option<&str>) {
+        let rec = MemberRecord {
+            name: name.into(),
+            conn: format!("{name}:5432"),
+            api: format!("{name}:8008"),
+            role,
+            state,
+            timeline: 1,
+            lsn: 100,
+            upstream: upstream.map(Into::into),
+            priority: 1,
+            ..MemberRecord::default()
+        };
+        self.etcd(|e| e.members.insert(name.into(), rec));
+    }
+
+    /// An operator's request, filed now.
+    fn request(&self, kind: RequestKind, from: Option<&str>, to: &str) {
+        let request = Request {
+            kind,
+            from: from.map(Into::into),
+            to: Some(to.into()),
+            at: None,
+            requested_at: unix_now(),
+            handed_over: None,
+        };
+        self.etcd(|e| {
+            e.revision += 1;
+            e.request = Some((request, e.revision));
+        });
+    }
+
+    /// `name` holds the leader key now (a fresh revision).
+    fn leader(&self, name: &str) -> i64 {
+        self.etcd(|e| {
+            e.revision += 1;
+            e.leader = Some(Leader {
+                name: name.into(),
+                revision: e.revision,
+            });
+            e.history.push(HistoryEntry {
+                leader: name.into(),
+                timeline: 1,
+                at: 0,
+                reason: "bootstrap".into(),
+            });
+            e.revision
+        })
+    }
+}
+
+fn primary() -> Observed {
+    Observed {
+        running: true,
+        in_recovery: false,
+        timeline: 1,
+        lsn: 100,
+        ..Observed::default()
+    }
+}
+
+/// A standby streaming from db1 with the settings following db1 writes.
+fn standby_of_db1() -> Observed {
+    Observed {
+        running: true,
+        in_recovery: true,
+        timeline: 1,
+        lsn: 100,
+        streaming: true,
+        walreceiver: Some("streaming".into()),
+        upstream_conn: Some("db1:5432".into()),
+        primary_conninfo: conninfo_for("db1:5432"),
+        ..Observed::default()
+    }
+}
+
+fn stopped(state: &str) -> Observed {
+    Observed {
+        stopped_state: Some(state.into()),
+        timeline: 1,
+        ..Observed::default()
+    }
+}
+
+// ---- the actions ---------------------------------------------------------------------------
+
+#[test]
+fn take_leader_at_bootstrap_then_renew() {
+    let mut b = Bench::new("db1", primary(), "");
+    let a = b.agent.cycle();
+    assert_eq!(
+        a,
+        Action::TakeLeader {
+            expected: None,
+            promote: false
+        }
+    );
+    let rev = b.etcd(|e| e.leader.clone()).unwrap();
+    assert_eq!(rev.name, "db1");
+    // The guard may let it write until the write's send time plus retry_timeout.
+    assert_eq!(b.guard_calls(), [format!("P {}", START + 1500)]);
+    assert_eq!(b.etcd(|e| e.history[0].reason.clone()), "bootstrap");
+    assert_eq!(b.me().role, Role::Primary);
+    assert_eq!(b.me().state, NodeState::Running);
+
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.guard_calls(), [format!("P {}", START + 2000)]);
+    // The API: the leader (as read at the loop's start) and its deadline for HAProxy.
+    let snap = b.snapshot();
+    assert_eq!(snap.leader.as_deref(), Some("db1"));
+    assert_eq!(snap.writable_until, START + 2000);
+    assert!(b.etcd(|e| e.leader.as_ref().unwrap().revision) > rev.revision);
+    assert!(b.calls().is_empty(), "a renewal asks nothing of PostgreSQL");
+}
+
+#[test]
+fn wait_while_streaming_keeps_slots_for_the_others() {
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert!(matches!(b.agent.cycle(), Action::Wait { .. }));
+    assert_eq!(b.guard_calls(), ["S"]);
+    // A slot for db1 ahead of a promotion, by the one naming rule.
+    assert_eq!(b.calls(), ["create_slots [\"db1\"]"]);
+    let me = b.me();
+    assert_eq!((me.role, me.state), (Role::Replica, NodeState::Streaming));
+    assert_eq!(me.upstream.as_deref(), Some("db1"));
+}
+
+#[test]
+fn follow_a_new_leader_and_stale_settings() {
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.member("db3", Role::Primary, NodeState::Running, None);
+    b.leader("db3");
+    assert_eq!(
+        b.agent.cycle(),
+        Action::Follow {
+            leader: "db3".into()
+        }
+    );
+    assert!(b.calls().contains(&"follow db3:5432".to_string()));
+    // Streaming from the leader, but with settings other than following it writes (a TLS
+    // file added since): followed again.
+    b.server(|s| s.obs.primary_conninfo = "host=db3:5432 sslmode=prefer".into());
+    assert_eq!(
+        b.agent.cycle(),
+        Action::Follow {
+            leader: "db3".into()
+        }
+    );
+    b.calls();
+    assert!(matches!(b.agent.cycle(), Action::Wait { .. }));
+}
+
+#[test]
+fn start_standby_of_the_leader() {
+    let mut b = Bench::new("db2", stopped("shut down in recovery"), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert_eq!(
+        b.agent.cycle(),
+        Action::StartStandby {
+            leader: Some("db1".into())
+        }
+    );
+    assert_eq!(b.calls(), ["prepare_standby Some(\"db1:5432\")", "start"]);
+    assert_eq!(b.guard_calls(), ["S"]);
+    assert_eq!(b.me().role, Role::Replica);
+}
+
+#[test]
+fn start_primary_and_promote_while_holding_the_key() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cycle();
+    // PostgreSQL stopped under a fresh leadership: started as the primary.
+    b.server(|s| {
+        s.obs = stopped("in production");
+        s.standby_signal = false;
+    });
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::StartPrimary);
+    assert!(b.calls().contains(&"start".to_string()));
+    // Running as a standby while holding the key: promoted, then a checkpoint.
+    b.server(|s| s.obs.in_recovery = true);
+    b.advance(100);
+    assert_eq!(b.agent.cycle(), Action::Promote);
+    let calls = b.calls();
+    assert!(
+        calls.ends_with(&["promote".into(), "checkpoint".into()]),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn take_leader_and_promote_once_the_leader_is_ttl_old() {
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    let old = b.leader("db1");
+    assert!(matches!(b.agent.cycle(), Action::Wait { .. }));
+    // db1 stops writing; its revision turns ttl (3 s) old on our clock.
+    b.etcd(|e| e.members.get_mut("db1").unwrap().role = Role::Stopped);
+    b.server(|s| s.obs.streaming = false);
+    b.advance(2_999);
+    assert!(matches!(b.agent.cycle(), Action::Wait { .. }));
+    b.advance(1);
+    b.calls();
+    b.guard_calls();
+    assert_eq!(
+        b.agent.cycle(),
+        Action::TakeLeader {
+            expected: Some(old),
+            promote: true
+        }
+    );
+    assert_eq!(b.etcd(|e| e.leader.clone()).unwrap().name, "db2");
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"promote".to_string()) && calls.last().unwrap() == "checkpoint",
+        "{calls:?}"
+    );
+    // The guard: writable from the takeover's send time.
+    assert_eq!(b.guard_calls()[0], format!("P {}", START + 3_000 + 1_500));
+    let snap = b.snapshot();
+    assert_eq!(snap.counters.promotions, 1);
+    assert_eq!(snap.counters.last_failover_ms, Some(3_000));
+    assert_eq!(
+        b.etcd(|e| e.history.last().unwrap().reason.clone()),
+        "failover"
+    );
+    assert_eq!(b.me().role, Role::Primary);
+    // Announced during the action (before the end of the loop), as the leader.
+    let published = b.etcd(|e| e.published.clone());
+    assert!(published.len() >= 3, "{published:?}");
+}
+
+#[test]
+fn fence_when_leadership_runs_out_without_etcd() {
+    let mut b = Bench::new("db1", primary(), "failsafe_mode = false");
+    b.agent.cycle();
+    b.guard_calls();
+    b.etcd(|e| e.up = false);
+    b.advance(1_000);
+    assert!(matches!(b.agent.cycle(), Action::Wait { .. }));
+    b.advance(500);
+    assert!(matches!(b.agent.cycle(), Action::Fence { .. }));
+    assert_eq!(b.calls(), ["stop immediate"]);
+    assert_eq!(b.guard_calls(), ["S"]);
+    let snap = b.snapshot();
+    assert_eq!(snap.me.unwrap().state, NodeState::Fenced);
+    assert_eq!(snap.writable_until, 0);
+}
+
+#[test]
+fn a_leader_that_cannot_renew_retries_every_50_ms_until_its_deadline() {
+    let mut b = Bench::new("db1", primary(), "failsafe_mode = false");
+    b.agent.cycle();
+    assert_eq!(b.agent.period(), 500);
+    b.etcd(|e| e.up = false);
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(b.agent.period(), 50, "renewal failed, deadline ahead");
+    b.etcd(|e| e.up = true);
+    b.advance(50);
+    b.agent.cycle();
+    assert_eq!(b.agent.period(), 500, "renewed");
+    // A standby does not hurry when etcd is away: it has no deadline to keep.
+    let mut s = Bench::new("db2", standby_of_db1(), "failsafe_mode = false");
+    s.leader("db1");
+    s.agent.cycle();
+    s.etcd(|e| e.up = false);
+    s.advance(500);
+    s.agent.cycle();
+    assert_eq!(s.agent.period(), 500);
+}
+
+#[test]
+fn a_failsafe_round_waiting_on_a_gone_member_does_not_hold_up_the_renewal() {
+    // db2's host is gone the way a crashed one is: its connections are never answered.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut b = Bench::new("db1", primary(), "failsafe_mode = true");
+    b.member("db2", Role::Replica, NodeState::Running, Some("db1"));
+    b.etcd(|e| e.members.get_mut("db2").unwrap().api = gone.local_addr().unwrap().to_string());
+    b.agent.cycle();
+    b.guard_calls();
+    // etcd elects a new raft leader: no answer for a moment, then answers again, long before
+    // the round's call to db2 (500 ms) gives up.
+    b.etcd(|e| e.up = false);
+    b.advance(500);
+    let etcd = b.etcd.clone();
+    let elected = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        etcd.0.lock().unwrap().up = true;
+    });
+    let action = b.agent.cycle();
+    elected.join().unwrap();
+    assert_eq!(action, Action::RenewLeader);
+    assert_eq!(b.guard_calls(), [format!("P {}", START + 2000)]);
+}
+
+#[test]
+fn renewal_that_finds_the_key_changed_stops_leading() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cycle();
+    b.guard_calls();
+    // Someone else wrote the key between our read and our write: the write fails.
+    struct Racing(FakeStore);
+    impl Store for Racing {
+        fn read(&self) -> Result<View, etcd::Error> {
+            self.0.read()
+        }
+        fn keepalive(&self, l: i64) -> Result<bool, etcd::Error> {
+            self.0.keepalive(l)
+        }
+        fn grant(&self, t: i64) -> Result<i64, etcd::Error> {
+            self.0.grant(t)
+        }
+        fn publish(&self, m: &MemberRecord, l: i64) -> Result<(), etcd::Error> {
+            self.0.publish(m, l)
+        }
+        fn write_leader(
+            &self,
+            _: &str,
+            _: i64,
+            _: Option<i64>,
+        ) -> Result<Option<i64>, etcd::Error> {
+            Ok(None)
+        }
+        fn release_leader(&self, r: i64) -> Result<bool, etcd::Error> {
+            self.0.release_leader(r)
+        }
+        fn file_request(&self, r: &Request) -> Result<bool, etcd::Error> {
+            self.0.file_request(r)
+        }
+        fn update_request(&self, r: &Request, v: i64) -> Result<bool, etcd::Error> {
+            self.0.update_request(r, v)
+        }
+        fn end_request(&self, v: i64, o: &Outcome) -> Result<bool, etcd::Error> {
+            self.0.end_request(v, o)
+        }
+        fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
+            self.0.write_sync(s)
+        }
+        fn record_history(&self, v: &View, e: HistoryEntry) -> Result<(), etcd::Error> {
+            self.0.record_history(v, e)
+        }
+    }
+    b.agent.store = Box::new(Racing(b.etcd.clone()));
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.guard_calls(), ["S"]);
+    assert!(!b.agent.clock.leading());
+    assert_eq!(b.snapshot().writable_until, 0);
+}
+
+#[test]
+fn hand_over_to_the_streaming_standby_on_request() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cycle();
+    b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.request(RequestKind::Switchover, Some("db1"), "db2");
+    b.calls();
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::HandOver { to: "db2".into() });
+    assert_eq!(
+        b.calls(),
+        ["stop fast", "prepare_standby Some(\"db2:5432\")", "start"]
+    );
+    let (r, _) = b.etcd(|e| e.request.clone()).unwrap();
+    let h = r.handed_over.unwrap();
+    assert_eq!((h.to.as_str(), h.lsn), ("db2", 0x3000028));
+    assert_eq!(b.etcd(|e| e.leader.clone()), None, "the key was released");
+    assert!(b.agent.node.handed_over);
+    assert_eq!(b.me().role, Role::Replica);
+}
+
+#[test]
+fn end_a_request_that_is_done() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cycle();
+    b.request(RequestKind::Failover, None, "db1");
+    b.advance(500);
+    assert!(matches!(
+        b.agent.cycle(),
+        Action::EndRequest { ok: true, .. }
+    ));
+    let outcome = b.etcd(|e| e.outcome.clone()).unwrap();
+    assert!(outcome.ok && outcome.message.contains("db1 leads now"));
+    assert!(b.etcd(|e| e.request.is_none()));
+}
+
+#[test]
+fn synchronous_mode_names_the_streaming_standby() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cfg.replication.synchronous_mode = true;
+    assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
+    b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(
+        b.etcd(|e| e.sync.clone()),
+        Some(SyncState {
+            leader: "db1".into(),
+            standby: Some("db2".into())
+        })
+    );
+    assert_eq!(b.server(|s| s.sync_names.clone()), "\"db2\"");
+    // The API shows the record it read at the start of a loop: the next one.
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.snapshot().sync_standby.as_deref(), Some("db2"));
+}
+
+// ---- long operations on the worker ----------------------------------------------------------
+
+/// Loops (half a second each on the fake clock, the other leader renewing meanwhile) until
+/// `done`.
+fn wait_for(b: &mut Bench, what: &str, done: impl Fn(&mut Bench, &Action) -> bool) -> Action {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = b.step();
+        if done(b, &a) {
+            return a;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// An old primary that lost the key: the rejoin runs on the worker while the loop goes on
+/// publishing `rejoining`, `rewinding`, `rebuilding`; then it starts as the leader's standby.
+#[test]
+fn rejoin_runs_on_the_worker_and_the_loop_keeps_publishing() {
+    let (tx, rx): (Sender<Result<Rejoined, LocalPgError>>, _) = channel();
+    let mut b = Bench::new("db2", primary(), "");
+    b.server(|s| s.rejoin = Some(Arc::new(Mutex::new(rx))));
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert_eq!(
+        b.agent.cycle(),
+        Action::Rejoin {
+            leader: "db1".into()
+        }
+    );
+    assert!(b
+        .calls()
+        .contains(&"rejoin from db1:5432 as pgshift_rewind".to_string()));
+    // Said at once, before the end of the loop.
+    let first = b.etcd(|e| e.published.first().cloned()).unwrap();
+    assert_eq!(first.state, NodeState::Rejoining);
+    wait_for(&mut b, "rewinding", |b, a| {
+        matches!(a, Action::Wait { .. }) && b.me().state == NodeState::Rewinding
+    });
+    let published = b.etcd(|e| e.published.len());
+    tx.send(Ok(Rejoined::Rebuilt {
+        why: "phase".into(),
+        aside: String::new(),
+    }))
+    .unwrap();
+    wait_for(&mut b, "rebuilding", |b, _| {
+        b.me().state == NodeState::Rebuilding
+    });
+    b.step();
+    b.step();
+    // The loop keeps publishing (the member key stays alive) and the API's snapshot fresh.
+    assert!(b.etcd(|e| e.published.len()) >= published + 3);
+    assert_eq!(b.snapshot().me.unwrap().state, NodeState::Rebuilding);
+    // Nothing else is asked of PostgreSQL meanwhile.
+    assert!(b.calls().is_empty());
+    tx.send(Ok(Rejoined::Rebuilt {
+        why: "pg_rewind failed".into(),
+        aside: "/x.pgshift-old-1".into(),
+    }))
+    .unwrap();
+    wait_for(&mut b, "the rejoin's end", |b, _| {
+        b.me().role == Role::Replica
+    });
+    assert_eq!(b.calls(), ["start"]);
+    assert_eq!(b.snapshot().counters.rebuilds, 1);
+    assert_eq!(b.me().rebuilds, 1);
+    // And then it streams from the leader like any standby.
+    b.server(|s| s.obs.streaming = true);
+    let a = wait_for(&mut b, "streaming", |b, _| {
+        b.me().state == NodeState::Streaming
+    });
+    assert!(matches!(a, Action::Wait { .. }), "{a:?}");
+}
+
+#[test]
+fn maintenance_calls_a_rejoin_off_and_starts_no_other() {
+    let (_tx, rx) = channel();
+    let mut b = Bench::new("db2", primary(), "");
+    b.server(|s| s.rejoin = Some(Arc::new(Mutex::new(rx))));
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert!(matches!(b.agent.cycle(), Action::Rejoin { .. }));
+    wait_for(&mut b, "rewinding", |b, _| {
+        b.me().state == NodeState::Rewinding
+    });
+    // pgshift down: the record says so while the rejoin is called off.
+    b.etcd(|e| e.down.insert("db2".into()));
+    wait_for(&mut b, "down published", |b, _| b.me().down);
+    wait_for(&mut b, "the rejoin called off", |b, _| {
+        b.me().state == NodeState::Stopped
+    });
+    assert_eq!(b.snapshot().counters.rewinds, 0);
+    b.calls();
+    // A diverged node in maintenance starts no new rejoin (it may start as a standby, as
+    // any stopped node does).
+    for _ in 0..10 {
+        let a = b.step();
+        assert!(!matches!(a, Action::Rejoin { .. }), "{a:?}");
+    }
+    assert!(!b.calls().iter().any(|c| c.starts_with("rejoin")));
+}
+
+#[test]
+fn a_rejoin_that_finishes_at_once_is_counted_and_started() {
+    let mut b = Bench::new("db2", primary(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert!(matches!(b.agent.cycle(), Action::Rejoin { .. }));
+    wait_for(&mut b, "started", |b, _| b.me().role == Role::Replica);
+    assert_eq!(b.snapshot().counters.rewinds, 1);
+    let calls = b.calls();
+    assert_eq!(calls.last().map(String::as_str), Some("start"), "{calls:?}");
+}
+
+// ---- slots -------------------------------------------------------------------------------------
+
+#[test]
+fn the_leader_drops_unused_slots_of_an_older_naming_rule() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.member("DB2.lab", Role::Replica, NodeState::Streaming, Some("db1"));
+    // `__2_lab` was the playbook's name for DB2.lab, `db2` the module's: both unused now;
+    // `__2_lab` in use keeps it.
+    b.server(|s| {
+        s.obs.slots = vec!["__2_lab".into(), "db2".into(), "other".into()];
+        s.obs.inactive_slots = vec!["db2".into(), "other".into()];
+    });
+    b.agent.cycle();
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"create_slots [\"db2_lab\"]".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"drop_unused_slots [\"db2\"]".to_string()),
+        "{calls:?}"
+    );
+    assert!(!calls
+        .iter()
+        .any(|c| c.contains("other") && c.starts_with("drop")));
+    // Once the old slot is free, it goes too.
+    b.server(|s| s.obs.inactive_slots.push("__2_lab".into()));
+    b.advance(500);
+    b.agent.cycle();
+    assert!(b
+        .calls()
+        .contains(&"drop_unused_slots [\"__2_lab\"]".to_string()));
+}
+
+#[test]
+fn members_whose_names_share_a_slot_get_none_and_a_warning() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.member("db-2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.member("db_2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.agent.cycle();
+    assert!(!b.calls().iter().any(|c| c.starts_with("create_slots")));
+    let w = b.me().warnings;
+    assert!(
+        w.iter()
+            .any(|w| w.contains("would share the replication slot \"db_2\"")),
+        "{w:?}"
+    );
+}
+
+/// A data directory that a half-done pg_rewind left (the marker file in it) is never started,
+/// only rebuilt from the leader.
+#[test]
+fn a_directory_a_half_done_rewind_left_is_rebuilt_not_started() {
+    let mut b = Bench::new(
+        "db2",
+        Observed {
+            rebuild_pending: true,
+            ..stopped("shut down in recovery")
+        },
+        "",
+    );
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert_eq!(
+        b.agent.cycle(),
+        Action::Rejoin {
+            leader: "db1".into()
+        }
+    );
+    let calls = b.calls();
+    assert!(!calls.contains(&"start".to_string()), "{calls:?}");
+    // In maintenance, nothing at all.
+    let mut b = Bench::new(
+        "db2",
+        Observed {
+            rebuild_pending: true,
+            ..stopped("shut down in recovery")
+        },
+        "",
+    );
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    b.etcd(|e| e.down.insert("db2".into()));
+    for _ in 0..3 {
+        assert!(matches!(b.step(), Action::Wait { .. }));
+    }
+    assert!(b.calls().is_empty());
+}

@@ -1,0 +1,778 @@
+//! The local PostgreSQL: what it is doing, and the few things the agent does to it (start as
+//! standby or primary, promote, follow another node, rewind, stop). The agent is the only
+//! one who starts it (Debian's start.conf says manual), always through here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use pgshift_core::atomic::Ownership;
+use pgshift_core::datadir::DataDir;
+use pgshift_core::pg::{Client, ConnectOptions, PgError, SqlState};
+use pgshift_core::pgconf::conninfo_get;
+use pgshift_core::process::{output_text, run_as, Owner};
+use pgshift_core::standby::{
+    self, move_aside, prepare_target, split_address, BaseBackup, ReplicationTls, Rewind,
+    StandbyError, Upstream,
+};
+
+use crate::config::Config;
+
+mod error;
+pub use error::LocalPgError;
+
+type Result<T, E = LocalPgError> = std::result::Result<T, E>;
+
+/// pg_ctl waits up to its own -t 120 for a start; this bounds pg_ctl itself.
+const PG_CTL_DEADLINE: Duration = Duration::from_secs(150);
+
+/// The local server's answer to one statement; longer is a stopped or frozen server. The
+/// post-promotion CHECKPOINT may outlast it on a big cluster: it goes on in the server, and
+/// the loop only logs the error.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one look at the local server shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub running: bool,
+    pub in_recovery: bool,
+    pub timeline: u32,
+    /// Written (primary) or received (standby) position.
+    pub lsn: u64,
+    pub replayed_lsn: u64,
+    /// host:port of primary_conninfo.
+    pub upstream_conn: Option<String>,
+    pub streaming: bool,
+    /// pg_controldata's state while stopped (e.g. "in production" after a crash).
+    pub stopped_state: Option<String>,
+    /// The settings of `dcs::STANDBY_MINIMUMS`.
+    pub settings: std::collections::BTreeMap<String, i64>,
+    /// The WAL receiver's status (`streaming`, `starting`, `waiting`, ...); None while no
+    /// WAL receiver runs (it cannot connect, or the upstream refused it and it waits to
+    /// try again).
+    pub walreceiver: Option<String>,
+    /// The physical replication slots on this server, by name.
+    pub slots: Vec<String>,
+    /// Of those, the ones no WAL sender uses now.
+    pub inactive_slots: Vec<String>,
+    /// primary_conninfo and primary_slot_name as the server runs with them.
+    pub primary_conninfo: String,
+    pub primary_slot_name: String,
+    /// The data directory holds [`REBUILD_PENDING`]: only a rebuild may use it.
+    pub rebuild_pending: bool,
+}
+
+/// Left in the data directory when pg_rewind reached the leader and failed: it may have
+/// copied part of the leader's files already, so the directory is not to be started again,
+/// only replaced. A rebuild that does not finish (called off, out of time, failed) puts that
+/// directory back with this file in it, and the next rejoin rebuilds at once.
+pub const REBUILD_PENDING: &str = "pgshift-rebuild-pending";
+
+/// How an old primary or a stuck standby was made a copy of the leader's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejoined {
+    Rewound,
+    /// pg_rewind could not work (`why`); a base backup replaced the data directory, the old
+    /// one kept at `aside`.
+    Rebuilt {
+        why: String,
+        aside: String,
+    },
+}
+
+impl std::fmt::Display for Rejoined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejoined::Rewound => f.write_str("rewound"),
+            Rejoined::Rebuilt { why, aside } => write!(
+                f,
+                "pg_rewind failed ({why}); rebuilt from a base backup, old data kept in {aside}"
+            ),
+        }
+    }
+}
+
+/// How a stop ended: `pg_ctl` stopped the server, or it was not running (any more) when
+/// asked: the fence guard, which acts on its own, may have stopped it a moment before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    Now,
+    Already,
+}
+
+pub struct LocalPg {
+    me: String,
+    pub data: DataDir,
+    bin: PathBuf,
+    config_file: Option<PathBuf>,
+    log_file: PathBuf,
+    port: u16,
+    socket_dir: PathBuf,
+    pub owner: Owner,
+    replication_user: String,
+    passfile: PathBuf,
+    tls: ReplicationTls,
+    rebuild_max_rate: Option<String>,
+    client: Option<Client>,
+}
+
+/// This node's replication slot on its upstream (the one rule, `core::standby::slot`).
+pub fn slot_name(node: &str) -> String {
+    standby::slot_name(node)
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    s.split_once('/')
+        .and_then(|(hi, lo)| {
+            Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+        })
+        .unwrap_or(0)
+}
+
+impl LocalPg {
+    pub fn new(cfg: &Config) -> Result<LocalPg, String> {
+        let p = &cfg.postgresql;
+        let data = DataDir::new(p.data_directory.clone());
+        let log_file = p.log_file.clone().unwrap_or_else(|| {
+            match data.debian_cluster(Path::new("/etc/postgresql")) {
+                Some((version, cluster)) => PathBuf::from(format!(
+                    "/var/log/postgresql/postgresql-{version}-{cluster}.log"
+                )),
+                None => cfg.state_dir.join("postgresql.log"),
+            }
+        });
+        Ok(LocalPg {
+            me: cfg.name.clone(),
+            data,
+            bin: p.bin_dir.clone(),
+            config_file: p.config_file.clone(),
+            log_file,
+            port: p.port,
+            socket_dir: p.socket_dir.clone(),
+            owner: Owner::lookup(&p.user)?,
+            replication_user: cfg.replication.user.clone(),
+            passfile: cfg.replication.passfile.clone(),
+            tls: ReplicationTls {
+                sslmode: cfg.replication.sslmode.clone(),
+                sslrootcert: cfg.replication.sslrootcert.clone(),
+                sslcert: cfg.replication.sslcert.clone(),
+                sslkey: cfg.replication.sslkey.clone(),
+            },
+            rebuild_max_rate: cfg.replication.rebuild_max_rate.clone(),
+            client: None,
+        })
+    }
+
+    fn connect(&mut self) -> Result<&mut Client> {
+        if self.client.is_none() {
+            let opts = ConnectOptions {
+                port: self.port,
+                user: self.owner.name.clone(),
+                unix_socket: Some(self.socket_dir.clone()),
+                connect_timeout: Duration::from_secs(2),
+                application_name: "pgshift-agent".into(),
+                ..ConnectOptions::default()
+            };
+            let mut client = Client::connect(&opts)?;
+            // A frozen server must not hold the loop (and the leadership) forever: the
+            // statement fails, `with` drops the connection, the next loop reconnects.
+            client.set_query_timeout(QUERY_TIMEOUT);
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("just set"))
+    }
+
+    /// Runs `f` on the connection; a failure drops it so the next call reconnects.
+    fn with<T>(&mut self, f: impl FnOnce(&mut Client) -> Result<T, PgError>) -> Result<T> {
+        let r = self
+            .connect()
+            .and_then(|c| f(c).map_err(LocalPgError::from));
+        if r.is_err() {
+            self.client = None;
+        }
+        r
+    }
+
+    pub fn observe(&mut self) -> Observed {
+        let alive = self.data.postmaster().ok().flatten().is_some();
+        if !alive {
+            self.client = None;
+            let stopped_state = self.data.control_data(&self.bin).ok().map(|c| c.state);
+            return Observed {
+                stopped_state,
+                rebuild_pending: self.data.path.join(REBUILD_PENDING).exists(),
+                ..Observed::default()
+            };
+        }
+        let row = self.with(|c| {
+            c.query_one(
+                "SELECT pg_is_in_recovery(),
+                        CASE WHEN pg_is_in_recovery()
+                             THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text
+                             ELSE pg_current_wal_lsn()::text END,
+                        COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text,
+                        CASE WHEN pg_is_in_recovery()
+                             -- A standby's timeline: the walreceiver's while it streams, else
+                             -- the newest timeline history it holds (the last checkpoint's
+                             -- timeline lags behind a timeline switch until the next one).
+                             THEN GREATEST((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0),
+                                           (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
+                                             WHERE name ~ '^[0-9A-F]{8}[.]history$'),
+                                           (SELECT timeline_id FROM pg_control_checkpoint()))
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+                        EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+                        current_setting('primary_conninfo'),
+                        (SELECT status FROM pg_stat_wal_receiver),
+                        ARRAY(SELECT slot_name::text FROM pg_replication_slots
+                               WHERE slot_type = 'physical' ORDER BY 1),
+                        ARRAY(SELECT slot_name::text FROM pg_replication_slots
+                               WHERE slot_type = 'physical' AND NOT active ORDER BY 1),
+                        current_setting('primary_slot_name')",
+                &[],
+            )
+        });
+        let settings = self
+            .with(|c| {
+                c.query(
+                    "SELECT name, setting::bigint FROM pg_settings WHERE name = ANY($1)",
+                    &[&crate::dcs::STANDBY_MINIMUMS],
+                )
+            })
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match row {
+            Ok(r) => {
+                let conninfo: String = r.get(5);
+                Observed {
+                    settings,
+                    running: true,
+                    in_recovery: r.get(0),
+                    lsn: parse_lsn(&r.get::<_, String>(1)),
+                    replayed_lsn: parse_lsn(&r.get::<_, String>(2)),
+                    timeline: r.get::<_, i32>(3) as u32,
+                    streaming: r.get(4),
+                    upstream_conn: upstream_of(&conninfo),
+                    stopped_state: None,
+                    walreceiver: r.get(6),
+                    slots: r.get(7),
+                    inactive_slots: r.get(8),
+                    primary_conninfo: conninfo,
+                    primary_slot_name: r.get(9),
+                    rebuild_pending: self.data.path.join(REBUILD_PENDING).exists(),
+                }
+            }
+            // Starting up or shutting down: running, but nothing to say yet.
+            Err(_) => Observed {
+                running: true,
+                in_recovery: true,
+                rebuild_pending: self.data.path.join(REBUILD_PENDING).exists(),
+                ..Observed::default()
+            },
+        }
+    }
+
+    /// How this node reaches the member whose PostgreSQL is at `conn` (host:port).
+    pub fn upstream(&self, conn: &str) -> Upstream {
+        let (host, port) = split_address(conn);
+        Upstream {
+            host: host.to_string(),
+            port,
+            user: self.replication_user.clone(),
+            passfile: Some(self.passfile.clone()),
+            tls: self.tls.clone(),
+            application_name: self.me.clone(),
+        }
+    }
+
+    /// Whether the running standby's replication settings are other than what following
+    /// `conn` writes (a TLS file added, a slot renamed, a standby built by other means).
+    pub fn settings_differ(&self, obs: &Observed, conn: &str) -> bool {
+        obs.running
+            && obs.in_recovery
+            && (obs.primary_conninfo != self.upstream(conn).primary_conninfo()
+                || obs.primary_slot_name != slot_name(&self.me))
+    }
+
+    fn own(&self) -> Ownership {
+        Ownership {
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+            mode: 0o600,
+        }
+    }
+
+    /// Writes standby.signal and the replication settings into postgresql.auto.conf of the
+    /// stopped server (`conn` None keeps the current upstream).
+    pub fn prepare_standby(&self, conn: Option<&str>) -> Result<()> {
+        let info = conn.map(|c| self.upstream(c).primary_conninfo());
+        let slot = slot_name(&self.me);
+        standby::write_standby_files(
+            &self.data.path,
+            info.as_deref().map(|i| (i, Some(slot.as_str()))),
+            self.own(),
+        )
+        .map(drop)
+        .map_err(LocalPgError::from)
+    }
+
+    /// Starts the server and waits until it accepts connections. Its output always goes to
+    /// the log file: without `-l` the postmaster would write to (and hold open) ours.
+    pub fn start(&mut self) -> Result<()> {
+        self.ensure_log_file()?;
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.args(["start", "-w", "-t", "120", "-s", "-D"])
+            .arg(&self.data.path)
+            .arg("-l")
+            .arg(&self.log_file);
+        if let Some(cf) = &self.config_file {
+            cmd.arg("-o")
+                .arg(format!("-c config_file={}", cf.display()));
+        }
+        let out = run_as(&mut cmd, Some(&self.owner), PG_CTL_DEADLINE).map_err(|source| {
+            LocalPgError::Run {
+                program: "pg_ctl",
+                source,
+            }
+        })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(LocalPgError::Failed {
+                command: "pg_ctl start".into(),
+                output: output_text(&out),
+            })
+        }
+    }
+
+    /// pg_ctl opens the log file as the server's owner, who may not be allowed to create it
+    /// (the agent's state directory is root's): create it for them.
+    fn ensure_log_file(&self) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = &self.log_file;
+        if path.exists() {
+            return Ok(());
+        }
+        let fail = |source| LocalPgError::LogFile {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let created = fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(path);
+        match created {
+            // Created by the owner itself (the agent runs as the owner) needs nothing more;
+            // its unit forbids chown anyway.
+            Ok(_) if nix::unistd::Uid::effective().as_raw() == self.owner.uid => Ok(()),
+            Ok(_) => std::os::unix::fs::chown(path, Some(self.owner.uid), Some(self.owner.gid))
+                .map_err(fail),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// `fast` waits for sessions to be cut; `immediate` is the fence (no shutdown checkpoint).
+    pub fn stop(&mut self, mode: &str) -> Result<Stopped> {
+        self.client = None;
+        stop_server(&self.bin, &self.data, &self.owner, mode)
+    }
+
+    /// Promotes and returns once the server accepts writes. (pg_promote's own wait polls
+    /// every 100 ms; polling here every 10 ms takes up to that much off the write gap.)
+    /// `keep` runs every ~250 ms of waiting: the caller renews its leadership there (the
+    /// startup process may be busy in restore_command for a while before it notices).
+    pub fn promote(&mut self, keep: &mut dyn FnMut()) -> Result<()> {
+        let done = self.with(|c| {
+            c.batch_execute("SELECT pg_promote(false)")?;
+            tracing::info!("promotion: requested");
+            for i in 0..6000 {
+                if i % 25 == 24 {
+                    keep();
+                }
+                let recovering: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+                if !recovering {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(false)
+        })?;
+        if done {
+            Ok(())
+        } else {
+            Err(LocalPgError::State(
+                "the promotion did not finish within 60 s".into(),
+            ))
+        }
+    }
+
+    /// A checkpoint on the new timeline after a promotion: pg_rewind of the old primary
+    /// needs it (the control file names the timeline only after one).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.with(|c| c.batch_execute("CHECKPOINT"))
+    }
+
+    /// Streams from the node at `conn`: primary_conninfo and slot, applied by reload.
+    pub fn follow(&mut self, conn: &str) -> Result<()> {
+        let info = self.upstream(conn).primary_conninfo();
+        let slot = slot_name(&self.me);
+        self.with(|c| {
+            c.batch_execute(&format!(
+                "ALTER SYSTEM SET primary_conninfo = {}",
+                pgshift_core::pg::sql::quote_literal(&info)
+            ))
+            .and_then(|_| {
+                c.batch_execute(&format!(
+                    "ALTER SYSTEM SET primary_slot_name = {}",
+                    pgshift_core::pg::sql::quote_literal(&slot)
+                ))
+            })
+            .and_then(|_| c.batch_execute("SELECT pg_reload_conf()"))
+        })
+    }
+
+    /// After a clean shutdown: where its last record, the shutdown checkpoint, starts.
+    pub fn shutdown_checkpoint(&self) -> Result<u64> {
+        let c = self
+            .data
+            .control_data(&self.bin)
+            .map_err(|e| LocalPgError::State(format!("pg_controldata: {e}")))?;
+        if c.state != "shut down" {
+            return Err(LocalPgError::State(format!(
+                "the server is not cleanly shut down (pg_controldata says {:?})",
+                c.state
+            )));
+        }
+        c.latest_checkpoint
+            .as_deref()
+            .map(parse_lsn)
+            .filter(|l| *l > 0)
+            .ok_or_else(|| {
+                LocalPgError::State("pg_controldata shows no checkpoint location".into())
+            })
+    }
+
+    pub fn sync_names(&mut self) -> Result<String> {
+        self.with(|c| {
+            c.query_one("SELECT current_setting('synchronous_standby_names')", &[])
+                .map(|r| r.get(0))
+        })
+    }
+
+    /// `synchronous_standby_names` through ALTER SYSTEM and a reload (also on a standby,
+    /// ahead of its promotion).
+    pub fn set_sync_names(&mut self, value: &str) -> Result<()> {
+        let q = pgshift_core::pg::sql::quote_literal(value);
+        self.with(|c| {
+            // Two statements, not one batch: a batch runs as one transaction, and ALTER
+            // SYSTEM refuses to run inside one.
+            c.batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {q}"))
+                .and_then(|_| c.batch_execute("SELECT pg_reload_conf()"))
+        })?;
+        // The reload is asynchronous: wait (briefly) until this backend sees it.
+        for _ in 0..50 {
+            if self.sync_names()? == value {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(LocalPgError::State(format!(
+            "synchronous_standby_names is not {value:?} after the reload"
+        )))
+    }
+
+    /// Whether `standby` confirms commits synchronously and has flushed everything written
+    /// so far (so commits acknowledged before it became synchronous are on it too).
+    pub fn is_sync_and_caught_up(&mut self, standby: &str) -> Result<bool> {
+        self.with(|c| {
+            c.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_replication
+                                 WHERE application_name = $1 AND sync_state = 'sync'
+                                   AND flush_lsn >= pg_current_wal_lsn())",
+                &[&standby],
+            )
+            .map(|r| r.get(0))
+        })
+    }
+
+    /// Creates the physical slots among `slots` that do not exist (yet, or any more); the
+    /// ones it created. One statement, whatever the count.
+    pub fn create_slots(&mut self, slots: &[String]) -> Result<Vec<String>> {
+        self.with(|c| {
+            c.query(
+                "SELECT (pg_create_physical_replication_slot(name)).slot_name::text
+                   FROM unnest($1::text[]) AS name
+                  WHERE name NOT IN (SELECT slot_name FROM pg_replication_slots)",
+                &[&slots],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// Drops those of `slots` that no WAL sender uses; the ones it dropped. A slot taken
+    /// meanwhile stays (and is dropped on a later call once it is free again).
+    pub fn drop_unused_slots(&mut self, slots: &[String]) -> Result<Vec<String>> {
+        let mut dropped = Vec::new();
+        for slot in slots {
+            let r = self.with(|c| {
+                c.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                      WHERE slot_name = $1 AND NOT active",
+                    &[slot],
+                )
+            });
+            match r {
+                Ok(1) => dropped.push(slot.clone()),
+                Ok(_) => {}
+                // Taken (55006) or gone (42704) between the look and the drop: not ours
+                // to drop now.
+                Err(e)
+                    if e.code() == Some(&SqlState::OBJECT_IN_USE)
+                        || e.code() == Some(&SqlState::UNDEFINED_OBJECT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// What a rejoin from the leader at `leader_conn` needs, detached from this handle so a
+    /// worker can run it while the loop goes on observing (see [`Rejoiner::run`]).
+    pub fn rejoiner(&self, leader_conn: &str, rewind_user: &str) -> Rejoiner {
+        Rejoiner {
+            me: self.me.clone(),
+            data: self.data.path.clone(),
+            bin: self.bin.clone(),
+            config_file: self.config_file.clone(),
+            owner: self.owner.clone(),
+            leader_conn: leader_conn.to_string(),
+            upstream: self.upstream(leader_conn),
+            rewind_user: rewind_user.to_string(),
+            max_rate: self.rebuild_max_rate.clone(),
+            own: self.own(),
+        }
+    }
+}
+
+/// Makes this node a copy of the leader's history again (see [`Rejoiner::run`]); owns what
+/// it needs, so it runs on a thread of its own.
+pub struct Rejoiner {
+    me: String,
+    data: PathBuf,
+    bin: PathBuf,
+    config_file: Option<PathBuf>,
+    owner: Owner,
+    leader_conn: String,
+    upstream: Upstream,
+    rewind_user: String,
+    max_rate: Option<String>,
+    own: Ownership,
+}
+
+impl Rejoiner {
+    /// Stops the server, then pg_rewind; when that reached the leader and could not work, a
+    /// fresh base backup with the old directory moved aside (never deleted). All of it ends by
+    /// `deadline`. `cancel` calls it off where that leaves the directory whole: a running
+    /// pg_rewind is let finish (killed half-way it would leave a directory nothing can use),
+    /// a rebuild is not started or is killed and the old directory put back. `phase` hears
+    /// when the rewind and the rebuild start.
+    pub fn run(
+        &mut self,
+        deadline: Instant,
+        cancel: &AtomicBool,
+        phase: &mut dyn FnMut(crate::agent::Phase),
+    ) -> Result<Rejoined> {
+        use crate::agent::Phase;
+        use std::sync::atomic::Ordering;
+        // Stopping a standby only to find the leader unreachable would take a working
+        // (if lagging) copy away for nothing.
+        reachable(&self.leader_conn, Duration::from_secs(2))?;
+        let dd = DataDir::new(self.data.clone());
+        stop_server(&self.bin, &dd, &self.owner, "fast")?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(LocalPgError::Cancelled(
+                "rejoin called off before pg_rewind; the data directory is as it was".into(),
+            ));
+        }
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let marker = self.data.join(REBUILD_PENDING);
+        let why = if marker.exists() {
+            format!("an earlier pg_rewind stopped half-way ({REBUILD_PENDING})")
+        } else {
+            phase(Phase::Rewinding);
+            let rewound = Rewind {
+                bin_dir: &self.bin,
+                target: &self.data,
+                upstream: &self.upstream,
+                user: &self.rewind_user,
+                config_file: self.config_file.as_deref(),
+                owner: &self.owner,
+                deadline: left(),
+                cancel: None,
+            }
+            .run();
+            match rewound {
+                Ok(()) => {
+                    self.standby_files()?;
+                    return Ok(Rejoined::Rewound);
+                }
+                // Only a rewind that reached the leader and could not work justifies a
+                // rebuild; a leader we cannot reach is tried again on the next loop, and one
+                // out of time is not replaced by something longer. The directory it leaves
+                // may be half the leader's: never to be started again.
+                Err(e @ StandbyError::Rewind { .. }) => {
+                    pgshift_core::atomic::write_atomic(
+                        &marker,
+                        e.to_string().as_bytes(),
+                        Some(self.own),
+                    )
+                    .map_err(|source| StandbyError::Write {
+                        path: marker.clone(),
+                        source,
+                    })?;
+                    e.to_string()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if cancel.load(Ordering::Relaxed) {
+            return Err(LocalPgError::Cancelled(format!(
+                "{why}; the rebuild was called off before it started (the next rejoin rebuilds)"
+            )));
+        }
+        phase(Phase::Rebuilding);
+        match self.rebuild(left(), cancel) {
+            Ok(aside) => Ok(Rejoined::Rebuilt { why, aside }),
+            Err(e) => Err(LocalPgError::Rebuild {
+                why,
+                rebuild: Box::new(e),
+            }),
+        }
+    }
+
+    fn standby_files(&self) -> Result<()> {
+        let info = self.upstream.primary_conninfo();
+        standby::write_standby_files(
+            &self.data,
+            Some((&info, Some(&slot_name(&self.me)))),
+            self.own,
+        )?;
+        Ok(())
+    }
+
+    fn rebuild(&mut self, deadline: Duration, cancel: &AtomicBool) -> Result<String> {
+        let aside = move_aside(&self.data)?;
+        let built = prepare_target(&self.data, &self.owner).and_then(|_| {
+            BaseBackup {
+                bin_dir: &self.bin,
+                target: &self.data,
+                upstream: &self.upstream,
+                password: None,
+                slot: None,
+                max_rate: self.max_rate.as_deref(),
+                owner: &self.owner,
+                deadline,
+                cancel: Some(cancel),
+            }
+            .run()
+        });
+        if let Err(e) = built {
+            // The old directory comes back: a half copy is worth nothing.
+            let _ = fs::remove_dir_all(&self.data);
+            let _ = fs::rename(&aside, &self.data);
+            return Err(e.into());
+        }
+        self.standby_files()?;
+        Ok(aside.display().to_string())
+    }
+}
+
+/// `pg_ctl stop -m mode` and a wait until the postmaster is gone.
+fn stop_server(bin: &Path, data: &DataDir, owner: &Owner, mode: &str) -> Result<Stopped> {
+    if data.postmaster().ok().flatten().is_none() {
+        return Ok(Stopped::Already);
+    }
+    // pg_ctl -W and our own wait: pg_ctl's checks the pid file every 100 ms, and a
+    // switchover's write gap is made of such waits.
+    let mut cmd = Command::new(bin.join("pg_ctl"));
+    cmd.args(["stop", "-W", "-s", "-m", mode, "-D"])
+        .arg(&data.path);
+    let out =
+        run_as(&mut cmd, Some(owner), PG_CTL_DEADLINE).map_err(|source| LocalPgError::Run {
+            program: "pg_ctl",
+            source,
+        })?;
+    if !out.status.success() {
+        // Gone meanwhile (pg_ctl then finds no pid file): stopped by someone else.
+        if data.postmaster().ok().flatten().is_none() {
+            return Ok(Stopped::Already);
+        }
+        return Err(LocalPgError::Failed {
+            command: format!("pg_ctl stop -m {mode}"),
+            output: output_text(&out),
+        });
+    }
+    for _ in 0..6000 {
+        if data.postmaster().ok().flatten().is_none() {
+            return Ok(Stopped::Now);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(LocalPgError::State(format!(
+        "PostgreSQL did not stop within 60 s (-m {mode})"
+    )))
+}
+
+/// Whether a TCP connection to `conn` (host:port) opens within `timeout`.
+pub fn reachable(conn: &str, timeout: Duration) -> Result<()> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let fail = |reason: String| LocalPgError::Unreachable {
+        conn: conn.to_string(),
+        reason,
+    };
+    let addr = conn
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+        .ok_or_else(|| fail("no address".into()))?;
+    TcpStream::connect_timeout(&addr, timeout)
+        .map(|_| ())
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// host:port of a primary_conninfo.
+fn upstream_of(conninfo: &str) -> Option<String> {
+    let host = conninfo_get(conninfo, "host")?;
+    let port = conninfo_get(conninfo, "port").unwrap_or_else(|| "5432".into());
+    Some(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_slots_upstreams() {
+        assert_eq!(parse_lsn("0/3000060"), 0x3000060);
+        assert_eq!(parse_lsn("1/0"), 1 << 32);
+        assert_eq!(slot_name("db-1.Lab"), "db_1_lab");
+        assert_eq!(
+            upstream_of("host=db1 port=5433 user=replicator application_name=db2").as_deref(),
+            Some("db1:5433")
+        );
+        assert_eq!(upstream_of("user=x"), None);
+    }
+}
