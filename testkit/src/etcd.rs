@@ -66,8 +66,11 @@ impl EtcdServer {
             dir,
             child,
         };
+        // The client port is bound before etcd serves it: a TLS client that connects in
+        // between can be reset. Ready is when etcd logs that it serves client requests
+        // ("serving [insecure ]client requests on 127.0.0.1:<port>").
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !server.log().contains("client requests on") {
             assert!(
                 Instant::now() < deadline,
                 "etcd did not start: {}",
