@@ -78,20 +78,24 @@ aarch64-test:
 	$(AARCH64_ENV) cargo test --locked --target aarch64-unknown-linux-musl -p pgshift-modules \
 		--test pg_hba_rule --test pg_replication_user
 
-# Module delivery over the lab's SSH: one upload per host and version (counted on the host),
-# become su and sudo, a host without Python, the cache's checks (needs the lab lock).
+# Module delivery over the lab's SSH alone: one upload per host and version (counted on the
+# host), become su and sudo, a host without Python, the cache's checks. `make test` runs it
+# as part of lab-test, on the shared cluster.
 delivery-test: install-collection
 	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q tests/delivery
 
-# The lab's own tests, then backups and the agent on clusters built by the playbooks
-# (they use the collection installed into target/collections and bin/pgshift). lab-test, in
-# `make test`, runs the smoke set (tests marked `smoke`: the lab itself; on a cluster built by
-# site.yml status, etcd's and the API's authentication, switchovers, a crash and a partition
-# of the primary; on one replicating over verify-full TLS with client certificates and
-# inventory names DB1 and db2.lab.example, slots and TLS after switchovers both ways);
-# lab-test-full runs every one (fault sequences, floods, backups, rebuilds, multi-home:
-# about 22 minutes).
-LAB_TESTS := tests/lab tests/backup tests/agent tests/multihome
+# The lab's own tests, module delivery, then the agent, backups and multi-home on clusters
+# built by the playbooks (the collection installed into target/collections, or from the
+# tarball by a clean ansible-core: tests/labkit.py). Suites that need nothing but site.yml's
+# defaults share one cluster, built once and brought back to healthy between them; the order
+# below keeps them together. lab-test, in `make test`, runs the smoke set (tests marked
+# `smoke`: the lab itself; module delivery; on the shared cluster status, etcd's and the API's
+# authentication, switchovers, a crash and a partition of the primary; on one replicating over
+# verify-full TLS with client certificates and inventory names DB1 and db2.lab.example, slots
+# and TLS after switchovers both ways); lab-test-full runs every one (fault sequences, floods,
+# backups, rebuilds, multi-home).
+LAB_TESTS := tests/lab tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py \
+	tests/agent/test_pgsql_check.py tests/agent/test_rejoin.py tests/agent/test_standby.py tests/backup tests/multihome
 lab-test: install-collection
 	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q -m smoke $(LAB_TESTS)
 
@@ -105,10 +109,10 @@ molecule-test: install-collection
 # CI's target (.ci/run): under 20 minutes on 2 cores. test-full runs every lab test too.
 CHECKS := lint cargo-test ansible-test ansible-test-oldest sanity aarch64-test molecule-test
 test: deps
-	$(MAKE) $(CHECKS) lab-test delivery-test
+	$(MAKE) $(CHECKS) lab-test
 
 test-full: deps
-	$(MAKE) $(subst ansible-test-oldest,ansible-test-oldest-full,$(CHECKS)) lab-test-full delivery-test
+	$(MAKE) $(subst ansible-test-oldest,ansible-test-oldest-full,$(CHECKS)) lab-test-full
 
 demo: deps install-collection
 	scripts/demo.sh

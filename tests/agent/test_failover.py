@@ -1,257 +1,62 @@
-"""The pgshift agent on the lab: site.yml builds the cluster (etcd on db1/db2/aux, agents on
-db1/db2, synchronous mode on), then faults and planned operations. A probe writes to both
-database hosts every 50 ms (each write its own connection, synchronous_commit on) and
-records which writes each host acknowledged and when, so each test can check that no two
-hosts ever acknowledged writes at the same time and that every acknowledged write survived.
+"""The pgshift agent on the lab, on the session's shared cluster (tests/labkit.py: site.yml's
+defaults, etcd on db1/db2/aux, agents on db1/db2, synchronous mode on), brought back to
+healthy before this suite: faults and planned operations. A probe writes to both database
+hosts every 50 ms (each write its own connection, synchronous_commit on) and records which
+writes each host acknowledged and when, so each test can check that no two hosts ever
+acknowledged writes at the same time and that every acknowledged write survived.
 
-The tests run in file order against one cluster; the module fixture always runs
-`lab/lab down` at the end, also after a failure.
+The tests run in file order, each starting from whichever host leads; the session's fixture
+always runs `lab/lab down` at the end, also after a failure.
 """
 
 import base64
-import itertools
 import json
-import os
-import pathlib
-import shutil
 import subprocess
-import tempfile
-import threading
 import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-LAB = ROOT / "lab" / "lab"
-INVENTORY = ROOT / "lab" / "inventory.yml"
-VENV_BIN = ROOT / ".venv" / "bin"
-IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12"}
-PSQL = "/usr/lib/postgresql/15/bin/psql"
+from labkit import (
+    AGENT_PID, IPS, ROOT, LAB_SERVICE, Probe, cluster_status, fault_and_failover, collect_logs, http_status, lab,
+    log_mark, log_since, member, needs, on, out, roles, sql, streaming_from, wait_for, write_results,
+)
+
 RESULTS = ROOT / "target" / "agent-faults.json"
-AGENT_PID = "pgrep -f '^/usr/local/bin/pgshift agent'"
 
-_REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))
-pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
-]
-
-
-def lab(*args, timeout=120, check=True):
-    res = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"lab/lab {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def on(host, cmd, timeout=60):
-    return lab("ssh", host, cmd, timeout=timeout, check=False)
-
-
-def out(host, cmd):
-    res = on(host, cmd)
-    assert res.returncode == 0, f"{host}: {cmd!r} exited {res.returncode}: {res.stdout}{res.stderr}"
-    return res.stdout
-
-
-def sql(host, query):
-    return out(host, f"cd / && runuser -u postgres -- psql -XAtqc {json.dumps(query)}").strip()
-
-
-def cluster_status(host):
-    """`pgshift status --json` on host, or None when it fails."""
-    res = on(host, "pgshift status --json", timeout=15)
-    if res.returncode != 0:
-        return None
-    return json.loads(res.stdout)
-
-
-def wait_for(what, predicate, timeout, interval=0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-
-
-def member(doc, name):
-    return next((m for m in doc["members"] if m["name"] == name), None)
-
-
-def streaming_from(host, leader):
-    def check():
-        doc = None
-        for h in IPS:
-            doc = cluster_status(h)
-            if doc:
-                break
-        if not doc or doc["leader"] != leader:
-            return False
-        m = member(doc, host)
-        return bool(m and m["role"] == "replica" and m["state"] == "streaming" and m["upstream"] == leader)
-    return check
-
-
-def http_status(host, path):
-    res = on(host, f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:8008{path}", timeout=10)
-    return res.stdout.strip()
-
-
-def roles():
-    """(current leader, the other database host), once the cluster is settled."""
-    doc = wait_for("a leader", lambda: cluster_status("db1") or cluster_status("db2"), 30)
-    leader = doc["leader"]
-    other = [h for h in IPS if h != leader][0]
-    wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), 60, 0.5)
-    # Settled: the standby has replayed everything and is the synchronous standby (only
-    # that one may be promoted, so a fault before then would rightly not fail over).
-    wait_for(f"{other} caught up", lambda: member(cluster_status(leader) or {"members": []}, other) and
-             member(cluster_status(leader), other)["lag_bytes"] == 0, 60, 0.5)
-    wait_for(f"{other} synchronous", lambda: (cluster_status(leader) or {}).get("sync_standby") == other, 60, 0.2)
-    return leader, other
-
-
-class Probe:
-    """Writes (id, host) rows to every database host every 50 ms over TCP, each in its own
-    connection (synchronous_commit on: an acknowledged write is on the synchronous standby),
-    and records the acknowledged ones. Ids are unique across probes (a table outlives one
-    test)."""
-
-    ids = itertools.count(1)
-    lock = threading.Lock()
-
-    def __init__(self, passfile):
-        self.passfile = passfile
-        self.acks = {h: [] for h in IPS}  # host -> [(monotonic, id)]
-        self.stop_flag = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in IPS]
-
-    def _loop(self, host):
-        env = {"PATH": "/usr/bin:/bin", "PGPASSFILE": self.passfile, "PGCONNECT_TIMEOUT": "1"}
-        while not self.stop_flag.is_set():
-            with Probe.lock:
-                n = next(Probe.ids)
-            cmd = [PSQL, "-XAtq", "-h", IPS[host], "-U", "probe", "-d", "postgres", "-c",
-                   f"INSERT INTO probe (id, host) VALUES ({n}, '{host}')"]
-            try:
-                p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2)
-                if p.returncode == 0:
-                    self.acks[host].append((time.monotonic(), n))
-            except subprocess.TimeoutExpired:
-                pass
-            time.sleep(0.05)
-
-    def start(self):
-        for t in self.threads:
-            t.start()
-
-    def stop(self):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(timeout=5)
-
-    def first_ack(self, host, after):
-        return next((t for t, _ in self.acks[host] if t > after), None)
-
-    def lost_on(self, host):
-        """Writes any host acknowledged that `host` does not have."""
-        ids = set(map(int, sql(host, "SELECT id FROM probe").split()))
-        return sorted({n for acks in self.acks.values() for _, n in acks} - ids)
-
-    def overlaps(self):
-        """Moments at which two hosts both acknowledged writes: a write acknowledged by one
-        host between two writes acknowledged by the other."""
-        events = sorted((t, h) for h, acks in self.acks.items() for t, _ in acks)
-        switches = [events[i] for i in range(1, len(events)) if events[i][1] != events[i - 1][1]]
-        return switches
-
-
-def build_cluster(tmp, extra_vars=None):
-    """Lab up, site.yml (with `extra_vars`), and the probe's role, table and access; the
-    probe's context."""
-    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
-               ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
-    results = {}
-    lab("down", check=False)
-    lab("up")
-    started = time.monotonic()
-    extra = ["-e", json.dumps(extra_vars)] if extra_vars else []
-    res = subprocess.run([VENV_BIN / "ansible-playbook", "-i", INVENTORY, *extra, ROOT / "playbooks" / "site.yml"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    results["site_seconds"] = round(time.monotonic() - started, 1)
-    return {"passfile": prepare_probe(tmp), "results": results}
-
-
-def prepare_probe(tmp):
-    """The probe's role and table (made on db1, the first primary), its TCP access from the
-    controller (10.77.0.1) on every database host, and its passfile in `tmp`."""
-    sql("db1", "CREATE ROLE probe LOGIN PASSWORD 'probe'")
-    sql("db1", "CREATE TABLE probe (id int PRIMARY KEY, host text, at timestamptz DEFAULT now())")
-    sql("db1", "GRANT INSERT, SELECT ON probe TO probe")
-    for h in IPS:
-        hba = sql(h, "SHOW hba_file")
-        out(h, "cd / && printf 'host postgres probe 10.77.0.1/32 scram-sha-256\\n' "
-               f">> {hba} && runuser -u postgres -- psql -XAtqc 'SELECT pg_reload_conf()'")
-    passfile = os.path.join(tmp, "pgpass")
-    with open(passfile, "w") as f:
-        f.write("*:*:postgres:probe:probe\n")
-    os.chmod(passfile, 0o600)
-    return passfile
-
-
-def teardown_cluster(results, results_file):
-    # The agents' logs, for a failure's post-mortem (the lab and its disks go next).
-    logs = ROOT / "target" / "agent-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    for h in IPS:
-        # A host a failed test left crashed or frozen has nothing to give.
-        try:
-            res = on(h, "tail -n 400 /etc/pgshift-lab/log/pgshift-agent.log", timeout=10)
-            (logs / f"{h}.log").write_text(res.stdout + res.stderr)
-            res = on(h, "grep -v -e 'probe@' -e '^\\s' /var/log/postgresql/postgresql-15-main.log | tail -n 300", timeout=10)
-            (logs / f"{h}-postgresql.log").write_text(res.stdout + res.stderr)
-        except subprocess.TimeoutExpired as e:
-            (logs / f"{h}.log").write_text(f"not collected: {e}\n")
-    results_file.parent.mkdir(exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2))
-    lab("down", check=False)
+pytestmark = needs(etcd=True)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    tmp = tempfile.mkdtemp(prefix="pgshift-agent-test-")
-    ctx = {"results": {}}
+def cluster(shared_cluster):
+    shared = shared_cluster.ensure()
+    ctx = {"passfile": shared.passfile, "results": {"site_seconds": [r["seconds"] for r in shared.runs]}}
     try:
-        ctx = build_cluster(tmp)
         yield ctx
     finally:
         print(json.dumps(ctx["results"], indent=2))
-        teardown_cluster(ctx["results"], RESULTS)
-        shutil.rmtree(tmp, ignore_errors=True)
+        collect_logs()
+        write_results(ctx["results"], RESULTS)
 
 
 @pytest.mark.smoke
 def test_cluster_up_status_and_health_endpoints(cluster):
-    doc = wait_for("db2 streaming from db1", streaming_from("db2", "db1"), 60)
-    doc = cluster_status("db2")
-    assert doc["leader"] == "db1"
-    assert {m["name"]: m["role"] for m in doc["members"]} == {"db1": "primary", "db2": "replica"}
+    leader, other = roles()
+    doc = cluster_status(other)
+    assert doc["leader"] == leader
+    assert {m["name"]: m["role"] for m in doc["members"]} == {leader: "primary", other: "replica"}
     assert all({"name", "host", "role", "state", "timeline", "lag_bytes"} <= set(m) for m in doc["members"])
-    assert member(doc, "db1")["host"] == "db1"
-    table = out("db1", "pgshift status")
-    assert "db1" in table and "primary" in table and "*" in table, table
-    assert http_status("db1", "/primary") == "200"
-    assert http_status("db2", "/primary") == "503"
-    assert http_status("db2", "/replica") == "200"
-    assert http_status("db1", "/replica") == "503"
-    assert http_status("db1", "/health") == "200"
+    assert member(doc, leader)["host"] == leader
+    table = out(leader, "pgshift status")
+    assert leader in table and "primary" in table and "*" in table, table
+    assert http_status(leader, "/primary") == "200"
+    assert http_status(other, "/primary") == "503"
+    assert http_status(other, "/replica") == "200"
+    assert http_status(leader, "/replica") == "503"
+    assert http_status(leader, "/health") == "200"
     # Only the agent starts PostgreSQL now.
-    assert out("db1", "cat /etc/postgresql/15/main/start.conf").strip().endswith("manual")
-    assert on("db1", "test -e /etc/pgshift-lab/boot.d/10-postgresql.conf").returncode != 0
+    for host in IPS:
+        assert out(host, "cat /etc/postgresql/15/main/start.conf").strip().endswith("manual")
+        assert on(host, "test -e /etc/pgshift-lab/boot.d/10-postgresql.conf").returncode != 0
 
 
 @pytest.mark.smoke
@@ -284,16 +89,6 @@ def test_etcd_answers_only_clients_with_a_certificate(cluster):
     assert cluster_status("db1")["leader"] in IPS
 
 
-LOG = "/etc/pgshift-lab/log/pgshift-agent.log"
-
-
-def log_mark(host):
-    """The agent log's length now: `log_since` reads what came after."""
-    return int(out(host, f"wc -l < {LOG}").strip())
-
-
-def log_since(host, mark):
-    return out(host, f"tail -n +{mark + 1} {LOG}")
 
 
 @pytest.mark.smoke
@@ -450,43 +245,6 @@ def test_pause_stops_failover_and_failover_to_forces_one(cluster):
     wait_for(f"{leader} streaming from {other}", streaming_from(leader, other), 120, 0.5)
 
 
-def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
-    """Runs the probe, injects a fault on `old`, waits for `new` to take writes, recovers,
-    waits for `old` to stream from `new`; records and checks the numbers."""
-    probe = Probe(cluster["passfile"])
-    probe.start()
-    try:
-        wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
-        t_fault = time.monotonic()
-        inject()
-        first_new = wait_for(f"{new} acknowledging writes", lambda: probe.first_ack(new, t_fault), timeout, 0.05)
-        time.sleep(1)
-    finally:
-        probe.stop()
-    failover = first_new - t_fault
-    last_old = max((t for t, _ in probe.acks[old]), default=t_fault)
-    # No instant with two writers: once the new primary acknowledged a write, the old one
-    # never acknowledged another.
-    late = [(round(t - first_new, 3), n) for t, n in probe.acks[old] if t >= first_new]
-    assert not late, f"{old} acknowledged writes after {new} took over: {late[:5]}"
-    # Every acknowledged write is on the new primary (synchronous mode), also those the old
-    # primary acknowledged after the fault.
-    before = [n for t, n in probe.acks[old] if t < t_fault]
-    lost = probe.lost_on(new)
-    cluster["results"].setdefault(name, []).append({
-        "failover_seconds": round(failover, 2),
-        "old_last_ack_after_fault": round(last_old - t_fault, 3),
-        "acked_before_fault": len(before),
-        "lost": len(lost),
-    })
-    assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
-    recover()
-    started = time.monotonic()
-    wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.5)
-    cluster["results"][name][-1]["rejoin_seconds"] = round(time.monotonic() - started, 1)
-    return failover
-
-
 @pytest.mark.smoke
 def test_crash_of_the_primary_host(cluster):
     old, new = roles()
@@ -505,7 +263,7 @@ def test_kill_9_of_the_primary_agent(cluster):
         out(old, f"kill -9 $({AGENT_PID})")
 
     def recover():
-        out(old, "/etc/pgshift-lab/bin/lab-service start pgshift-agent")
+        out(old, f"{LAB_SERVICE} start pgshift-agent")
 
     fault_and_failover(cluster, "kill9_agent", old, new, inject, recover)
     r = cluster["results"]["kill9_agent"][-1]
@@ -611,8 +369,8 @@ def test_loss_of_one_etcd_member(cluster):
     """etcd on the standby's host stops: two of three members keep the quorum."""
     leader, other = roles()
     no_failover_while(cluster, "etcd_member_loss", leader,
-                      inject=lambda: out(other, "/etc/pgshift-lab/bin/lab-service stop etcd"),
-                      recover=lambda: out(other, "/etc/pgshift-lab/bin/lab-service start etcd"))
+                      inject=lambda: out(other, f"{LAB_SERVICE} stop etcd"),
+                      recover=lambda: out(other, f"{LAB_SERVICE} start etcd"))
 
 
 def test_loss_of_the_witness(cluster):

@@ -1,20 +1,16 @@
-"""HAProxy on the lab's aux host, following the pgshift agent: site.yml (twice: the second
-run changes nothing) builds the cluster with the `demo` database and HAProxy on aux, port
-5000 read-write (the agent's GET /primary), 5001 read-only (GET /replica). Then the
-primary's host crashes while a client writes through 5000 every ~50 ms; last, connection
-floods (tests/agent/flood.py: 2,000 half-open requests and 1,000 byte-a-second clients for
-60 s) against the leader's and a standby's API must cost nothing: no fence, no failover,
-HAProxy keeps both, health checks answer (p99 ≤ 50 ms), the agent's threads and
-descriptors stay bounded. The numbers go to target/haproxy-results.json.
+"""HAProxy on the lab's aux host, following the pgshift agent, on the session's shared
+cluster (tests/labkit.py: site.yml, whose second run changing nothing tests/delivery checks,
+with the `demo` database and HAProxy on aux, port 5000 read-write (the agent's GET /primary),
+5001 read-only (GET /replica)). The primary's host crashes while a client writes through 5000
+every ~50 ms; last, connection floods (tests/agent/flood.py: 2,000 half-open requests and 1,000
+byte-a-second clients for 60 s) against the leader's and a standby's API must cost nothing: no
+fence, no failover, HAProxy keeps both, health checks answer (p99 ≤ 50 ms), the agent's threads
+and descriptors stay bounded. The numbers go to target/haproxy-results.json.
 
-The tests run in file order against one cluster; the module fixture always runs
-`lab/lab down` at the end, also after a failure.
+The tests run in file order, each from whichever host leads.
 """
 
 import json
-import os
-import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,9 +20,8 @@ import urllib.request
 
 import pytest
 
-# The lab helpers of the agent's fault tests (tests/agent is on sys.path under pytest).
-from test_failover import (
-    INVENTORY, IPS, PSQL, ROOT, VENV_BIN, _REQUIRED, cluster_status, lab, member, on, roles, streaming_from, wait_for,
+from labkit import (
+    IPS, PSQL, ROOT, cluster_status, lab, member, needs, on, roles, streaming_from, wait_for, write_results,
 )
 
 AUX = "10.77.0.13"
@@ -34,26 +29,7 @@ RW, RO = 5000, 5001
 RESULTS = ROOT / "target" / "haproxy-results.json"
 HOST_OF = {ip: h for h, ip in IPS.items()}
 
-pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
-    pytest.mark.skipif(not _REQUIRED and not os.path.exists("/usr/sbin/haproxy"), reason="needs haproxy"),
-]
-
-RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
-
-
-def site():
-    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
-               ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
-    started = time.monotonic()
-    res = subprocess.run([VENV_BIN / "ansible-playbook", "-i", INVENTORY, ROOT / "playbooks" / "site.yml"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    recap = {h: {"ok": int(ok), "changed": int(ch), "unreachable": int(u), "failed": int(f)}
-             for h, ok, ch, u, f in RECAP.findall(res.stdout.split("PLAY RECAP")[-1])}
-    return round(time.monotonic() - started, 1), recap, res.stdout
-
+pytestmark = needs(etcd=True, haproxy=True)
 
 def psql(port, query, timeout=3, host=AUX):
     """One connection as demo (through HAProxy on aux unless told): (ok, stdout or error text)."""
@@ -147,31 +123,18 @@ class ApiWatch:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(shared_cluster):
+    shared_cluster.ensure()
     results = {}
     try:
-        lab("down", check=False)
-        lab("up")
-        runs = [site(), site()]
-        results["site_seconds"] = [r[0] for r in runs]
-        yield {"results": results, "recaps": [r[1] for r in runs], "second_output": runs[1][2]}
+        yield {"results": results}
     finally:
         print(json.dumps(results, indent=2))
         logs = ROOT / "target" / "agent-logs"
         logs.mkdir(parents=True, exist_ok=True)
         res = on("aux", "tail -n 400 /etc/pgshift-lab/log/haproxy.log", timeout=10)
         (logs / "haproxy-aux.log").write_text(res.stdout + res.stderr)
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2))
-        lab("down", check=False)
-
-
-def test_second_site_run_changes_nothing(cluster):
-    first, second = cluster["recaps"]
-    assert set(first) == set(second) == {"db1", "db2", "aux"}, cluster["recaps"]
-    changed = {h: r["changed"] for h, r in second.items() if r["changed"] or r["failed"] or r["unreachable"]}
-    assert not changed, f"second run of site.yml: {second}\n" + "\n".join(
-        line for line in cluster["second_output"].splitlines() if line.startswith("changed:"))
+        write_results(results, RESULTS)
 
 
 def test_read_write_and_read_only_ports(cluster):

@@ -11,28 +11,21 @@ The tests run in file order against one cluster; the module fixture always runs
 `lab/lab down` at the end, also after a failure.
 """
 
-import os
 import shutil
 import tempfile
-import threading
 import time
 
 import pytest
 
-# The lab helpers of the agent's fault tests (tests/agent is on sys.path under pytest).
-from test_failover import (
-    IPS, PSQL, ROOT, _REQUIRED, build_cluster, lab, on, roles, sql, streaming_from, teardown_cluster, wait_for,
+from labkit import (
+    IPS, PSQL, ROOT, build_cluster, lab, needs, on, roles, sql, streaming_from, teardown_cluster, wait_for,
 )
 from test_haproxy import AUX, RO, RW, Writer, haproxy_states, psql
 
 RESULTS = ROOT / "target" / "pgsql-check-results.json"
 RW_USER, RO_USER = "pgshift_check_rw", "pgshift_check_ro"
 
-pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
-    pytest.mark.skipif(not _REQUIRED and not os.path.exists("/usr/sbin/haproxy"), reason="needs haproxy"),
-]
+pytestmark = needs(etcd=True, haproxy=True)
 
 
 @pytest.fixture(scope="module")

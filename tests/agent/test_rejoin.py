@@ -20,7 +20,6 @@ In file order, against one cluster (the fixture always runs `lab/lab down` at th
 """
 
 import json
-import os
 import shlex
 import shutil
 import tempfile
@@ -28,10 +27,9 @@ import time
 
 import pytest
 
-# The lab helpers of the agent's fault tests (tests/agent is on sys.path under pytest).
-from test_failover import (
-    AGENT_PID, IPS, ROOT, Probe, _REQUIRED, build_cluster, cluster_status, fault_and_failover, http_status, lab,
-    log_mark, log_since, member, on, out, roles, sql, streaming_from, teardown_cluster, wait_for,
+from labkit import (
+    AGENT_PID, IPS, ROOT, Probe, build_cluster, cluster_status, fault_and_failover, http_status, lab, log_mark,
+    log_since, member, needs, on, out, roles, sql, streaming_from, teardown_cluster, wait_for,
 )
 
 RESULTS = ROOT / "target" / "agent-rejoin.json"
@@ -41,10 +39,7 @@ ETCD_ENDPOINTS = ",".join(f"https://{ip}:2379" for ip in ["10.77.0.11", "10.77.0
 ETCDCTL = ("etcdctl --cacert /etc/pgshift/etcd-tls/ca.crt --cert /etc/pgshift/etcd-tls/server.crt "
            "--key /etc/pgshift/etcd-tls/server.key")
 
-pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
-]
+pytestmark = needs(etcd=True)
 
 
 @pytest.fixture(scope="module")

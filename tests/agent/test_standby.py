@@ -31,9 +31,9 @@ import time
 import pytest
 import yaml
 
-from test_failover import (
-    _REQUIRED, INVENTORY, ROOT, VENV_BIN, Probe, cluster_status as status, lab, log_mark, log_since, on, out, prepare_probe,
-    sql, teardown_cluster, wait_for,
+from labkit import (
+    INVENTORY, ROOT, STATE, VENV_BIN, Probe, ansible_env, cluster_status as status, fresh_lab, lab, log_mark, log_since, needs, on,
+    out, prepare_probe, sql, teardown_cluster, wait_for,
 )
 
 RESULTS = ROOT / "target" / "agent-standby.json"
@@ -42,15 +42,7 @@ HOST = {"DB1": "db1", "db2.lab.example": "db2"}
 SLOT = {"DB1": "db1", "db2.lab.example": "db2_lab_example"}
 TLS_DIR = "/var/lib/postgresql/tls"
 
-pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(not _REQUIRED and not shutil.which("etcd"), reason="needs etcd-server"),
-]
-
-
-def ansible_env():
-    return dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
-                ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
+pytestmark = needs(etcd=True)
 
 
 def names_inventory(path):
@@ -65,7 +57,6 @@ def names_inventory(path):
 
 
 # Extra vars: the playbooks' group_vars would override the inventory's `all: vars`.
-STATE = ROOT / "lab" / "state"
 EXTRA = {
     # Next to the lab's inventory these follow inventory_dir; here they are spelled out.
     "pgbackrest_tls_local_dir": str(STATE / "pki"),
@@ -90,11 +81,8 @@ def cluster():
     tmp = tempfile.mkdtemp(prefix="pgshift-standby-test-")
     ctx = {"results": {}}
     try:
-        lab("down", check=False)
-        STATE.mkdir(parents=True, exist_ok=True)
-        # The lab hosts' /etc/hosts learn the inventory names (lab/lab keeps them across boots).
-        (STATE / "hosts.extra").write_text("10.77.0.11 DB1\n10.77.0.12 db2.lab.example\n")
-        lab("up")
+        # The lab hosts' /etc/hosts learn the inventory names.
+        fresh_lab({"DB1": "10.77.0.11", "db2.lab.example": "10.77.0.12"})
         inventory = os.path.join(tmp, "inventory.yml")
         names_inventory(pathlib.Path(inventory))
         started = time.monotonic()

@@ -6,7 +6,6 @@ value that can be represented must reach PostgreSQL exactly as written."""
 import hashlib
 import json
 import os
-import subprocess
 import time
 
 import yaml

@@ -13,19 +13,15 @@ repository down, catch-up, backup and restore times) are printed: run with `-s` 
 
 import importlib.util
 import json
-import os
-import pathlib
 import shlex
-import shutil
 import subprocess
 import time
 
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-LAB = ROOT / "lab" / "lab"
-INVENTORY = ROOT / "lab" / "inventory.yml"
+from labkit import INVENTORY, LAB_SERVICE, ROOT, fresh_lab, lab, needs, on, out
+
 PKI = ROOT / "lab" / "state" / "pki"
 SITE = ROOT / "playbooks" / "site.yml"
 MODULE = "pgshift.cluster.pgbackrest_repository"
@@ -35,19 +31,8 @@ UNITS_DIR = "/etc/pgbackrest/systemd"
 REPO = "/var/lib/pgbackrest"
 PGDATA = "/var/lib/postgresql/15/main"
 PG_BIN = "/usr/lib/postgresql/15/bin"
-LAB_SERVICE = "/etc/pgshift-lab/bin/lab-service"
 
-# Outside `make test` a machine without the lab's needs skips; under `make test`
-# (PGSHIFT_REQUIRE_LAB=1) a missing piece fails instead of hiding behind a skip.
-_REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))
-pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        not _REQUIRED
-        and not (os.path.exists("/usr/sbin/sshd") and shutil.which("nft") and shutil.which("ip")),
-        reason="the lab needs openssh-server, nftables and iproute2",
-    ),
-]
+pytestmark = needs()
 
 
 def _ansible_conftest():
@@ -67,31 +52,6 @@ ansible_env = _ansible.ansible_env
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def lab(*args, timeout=60, check=True, input=None):
-    res = subprocess.run(
-        [str(LAB), *args], capture_output=True, text=True, timeout=timeout, input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )
-    if check and res.returncode != 0:
-        raise AssertionError(
-            f"lab/lab {' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-        )
-    return res
-
-
-def on(host, cmd, timeout=120, input=None):
-    """Runs the shell command cmd on host over SSH; returns the CompletedProcess (no check)."""
-    return lab("ssh", host, cmd, check=False, timeout=timeout, input=input)
-
-
-def out(host, cmd, timeout=120, input=None):
-    res = on(host, cmd, timeout=timeout, input=input)
-    assert res.returncode == 0, (
-        f"{host}: {cmd!r} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-    )
-    return res.stdout
 
 
 def as_pg(cmd, cwd="/"):
@@ -312,9 +272,8 @@ def cluster(ansible):
     """A fresh lab built like site.yml does (without the agent): db1 primary, db2 streaming,
     aux the repository."""
     playbooks = site_playbooks()
-    lab("down", check=False)
     try:
-        lab("up")
+        fresh_lab()
         started = time.monotonic()
         rc, doc, stderr = ansible.playbook(*playbooks, extra_vars={"pgshift_agent_enabled": False})
         seconds = time.monotonic() - started

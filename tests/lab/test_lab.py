@@ -7,56 +7,17 @@ against one lab; the module fixture always runs `lab/lab down` at the end, also 
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import time
 import uuid
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-LAB = ROOT / "lab" / "lab"
-STATE = ROOT / "lab" / "state"
-INVENTORY = ROOT / "lab" / "inventory.yml"
-VENV_BIN = ROOT / ".venv" / "bin"
+from labkit import INVENTORY, ROOT, STATE, VENV_BIN, SharedCluster, lab, needs, on, out
+
 IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12", "aux": "10.77.0.13"}
 
-# Outside `make test` a machine without the lab's needs skips; under `make test`
-# (PGSHIFT_REQUIRE_LAB=1) a missing piece fails instead of hiding behind a skip.
-_REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))
-pytestmark = [
-    pytest.mark.smoke,
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        not _REQUIRED
-        and not (os.path.exists("/usr/sbin/sshd") and shutil.which("nft") and shutil.which("ip")),
-        reason="the lab needs openssh-server, nftables and iproute2",
-    ),
-]
-
-
-def lab(*args, timeout=60, env=None, check=True):
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    res = subprocess.run(
-        [str(LAB), *args], capture_output=True, text=True, timeout=timeout, env=full_env
-    )
-    if check and res.returncode != 0:
-        raise AssertionError(
-            f"lab/lab {' '.join(args)} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-        )
-    return res
-
-
-def on(host, cmd, **kw):
-    """Runs cmd on host over SSH; returns the CompletedProcess (no check)."""
-    return lab("ssh", host, cmd, check=False, **kw)
-
-
-def out(host, cmd):
-    res = on(host, cmd)
-    assert res.returncode == 0, f"{host}: {cmd!r} exited {res.returncode}: {res.stderr}"
-    return res.stdout
+pytestmark = [pytest.mark.smoke, *needs()]
 
 
 def netns_names():
@@ -86,6 +47,9 @@ def tcp_ok(src, dst_host, port=22):
 @pytest.fixture(scope="module")
 def up():
     try:
+        # From nothing: a lab an earlier suite left (the shared cluster's) goes first.
+        SharedCluster.forget()
+        lab("down", check=False)
         started = time.monotonic()
         lab("up")
         yield {"seconds": time.monotonic() - started}

@@ -16,7 +16,6 @@ to target/multihome-results.json.
 import json
 import os
 import pathlib
-import re
 import shlex
 import shutil
 import signal
@@ -26,13 +25,11 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-LAB = ROOT / "lab" / "lab"
-INVENTORY = ROOT / "lab" / "inventory.yml"
-VENV_BIN = ROOT / ".venv" / "bin"
+from labkit import (
+    INVENTORY, IPS, PSQL, REQUIRED, ROOT, VENV_BIN, ansible_env, fresh_lab, lab, needs, on, out, recap, wait_for,
+)
+
 PG16 = pathlib.Path(os.environ.get("PGSHIFT_PG16_BIN", "/opt/pgshift/postgresql-16/bin"))
-PSQL = "/usr/lib/postgresql/15/bin/psql"
-IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12"}
 CONTROLLER = "10.77.0.1"
 PORT = 5432
 DATA = "/var/lib/postgresql/multihome"
@@ -44,32 +41,12 @@ WRITER_PASSFILE = "/var/lib/postgresql/.pgpass-writer"
 CERTBOT = "/etc/pgshift/letsencrypt"
 WATCH_LOG = "/etc/pgshift-lab/log/pgshift-logical-watch.log"
 RESULTS = ROOT / "target" / "multihome-results.json"
-RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
-_REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))
 pytestmark = [
-    pytest.mark.skipif(not _REQUIRED and os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(not _REQUIRED and not (PG16 / "postgres").exists(), reason="needs scripts/deps.sh pg16"),
-    pytest.mark.skipif(not _REQUIRED and not shutil.which("pebble"), reason="needs pebble and certbot"),
+    *needs(),
+    pytest.mark.skipif(not REQUIRED and not (PG16 / "postgres").exists(), reason="needs scripts/deps.sh pg16"),
+    pytest.mark.skipif(not REQUIRED and not shutil.which("pebble"), reason="needs pebble and certbot"),
 ]
-
-
-def lab(*args, timeout=120, check=True):
-    res = subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL)
-    if check and res.returncode != 0:
-        raise AssertionError(f"lab/lab {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
-
-
-def on(host, cmd, timeout=60):
-    return lab("ssh", host, cmd, timeout=timeout, check=False)
-
-
-def out(host, cmd, timeout=60):
-    res = on(host, cmd, timeout)
-    assert res.returncode == 0, f"{host}: {cmd!r} exited {res.returncode}: {res.stdout}{res.stderr}"
-    return res.stdout
 
 
 def sql(host, query, db="app"):
@@ -90,15 +67,6 @@ def try_sql(host, query, user="writer"):
 def logical(host, args, timeout=90):
     res = on(host, f"runuser -u postgres -- pgshift logical {args}", timeout)
     return res.returncode == 0, (res.stdout + res.stderr).strip()
-
-
-def wait_for(what, predicate, timeout=30, interval=0.2, show=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {show()}" if show else ""))
 
 
 def status_json(host="db1"):
@@ -124,27 +92,20 @@ def both_ways(ids, table="t", timeout=30):
                  timeout)
 
 
-def env():
-    return dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}",
-                ANSIBLE_COLLECTIONS_PATH=str(ROOT / "target" / "collections"), ANSIBLE_NOCOLOR="1")
-
-
 def playbook(pair, *extra, limit=None):
     cmd = [VENV_BIN / "ansible-playbook", "-i", INVENTORY, ROOT / "playbooks" / "multihome.yml",
            "-e", f"@{pair['secrets']}", "-e", json.dumps(pair["vars"]), *extra]
     if limit:
         cmd += ["--limit", limit]
     started = time.monotonic()
-    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    res = subprocess.run(cmd, env=ansible_env(), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-3000:]
-    recap = {h: {"ok": int(ok), "changed": int(ch), "unreachable": int(u), "failed": int(f)}
-             for h, ok, ch, u, f in RECAP.findall(res.stdout.split("PLAY RECAP")[-1])}
-    return round(time.monotonic() - started, 1), recap, res.stdout
+    return round(time.monotonic() - started, 1), recap(res.stdout), res.stdout
 
 
 def module(host, name, **args):
     """One collection module on `host` through Ansible; its result."""
-    e = dict(env(), ANSIBLE_STDOUT_CALLBACK="results_json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+    e = dict(ansible_env(), ANSIBLE_STDOUT_CALLBACK="results_json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
              ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "ansible" / "callback_plugins"))
     res = subprocess.run([VENV_BIN / "ansible", "-i", INVENTORY, host, "-m", f"pgshift.cluster.{name}",
                           "-a", json.dumps(args)], env=e, capture_output=True, text=True, timeout=180,
@@ -260,8 +221,7 @@ def pair():
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="pgshift-multihome-"))
     pebble = None
     try:
-        lab("down", check=False)
-        lab("up")
+        fresh_lab()
         pebble = LabPebble()
         secrets = tmp / "secrets.json"
         secrets.touch(mode=0o600)
@@ -445,7 +405,7 @@ def test_apply_worker_failing_on_every_change_puts_the_non_active_side_down(pair
     `origin = none` does not send), then the same key written on db2: db1's apply worker
     fails on that change, is restarted every few seconds and fails again. At most instants
     it looks like a running worker; its error count and db2's unconfirmed WAL give it away."""
-    before = json.loads(out("db1", f"cat /var/lib/pgshift/logical-health.json"))
+    before = json.loads(out("db1", "cat /var/lib/pgshift/logical-health.json"))
     interval = 5
     sql("db1", ORIGIN_ONLY_HERE + "INSERT INTO t VALUES (100, 'db1 only')")
     assert sql("db2", "SELECT count(*) FROM t WHERE id = 100") == "0"
