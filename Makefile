@@ -123,8 +123,10 @@ bench: deps collection
 	$(MAKE) install-collection
 	$(VENV)/bin/python bench/ssh_tasks.py
 
-# Failover on the lab, 10 trials per fault type (about 15 minutes).
+# Failover on the lab, 10 trials per fault type (about 15 minutes); a timeline plot per fault
+# type (target/bench-failover-<fault>.png, matplotlib from requirements-bench.txt).
 bench-failover: deps install-collection
+	scripts/deps.sh bench
 	$(VENV)/bin/python bench/failover.py 10
 
 clean:

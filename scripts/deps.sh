@@ -150,5 +150,14 @@ case "$what" in
         ;;
     pg16) pg16 ;;
     aarch64) aarch64_runner ;;
-    *) echo "usage: $0 [all|build|pg16|aarch64]" >&2; exit 2 ;;
+    bench)
+        # matplotlib for the failover timeline plots; make test does not need it.
+        venv
+        if ! cmp -s requirements-bench.txt .venv/.requirements-bench.txt; then
+            echo "deps: .venv gets $(grep -v '^#' requirements-bench.txt | tr '\n' ' ')"
+            .venv/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt
+            cp requirements-bench.txt .venv/.requirements-bench.txt
+        fi
+        ;;
+    *) echo "usage: $0 [all|build|pg16|aarch64|bench]" >&2; exit 2 ;;
 esac

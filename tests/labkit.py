@@ -323,6 +323,9 @@ def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
     finally:
         probe.stop()
     failover = first_new - t_fault
+    if "timelines" in cluster:  # bench/failover.py plots what the probe saw
+        cluster["timelines"].append({"kind": name, "old": old, "new": new, "t_fault": t_fault,
+                                     "acks": {h: [t for t, _ in acks] for h, acks in probe.acks.items()}})
     last_old = max((t for t, _ in probe.acks[old]), default=t_fault)
     # No instant with two writers: once the new primary acknowledged a write, the old one
     # never acknowledged another.
