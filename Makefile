@@ -45,8 +45,9 @@ lint:
 	scripts/msrv.py
 	scripts/doclinks.py
 
+# cargo test --workspace with the test binaries run two at a time (scripts/cargo-test.py).
 cargo-test:
-	cargo test --workspace --locked
+	scripts/cargo-test.py
 
 ansible-test: collection
 	cargo build --locked -p pgshift-testkit
