@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "agent"))
 import labkit  # noqa: E402
 import test_failover as faults  # noqa: E402
-import test_haproxy  # noqa: E402
 import test_rejoin as rejoin  # noqa: E402
 
 TRIALS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
@@ -131,7 +130,7 @@ def main():
         ctx = labkit.build_cluster(tmp)
         ctx["timelines"] = []
         labkit.roles()
-        ok, res = test_haproxy.psql(test_haproxy.RW, "CREATE TABLE IF NOT EXISTS through_haproxy "
+        ok, res = labkit.psql(labkit.RW, "CREATE TABLE IF NOT EXISTS through_haproxy "
                                     "(id int PRIMARY KEY, at timestamptz DEFAULT now())")
         assert ok, res
         ctx["results"]["idle"] = {h: agent_usage(h) for h in labkit.IPS}
@@ -139,7 +138,7 @@ def main():
         for name, run in KINDS.items():
             for i in range(TRIALS):
                 wall, mono = time.time(), time.monotonic()
-                writer = test_haproxy.Writer(first_id=next_id)
+                writer = labkit.Writer(first_id=next_id)
                 try:
                     with writer:
                         run(ctx)

@@ -21,76 +21,12 @@ import urllib.request
 import pytest
 
 from labkit import (
-    IPS, PSQL, ROOT, cluster_status, lab, member, needs, on, roles, streaming_from, wait_for, write_results,
+    AUX, IPS, PSQL, RO, ROOT, RW, Writer, cluster_status, haproxy_states, psql, lab, member, needs, on, roles, streaming_from, wait_for, write_results,
 )
 
-AUX = "10.77.0.13"
-RW, RO = 5000, 5001
 RESULTS = ROOT / "target" / "haproxy-results.json"
-HOST_OF = {ip: h for h, ip in IPS.items()}
 
 pytestmark = needs(etcd=True, haproxy=True)
-
-def psql(port, query, timeout=3, host=AUX):
-    """One connection as demo (through HAProxy on aux unless told): (ok, stdout or error text)."""
-    env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": "demo", "PGCONNECT_TIMEOUT": "1"}
-    cmd = [PSQL, "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(port), "-U", "demo", "-d", "demo",
-           "-c", query]
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False, "timeout"
-    return p.returncode == 0, (p.stdout if p.returncode == 0 else p.stderr).strip()
-
-
-def haproxy_states():
-    """{(proxy, server): status} from the stats page on aux's loopback."""
-    res = on("aux", "curl -s 'http://127.0.0.1:7000/;csv'", timeout=10)
-    states = {}
-    for line in res.stdout.splitlines():
-        f = line.split(",")
-        if len(f) > 17 and f[0].startswith("postgres_") and f[1] in IPS:
-            states[(f[0], f[1])] = f[17]
-    return states
-
-
-class Writer:
-    """Writes through HAProxy's read-write port (or straight to one database host) every
-    ~50 ms, each write its own connection (default synchronous_commit), and records
-    (monotonic, host that took it)."""
-
-    def __init__(self, host=AUX, port=RW, first_id=1):
-        self.host, self.port = host, port
-        self.acks = []
-        self.ids = []  # the acknowledged writes' ids
-        self.failures = 0
-        self.stop_flag = threading.Event()
-        self.n = first_id - 1
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        while not self.stop_flag.is_set():
-            self.n += 1
-            ok, res = psql(self.port, f"INSERT INTO through_haproxy (id) VALUES ({self.n}) "
-                           "RETURNING host(inet_server_addr())", 2, self.host)
-            if ok:
-                self.acks.append((time.monotonic(), HOST_OF.get(res, res)))
-                self.ids.append(self.n)
-            else:
-                self.failures += 1
-            time.sleep(0.05)
-
-    def first_ack(self, host, after):
-        return next((t for t, h in self.acks if h == host and t > after), None)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        self.thread.join(timeout=5)
-
 
 class ApiWatch:
     """Polls GET /primary on one host's agent every 20 ms, as HAProxy's check does, and

@@ -18,9 +18,8 @@ import time
 import pytest
 
 from labkit import (
-    IPS, PSQL, ROOT, build_cluster, lab, needs, on, roles, sql, streaming_from, teardown_cluster, wait_for,
+    AUX, IPS, PSQL, RO, ROOT, RW, Writer, build_cluster, haproxy_states, psql, lab, needs, on, roles, sql, streaming_from, teardown_cluster, wait_for,
 )
-from test_haproxy import AUX, RO, RW, Writer, haproxy_states, psql
 
 RESULTS = ROOT / "target" / "pgsql-check-results.json"
 RW_USER, RO_USER = "pgshift_check_rw", "pgshift_check_ro"

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from labkit import CALLBACKS, INVENTORY, ROOT, lab, lead, needs
+from labkit import CALLBACKS, INVENTORY, ROOT, lead, needs, out
 
 sys.path.insert(0, str(ROOT / "bench"))
 from _hostwatch import HostWatch, ansible_tmp_dirs, module_uploads  # noqa: E402
@@ -37,10 +37,6 @@ MODULES = ["cert_install", "pg_basebackup_standby", "pg_hba_rule", "pg_logical_r
            "pg_replication_user", "pgbackrest_repository"]
 
 pytestmark = needs()
-
-
-def ssh(host, cmd):
-    return lab("ssh", host, cmd).stdout
 
 
 def results(doc):
@@ -85,9 +81,9 @@ def test_site_from_the_installed_collection(cluster):
     assert all(s["failures"] == 0 and s["unreachable"] == 0 for s in first["stats"].values()), first
     assert sum(s["changed"] for s in first["stats"].values()) > 0
     # The agent came from the collection's binaries/ for the host's architecture, and runs.
-    status = json.loads(ssh(HOST, "/usr/local/bin/pgshift status --json"))
+    status = json.loads(out(HOST, "/usr/local/bin/pgshift status --json"))
     assert status["leader"] == HOST, status
-    assert ssh(HOST, "sha256sum /usr/local/bin/pgshift").split()[0] == json.loads(
+    assert out(HOST, "sha256sum /usr/local/bin/pgshift").split()[0] == json.loads(
         (ROOT / "binaries" / "manifest.json").read_text())[platform.machine()]["pgshift"]["sha256"]
 
 
@@ -123,7 +119,7 @@ def test_one_upload_then_each_task_is_one_command_under_50_ms(cluster, install):
     tasks = [{"name": f"#{i}", **(rule if i % 2 == 0 else role)} for i in range(100)]
     p, doc = install.playbook(tasks[:2])  # what the measured tasks ask for exists
     assert p.returncode == 0, p.stdout[-3000:]
-    ssh(HOST, f"rm -rf {ROOT_CACHE}")
+    out(HOST, f"rm -rf {ROOT_CACHE}")
     medians = []
     for attempt in (1, 2, 3):
         timer = install.base / f"times-{attempt}.json"
@@ -180,7 +176,7 @@ def test_a_host_without_python_runs_every_module(cluster, install):
 @pytest.mark.parametrize("method", ["su", "sudo"])
 def test_become_over_ssh_uses_the_become_users_cache(cluster, install, method):
     # An empty cache of postgres' own to watch (the watcher runs as root and would make it root's).
-    ssh(HOST, f"rm -rf {PG_CACHE} && su postgres -s /bin/sh -c 'mkdir -p -m 700 {PG_CACHE}'")
+    out(HOST, f"rm -rf {PG_CACHE} && su postgres -s /bin/sh -c 'mkdir -p -m 700 {PG_CACHE}'")
     watch = HostWatch(HOST_IP, PG_CACHE)
     try:
         p, doc = install.playbook([
@@ -196,7 +192,7 @@ def test_become_over_ssh_uses_the_become_users_cache(cluster, install, method):
     first, second = results(doc)
     assert first["changed"] is True and second["changed"] is False, (first, second)
     assert len(module_uploads(events)) == 1, events
-    listing = ssh(HOST, f"stat -c '%U %a %n' {PG_CACHE} {PG_CACHE}/pgshift-module-*").split("\n")
+    listing = out(HOST, f"stat -c '%U %a %n' {PG_CACHE} {PG_CACHE}/pgshift-module-*").split("\n")
     assert all(line.startswith("postgres ") for line in listing if line), listing
     assert listing[0].split()[1] == "700", listing
 
@@ -210,6 +206,6 @@ def test_keep_remote_files_leaves_no_secret_on_the_host(cluster, install):
     assert secret not in p.stdout + p.stderr
     # Nowhere under the homes or /tmp of db1 (root's and postgres') is the password written (but in
     # this test's own playbook: /tmp is the controller's too).
-    found = ssh(HOST, f"grep -rlF --exclude-dir=pytest-of-root -- '{secret}' /root /var/lib/postgresql/.ansible "
+    found = out(HOST, f"grep -rlF --exclude-dir=pytest-of-root -- '{secret}' /root /var/lib/postgresql/.ansible "
                 f"/tmp 2>/dev/null; true")
     assert found.strip() == "", found
