@@ -3,116 +3,16 @@
 
 mod common;
 
-use common::owner;
+use common::standby::{chown_to_owner, Pair};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pgshift_testkit::{free_port, PgServer};
-use serde_json::{json, Value};
+use pgshift_testkit::PgServer;
+use serde_json::json;
 
 const PW: &str = "Standby-Repl-pw-77";
-
-struct Pair {
-    primary: PgServer,
-    dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        // The standby's copy of postgresql.conf includes host.conf for its own port/socket.
-        let primary =
-            PgServer::start(&["include_if_exists = 'host.conf'", "wal_keep_size = '64MB'"]);
-        primary.psql(&format!(
-            "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{PW}'"
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Pair { primary, dir }
-    }
-
-    fn standby_dir(&self) -> PathBuf {
-        self.dir.path().join("standby")
-    }
-
-    fn passfile(&self) -> PathBuf {
-        self.dir.path().join("pgpass")
-    }
-
-    fn args(&self, extra: Value) -> Value {
-        let mut a = json!({
-            "primary_host": "127.0.0.1",
-            "primary_port": self.primary.port,
-            "replication_user": "replicator",
-            "replication_password": PW,
-            "data_directory": self.standby_dir(),
-            "passfile": self.passfile(),
-            "slot_name": "standby_one",
-            "owner": owner(),
-            "wait_streaming": 30,
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            a[k] = v.clone();
-        }
-        a
-    }
-
-    fn run(&self, extra: Value) -> Value {
-        common::run_module("pg_basebackup_standby", self.args(extra))
-    }
-
-    /// Host-specific settings of the standby (port, socket), outside the copied config.
-    fn localize(&self) -> (u16, PathBuf) {
-        let port = free_port();
-        let sock = self.dir.path().join("run");
-        fs::create_dir_all(&sock).unwrap();
-        chown_to_owner(&sock);
-        fs::write(
-            self.standby_dir().join("host.conf"),
-            format!(
-                "port = {port}\nunix_socket_directories = '{}'\n",
-                sock.display()
-            ),
-        )
-        .unwrap();
-        chown_to_owner(&self.standby_dir().join("host.conf"));
-        (port, sock)
-    }
-
-    fn standby_psql(&self, port: u16, sock: &Path, sql: &str) -> String {
-        let out = self.primary.run_checked(
-            std::process::Command::new(self.primary.bin.join("psql"))
-                .args(["-X", "-At", "-U", "postgres", "-d", "postgres", "-h"])
-                .arg(sock)
-                .args(["-p", &port.to_string(), "-c", sql]),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        if self.standby_dir().join("postmaster.pid").exists() {
-            let mut c = std::process::Command::new(self.primary.bin.join("pg_ctl"));
-            c.args(["stop", "-m", "immediate", "-D"])
-                .arg(self.standby_dir());
-            if nix::unistd::Uid::effective().is_root() {
-                use std::os::unix::process::CommandExt;
-                let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-                c.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
-            }
-            let _ = c.output();
-        }
-    }
-}
-
-fn chown_to_owner(p: &Path) {
-    if nix::unistd::Uid::effective().is_root() {
-        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        nix::unistd::chown(p, Some(pg.uid), Some(pg.gid)).unwrap();
-    }
-}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -124,7 +24,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn builds_streams_converges_and_drops_its_slot() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     // Check mode on a missing directory: a plan, nothing done.
     let out = pair.run(json!({"_ansible_check_mode": true}));
     assert_eq!(out["changed"], true, "{out}");
@@ -201,7 +101,7 @@ fn builds_streams_converges_and_drops_its_slot() {
 
 #[test]
 fn bad_inputs_fail_clearly_and_change_nothing() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     let cases = [
         (
             json!({"replication_password": "wrong"}),
@@ -240,7 +140,7 @@ fn bad_inputs_fail_clearly_and_change_nothing() {
 
 #[test]
 fn occupied_directories_are_refused_and_a_live_primary_always() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     // A directory holding another cluster.
     let other = PgServer::start(&[]);
     other.stop();
@@ -301,7 +201,7 @@ fn occupied_directories_are_refused_and_a_live_primary_always() {
 /// The primary is reached through a passfile entry for the database `replication`.
 #[test]
 fn the_default_slot_and_the_connection_are_the_agents() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     let dir = pair.dir.path();
     for f in ["ca.crt", "repl.crt", "repl.key"] {
         fs::write(dir.join(f), "not read in check mode\n").unwrap();

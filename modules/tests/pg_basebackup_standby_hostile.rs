@@ -7,117 +7,19 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::hostile::{assert_refused, mkfifo, snapshot};
-use common::owner;
-use pgshift_testkit::{free_port, PgServer};
+use common::standby::{chown_to_owner, Pair};
+use pgshift_testkit::free_port;
 use serde_json::{json, Value};
 
 /// Quotes, backslashes, blanks and non-ASCII: must work, never show.
 const PW: &str = "p'a\"s s\\wörd-Hostile";
 
-struct Pair {
-    primary: PgServer,
-    dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        let primary =
-            PgServer::start(&["include_if_exists = 'host.conf'", "wal_keep_size = '64MB'"]);
-        primary.psql(&format!(
-            "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{}'",
-            PW.replace('\'', "''")
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Pair { primary, dir }
-    }
-
-    fn standby_dir(&self) -> PathBuf {
-        self.dir.path().join("standby")
-    }
-
-    fn passfile(&self) -> PathBuf {
-        self.dir.path().join("pgpass")
-    }
-
-    fn args(&self, extra: Value) -> Value {
-        let mut a = json!({
-            "primary_host": "127.0.0.1",
-            "primary_port": self.primary.port,
-            "replication_user": "replicator",
-            "replication_password": PW,
-            "data_directory": self.standby_dir(),
-            "passfile": self.passfile(),
-            "slot_name": "standby_one",
-            "owner": owner(),
-            "wait_streaming": 30,
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                a.as_object_mut().unwrap().remove(k);
-            } else {
-                a[k] = v.clone();
-            }
-        }
-        a
-    }
-
-    fn run(&self, extra: Value) -> Value {
-        common::run_module("pg_basebackup_standby", self.args(extra))
-    }
-
-    fn slots(&self) -> String {
-        self.primary
-            .psql("SELECT string_agg(slot_name, ',') FROM pg_replication_slots")
-    }
-
-    fn localize(&self) {
-        let port = free_port();
-        let sock = self.dir.path().join("run");
-        fs::create_dir_all(&sock).unwrap();
-        chown_to_owner(&sock);
-        fs::write(
-            self.standby_dir().join("host.conf"),
-            format!(
-                "port = {port}\nunix_socket_directories = '{}'\n",
-                sock.display()
-            ),
-        )
-        .unwrap();
-        chown_to_owner(&self.standby_dir().join("host.conf"));
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        if self.standby_dir().join("postmaster.pid").exists() {
-            let mut c = std::process::Command::new(self.primary.bin.join("pg_ctl"));
-            c.args(["stop", "-m", "immediate", "-D"])
-                .arg(self.standby_dir());
-            if nix::unistd::Uid::effective().is_root() {
-                use std::os::unix::process::CommandExt;
-                let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-                c.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
-            }
-            let _ = c.output();
-        }
-    }
-}
-
-fn chown_to_owner(p: &std::path::Path) {
-    if nix::unistd::Uid::effective().is_root() {
-        let pg = nix::unistd::User::from_name("postgres").unwrap().unwrap();
-        nix::unistd::chown(p, Some(pg.uid), Some(pg.gid)).unwrap();
-    }
-}
-
 #[test]
 fn hostile_inputs_are_refused_before_any_change() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     let d = pair.dir.path();
     let fifo = d.join("fifo");
     mkfifo(&fifo);
@@ -283,7 +185,7 @@ fn hostile_inputs_are_refused_before_any_change() {
 
 #[test]
 fn quotes_and_backslashes_reach_the_standby_intact() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     // Each would break postgresql.auto.conf or the connection string unescaped.
     let app = r#"it's a \ "test" #1 x' primary_slot_name='evil"#;
     let out = pair.run(json!({"application_name": app, "start": false}));
@@ -306,7 +208,7 @@ fn quotes_and_backslashes_reach_the_standby_intact() {
 
 #[test]
 fn a_failure_after_the_base_backup_undoes_the_slot_the_directory_and_the_passfile() {
-    let pair = Pair::new();
+    let pair = Pair::new(PW);
     // Without host.conf the standby would start on the primary's port and socket: pg_ctl
     // start fails after the slot, the base backup and the passfile are done.
     let out = pair.run(json!({}));

@@ -3,6 +3,8 @@
 pub mod certs;
 #[allow(dead_code)] // not every test binary uses every check
 pub mod hostile;
+#[allow(dead_code)] // only the pg_basebackup_standby tests use it
+pub mod standby;
 
 use std::fs;
 use std::process::{Command, Stdio};
