@@ -4,7 +4,7 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection install-collection test lint cargo-test ansible-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full molecule-test lab-up lab-down demo bench bench-failover clean
+.PHONY: help deps build collection install-collection test lint cargo-test ansible-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover clean
 
 help:
 	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
@@ -14,6 +14,7 @@ help:
 	@echo "make collection  build dist/pgshift-cluster-<version>.tar.gz"
 	@echo "make lab-up      the three-host lab (db1, db2, aux) and lab/inventory.yml; make lab-down removes it"
 	@echo "make bench       benchmarks (numbers, not pass/fail)"
+	@echo "make stress      the stress battery and a 30-minute soak under write load (about 50 minutes)"
 
 deps:
 	scripts/deps.sh all
@@ -51,7 +52,7 @@ cargo-test:
 
 ansible-test: collection
 	cargo build --locked -p pgshift-testkit
-	$(VENV)/bin/pytest -q tests/ansible tests/cert
+	$(VENV)/bin/pytest -q tests/unit tests/ansible tests/cert
 
 # With the oldest ansible-core meta/runtime.yml claims, the tests of what depends on its
 # version: the action plugin's delivery, check and diff modes, results and no_log.
@@ -95,13 +96,22 @@ delivery-test: install-collection
 # verify-full TLS with client certificates and inventory names DB1 and db2.lab.example, slots
 # and TLS after switchovers both ways); lab-test-full runs every one (fault sequences, floods,
 # backups, rebuilds, multi-home).
-LAB_TESTS := tests/lab tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py \
+LAB_TESTS := tests/lab tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py tests/stress \
 	tests/agent/test_pgsql_check.py tests/agent/test_rejoin.py tests/agent/test_standby.py tests/backup tests/multihome
 lab-test: install-collection
 	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q -m smoke $(LAB_TESTS)
 
 lab-test-full: install-collection
 	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q $(LAB_TESTS)
+
+# The stress battery (tests/stress/battery.py): every fault and pressure under a write load,
+# then a soak of random faults, judged by the history checker; one JSON line per case into
+# target/stress.jsonl and a table. STRESS_TIMING=tight weighs the tighter timing set;
+# STRESS_SOAK_MINUTES (default 30) the soak. Under 60 minutes on 2 cores.
+STRESS_TIMING ?= default
+STRESS_SOAK_MINUTES ?= 30
+stress: deps install-collection
+	$(VENV)/bin/python tests/stress/battery.py --timing $(STRESS_TIMING) --soak-minutes $(STRESS_SOAK_MINUTES)
 
 # Molecule shells out to ansible-config and friends: the venv's bin/ goes first on PATH.
 molecule-test: install-collection

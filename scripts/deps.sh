@@ -139,10 +139,11 @@ case "$what" in
         # what the lab needs: sshd per host, nftables for partitions. haproxy routes clients to
         # the agent's primary/replicas (playbooks/haproxy.yml); like every daemon here it is
         # installed without being started on this machine (policy-rc.d above). python3-psycopg:
-        # the multi-home tests' libpq multi-host client.
+        # the multi-home tests' libpq multi-host client and the stress battery's write load;
+        # stress-ng: the battery's disk stalls.
         debian_packages postgresql-15 postgresql-client-15 gcc openssh-server openssh-client \
             nftables iproute2 procps util-linux openssl pebble certbot pgbackrest etcd-server etcd-client \
-            haproxy sudo shellcheck file python3-psycopg
+            haproxy sudo shellcheck file python3-psycopg stress-ng
         rust
         aarch64_runner
         venv

@@ -29,6 +29,8 @@ import time
 
 import pytest
 
+import history
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAB = ROOT / "lab" / "lab"
 STATE = ROOT / "lab" / "state"
@@ -265,15 +267,16 @@ def log_since(host, mark):
 class Probe:
     """Writes (id, host) rows to every database host every 50 ms over TCP, each in its own
     connection (synchronous_commit on: an acknowledged write is on the synchronous standby),
-    and records the acknowledged ones. Ids are unique across probes (a table outlives one
-    test)."""
+    and records the acknowledged ones, also in its `history` (tests/history.py) with the
+    timeline each committed on. Ids are unique across probes (a table outlives one test)."""
 
     ids = itertools.count(1)
     lock = threading.Lock()
 
-    def __init__(self, passfile):
+    def __init__(self, passfile, history_=None):
         self.passfile = passfile
         self.acks = {h: [] for h in IPS}  # host -> [(monotonic, id)]
+        self.history = history_ or history.History()
         self.stop_flag = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in IPS]
 
@@ -283,11 +286,14 @@ class Probe:
             with Probe.lock:
                 n = next(Probe.ids)
             cmd = [PSQL, "-XAtq", "-h", IPS[host], "-U", "probe", "-d", "postgres", "-c",
-                   f"INSERT INTO probe (id, host) VALUES ({n}, '{host}')"]
+                   f"INSERT INTO probe (id, host) VALUES ({n}, '{host}') RETURNING {history.TIMELINE_SQL}"]
             try:
+                sent = time.monotonic()
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2)
                 if p.returncode == 0:
-                    self.acks[host].append((time.monotonic(), n))
+                    acked = time.monotonic()
+                    self.acks[host].append((acked, n))
+                    self.history.write("probe", n, host, sent, acked, p.stdout.strip())
             except subprocess.TimeoutExpired:
                 pass
             time.sleep(0.05)
@@ -308,6 +314,11 @@ class Probe:
         """Writes any host acknowledged that `host` does not have."""
         ids = set(map(int, sql(host, "SELECT id FROM probe").split()))
         return sorted({n for acks in self.acks.values() for _, n in acks} - ids)
+
+    def check(self, leader):
+        """The history checker's violations (tests/history.py) against `leader`'s probe table."""
+        rows = [(int(i), h) for i, h in (r.split("|") for r in sql(leader, "SELECT id, host FROM probe").split())]
+        return history.check(self.history, rows, "probe")
 
 
 def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
@@ -336,6 +347,7 @@ def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
     # primary acknowledged after the fault.
     before = [n for t, n in probe.acks[old] if t < t_fault]
     lost = probe.lost_on(new)
+    problems = probe.check(new)
     cluster["results"].setdefault(name, []).append({
         "failover_seconds": round(failover, 2),
         "old_last_ack_after_fault": round(last_old - t_fault, 3),
@@ -343,6 +355,7 @@ def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
         "lost": len(lost),
     })
     assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    assert not problems, problems
     recover()
     started = time.monotonic()
     wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.5)
@@ -435,13 +448,15 @@ def haproxy_states():
 class Writer:
     """Writes through HAProxy's read-write port (or straight to one database host) every
     ~50 ms, each write its own connection (default synchronous_commit), and records
-    (monotonic, host that took it)."""
+    (monotonic, host that took it), also in its `history` (tests/history.py)."""
 
-    def __init__(self, host=AUX, port=RW, first_id=1):
+    def __init__(self, host=AUX, port=RW, first_id=1, history_=None, client="writer"):
         self.host, self.port = host, port
         self.acks = []
         self.ids = []  # the acknowledged writes' ids
         self.failures = 0
+        self.history = history_ or history.History()
+        self.client = client
         self.stop_flag = threading.Event()
         self.n = first_id - 1
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -449,17 +464,26 @@ class Writer:
     def _loop(self):
         while not self.stop_flag.is_set():
             self.n += 1
+            sent = time.monotonic()
             ok, res = psql(self.port, f"INSERT INTO through_haproxy (id) VALUES ({self.n}) "
-                           "RETURNING host(inet_server_addr())", 2, self.host)
+                           f"RETURNING host(inet_server_addr()), {history.TIMELINE_SQL}", 2, self.host)
             if ok:
-                self.acks.append((time.monotonic(), HOST_OF.get(res, res)))
+                acked = time.monotonic()
+                ip, timeline = res.split("|")
+                self.acks.append((acked, HOST_OF.get(ip, ip)))
                 self.ids.append(self.n)
+                self.history.write(self.client, self.n, HOST_OF.get(ip, ip), sent, acked, timeline)
             else:
                 self.failures += 1
             time.sleep(0.05)
 
     def first_ack(self, host, after):
         return next((t for t, h in self.acks if h == host and t > after), None)
+
+    def check(self, leader):
+        """The history checker's violations (this writer's writes and the reads recorded with
+        them) against `leader`'s through_haproxy table."""
+        return history.check(self.history, haproxy_rows(leader))
 
     def __enter__(self):
         self.thread.start()
@@ -469,6 +493,32 @@ class Writer:
         self.stop_flag.set()
         self.thread.join(timeout=5)
 
+
+class Reader(Writer):
+    """Reads the newest ids of through_haproxy through HAProxy's read-only port (a standby)
+    every ~100 ms into the history it shares with a Writer: the checker then finds any value a
+    standby served that the cluster later lost."""
+
+    def __init__(self, history_, port=RO, table="through_haproxy"):
+        super().__init__(port=port, history_=history_, client="reader")
+        self.table = table
+
+    def _loop(self):
+        while not self.stop_flag.is_set():
+            sent = time.monotonic()
+            ok, res = psql(self.port, "SELECT host(inet_server_addr()), string_agg(id::text, ',') FROM "
+                           f"(SELECT id FROM {self.table} ORDER BY id DESC LIMIT 3) t", 2, self.host)
+            if ok and "|" in res:
+                ip, ids = res.split("|")
+                self.history.read(self.client, HOST_OF.get(ip, ip), sent, time.monotonic(),
+                                  [int(i) for i in ids.split(",") if i])
+            time.sleep(0.1)
+
+
+def haproxy_rows(host, table="through_haproxy"):
+    """[(id, None)] of a table of the demo database (HAProxy's clients') on host."""
+    rows = out(host, f"cd / && runuser -u postgres -- psql -XAtq -d demo -c 'SELECT id FROM {table}'")
+    return [(int(i), None) for i in rows.split()]
 
 
 # -- the shared cluster ----------------------------------------------------------------------

@@ -137,6 +137,8 @@ def test_switchover_loses_nothing_and_pauses_writes_briefly(cluster):
         assert not late, f"{old} acknowledged writes after {new} took over: {late[:5]}"
         lost = probe.lost_on(new)
         assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        problems = probe.check(new)
+        assert not problems, problems
         gaps.append(first_new - last_old)
         cluster["results"].setdefault("switchover", []).append({
             "write_gap_seconds": round(first_new - last_old, 3),
@@ -329,6 +331,8 @@ def test_freeze_of_the_primary_longer_than_ttl(cluster):
         "lost": len(lost),
     })
     assert not lost, lost[:10]
+    problems = probe.check(new)
+    assert not problems, problems
     # The thawed old primary cannot acknowledge anything: its synchronous standby follows
     # the new leader now, so its commits wait until the guard fences it.
     assert not after_thaw, (window, after_thaw)
@@ -363,6 +367,8 @@ def no_failover_while(cluster, name, leader, inject, recover, seconds=8):
     # the probe's own scheduling on 2 busy cores while the lab tears a host down.
     assert gap < 3, f"writes on {leader} stalled {gap:.2f} s"
     recover()
+    problems = probe.check(leader)
+    assert not problems, problems
 
 
 def test_loss_of_one_etcd_member(cluster):

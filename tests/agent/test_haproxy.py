@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 from labkit import (
-    AUX, IPS, PSQL, RO, ROOT, RW, Writer, cluster_status, haproxy_states, psql, lab, member, needs, on, roles, streaming_from, wait_for, write_results,
+    AUX, IPS, PSQL, RO, ROOT, RW, Reader, Writer, cluster_status, haproxy_states, psql, lab, member, needs, on, roles, streaming_from, wait_for, write_results,
 )
 
 RESULTS = ROOT / "target" / "haproxy-results.json"
@@ -141,7 +141,7 @@ def test_crash_of_the_primary_host_through_haproxy(cluster):
     r = cluster["results"]["crash"] = {"old_primary": old, "new_primary": new}
     # Beside the writes through HAProxy, the same writes straight to the standby that will
     # take over, and a watch on its agent's /primary: what HAProxy adds to the failover.
-    with Writer() as w, Writer(IPS[new], 5432, first_id=10**6) as direct, ApiWatch(new) as api:
+    with Writer() as w, Reader(w.history), Writer(IPS[new], 5432, first_id=10**6) as direct, ApiWatch(new) as api:
         wait_for(f"writes through {RW} on {old}", lambda: sum(h == old for _, h in w.acks) >= 10, 20)
         t_crash = time.monotonic()
         lab("crash", old)
@@ -157,6 +157,8 @@ def test_crash_of_the_primary_host_through_haproxy(cluster):
     r["failed_writes"] = w.failures
     late = [round(t - first_new, 3) for t, h in w.acks if h == old and t > first_new]
     assert not late, f"writes through {RW} reached {old} after {new} took over: {late}"
+    problems = w.check(new) + direct.check(new)
+    assert not problems, problems
     assert r["writes_back_seconds"] < 15, r
     # HAProxy sees the new roles: the crashed host is down everywhere, the new primary is
     # read-write only, so the read-only port has no server until the old primary rejoins.
@@ -200,7 +202,7 @@ def test_switchover_through_haproxy(cluster):
     gaps = []
     for i in range(2):
         old, new = roles()
-        with Writer(first_id=(i + 2) * 10**7) as w:
+        with Writer(first_id=(i + 2) * 10**7) as w, Reader(w.history):
             wait_for(f"writes through {RW} on {old}", lambda: sum(h == old for _, h in w.acks) >= 10, 20)
             t0 = time.monotonic()
             res = on(old, f"pgshift switchover --to {new}", timeout=90)
@@ -215,6 +217,8 @@ def test_switchover_through_haproxy(cluster):
         acked = len(w.ids)
         lost = sorted(set(w.ids) - set(map(int, ids.split())))
         assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        problems = w.check(new)
+        assert not problems, problems
         gaps.append(round(first_new - last_old, 3))
         cluster["results"].setdefault("switchover", []).append({
             "from": old, "to": new,

@@ -136,6 +136,8 @@ def test_switchovers_to_a_node_rewound_by_its_running_agent(cluster):
             probe.stop()
         lost = probe.lost_on(new)
         assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+        problems = probe.check(new)
+        assert not problems, problems
         assert member(cluster_status(new), new)["timeline"] == timeline + 1
         for h in IPS:
             log = log_since(h, marks[h])
@@ -252,6 +254,8 @@ def test_failsafe_keeps_a_healthy_primary_writable_without_etcd(cluster):
     result["leader_after"] = new
     result["timeline_change"] = member(cluster_status(new), new)["timeline"] - timeline
     assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    problems = probe.check(new)
+    assert not problems, problems
 
 
 def etcd_members():

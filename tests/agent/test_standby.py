@@ -196,6 +196,8 @@ def fault(cluster, name, inject, recover):
         probe.stop()
     lost = probe.lost_on(HOST[new])
     assert not lost, f"{name}: {len(lost)} acknowledged writes lost: {lost[:10]}"
+    problems = probe.check(HOST[new])
+    assert not problems, (name, problems)
     recover(old, new)
     leader, standby = settled()
     assert (leader, standby) == (new, old), (name, leader, standby)
@@ -278,6 +280,8 @@ def test_rebuilds_both_ways_say_rebuilding_while_writes_go_on(cluster):
             if watcher.is_alive():
                 watcher.join(timeout=15)
         assert not probe.lost_on(HOST[new])
+        problems = probe.check(HOST[new])
+        assert not problems, problems
         assert "rebuilding" in seen, seen
         assert texts and "rebuilding" in texts[0], texts
         assert answers["failed"] == 0 and answers["ok"] > 0, answers
