@@ -114,7 +114,10 @@ def reads_kept(reads, rows):
     kept = {id for id, _ in rows}
     gone = sorted({i for r in reads for i in r.ids if i not in kept})
     if gone:
-        return [f"reads returned {len(gone)} values the leader does not have at the end: {gone[:10]}"]
+        # Who served them, and when (this machine's monotonic clock).
+        served = sorted({(r.host, round(r.returned, 2)) for r in reads if set(r.ids) & set(gone)})
+        return [f"reads returned {len(gone)} values the leader does not have at the end: {gone[:10]} "
+                f"(served by, at: {served[:5]})"]
     return []
 
 

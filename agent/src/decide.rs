@@ -465,8 +465,24 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
                 && (m.timeline, m.lsn) > (f.local.timeline, f.local.lsn)
                 && (m.running || leader.is_some_and(|l| l.name == m.name))
         });
+        // The last leader ran without a synchronous standby and is a standby itself now,
+        // behind this node: this node holds all the WAL it wrote, so every commit it
+        // acknowledged alone. It defers to such a node (above), so one of the two must go
+        // on, or the cluster stays leaderless: a standby can end up a few bytes ahead of the
+        // old leader's replayed end, having received the start of a record the old leader
+        // never completed before it was fenced.
+        let former_behind = former
+            .filter(|_| standby.is_none())
+            .and_then(|name| members.iter().find(|m| m.name == name))
+            .is_some_and(|m| {
+                m.running && m.in_recovery && (f.local.timeline, f.local.lsn) > (m.timeline, m.lsn)
+            });
         return match (standby == Some(me), former == Some(me), ahead) {
             (true, _, _) | (false, true, None) => Action::TakeLeader {
+                expected,
+                promote: true,
+            },
+            (false, false, None) if former_behind => Action::TakeLeader {
                 expected,
                 promote: true,
             },
@@ -1368,6 +1384,63 @@ mod tests {
                             }],
                         ),
                     )
+                },
+                waits(),
+            ),
+            (
+                "synchronous mode, the last leader led alone and is a standby behind me: take over",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: None,
+                    }),
+                    ..facts(standby("db1", 501), read(None, vec![member("db1", true, 500)]))
+                },
+                is(take(None)),
+            ),
+            (
+                "synchronous mode, the last leader led alone and is level with me: it goes first",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: None,
+                    }),
+                    ..facts(standby("db1", 500), read(None, vec![member("db1", true, 500)]))
+                },
+                waits(),
+            ),
+            (
+                "synchronous mode, the last leader led alone and is not running: wait for it",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: None,
+                    }),
+                    ..facts(
+                        standby("db1", 501),
+                        read(
+                            None,
+                            vec![Member {
+                                running: false,
+                                ..member("db1", true, 500)
+                            }],
+                        ),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "synchronous mode, the last leader is a primary still: wait",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState {
+                        leader: "db1".into(),
+                        standby: None,
+                    }),
+                    ..facts(standby("db1", 501), read(None, vec![member("db1", false, 500)]))
                 },
                 waits(),
             ),

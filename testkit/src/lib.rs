@@ -201,6 +201,85 @@ impl PgServer {
         out
     }
 
+    /// A streaming standby of this server, started: `pg_basebackup -R` over the socket into a
+    /// root of its own, with its own port and socket (lines appended to the copied
+    /// postgresql.conf win over the primary's).
+    pub fn standby(&self, extra_conf: &[&str]) -> PgServer {
+        let root = tempfile::Builder::new()
+            .prefix("pgshift-pg-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let socket_dir = root.join("run");
+        fs::create_dir_all(&socket_dir).expect("mkdir");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        if let Some(u) = &self.run_as {
+            chown(&root, Some(u.uid), Some(u.gid)).expect("chown");
+            chown(&socket_dir, Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        let standby = PgServer {
+            root: root.clone(),
+            data_dir: root.join("data"),
+            socket_dir,
+            port: free_port(),
+            bin: self.bin.clone(),
+            run_as: self.run_as.clone(),
+            keep: false,
+        };
+        self.run_checked(
+            Command::new(self.bin.join("pg_basebackup"))
+                .args(["-U", "postgres", "-R", "-X", "stream", "-h"])
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-D"])
+                .arg(&standby.data_dir),
+        );
+        let mut conf = format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            standby.port,
+            standby.socket_dir.display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = standby.data_dir.join("postgresql.conf");
+        let mut base = fs::read_to_string(&conf_path).expect("read postgresql.conf");
+        base.push_str(&conf);
+        fs::write(&conf_path, base).expect("write postgresql.conf");
+        standby.start_again();
+        standby
+    }
+
+    /// `pg_ctl start` of a stopped server.
+    pub fn start_again(&self) {
+        self.run_checked(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["start", "-w", "-t", "30", "-s", "-D"])
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(self.log_path()),
+        );
+    }
+
+    /// Makes this (stopped) server a standby of `upstream`: standby.signal, and
+    /// primary_conninfo to its socket.
+    pub fn follow(&self, upstream: &PgServer) {
+        let signal = self.data_dir.join("standby.signal");
+        fs::write(&signal, "").expect("standby.signal");
+        let auto = self.data_dir.join("postgresql.auto.conf");
+        let mut conf = fs::read_to_string(&auto).unwrap_or_default();
+        conf.push_str(&format!(
+            "primary_conninfo = 'host={} port={} user=postgres'\n",
+            upstream.socket_dir.display(),
+            upstream.port
+        ));
+        fs::write(&auto, conf).expect("postgresql.auto.conf");
+        if let Some(u) = &self.run_as {
+            chown(&signal, Some(u.uid), Some(u.gid)).expect("chown");
+            chown(&auto, Some(u.uid), Some(u.gid)).expect("chown");
+        }
+    }
+
     pub fn stop(&self) {
         let mut cmd = Command::new(self.bin.join("pg_ctl"));
         cmd.args(["stop", "-m", "immediate", "-w", "-s", "-D"])

@@ -27,6 +27,7 @@ tests/stress/test_stress_smoke.py runs the short cases that must never move the 
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -102,26 +103,57 @@ class Load:
         return round(sum(start <= t < end for t in self.acks) / max(end - start, 1e-9), 1)
 
     def longest_gap(self, start, end):
+        """(seconds, its start relative to `start`): the longest time without an acknowledged
+        write between start and end."""
         times = [start] + [t for t in self.acks if start <= t <= end] + [end]
-        return round(max(b - a for a, b in zip(times, times[1:])), 2)
+        gap, at = max((b - a, a) for a, b in zip(times, times[1:]))
+        return round(gap, 2), round(at - start, 2)
 
 
 def timeline(leader):
     return labkit.member(labkit.cluster_status(leader), leader)["timeline"]
 
 
-FENCE_LINES = ("fencing:", "fence-guard: leadership deadline passed")
+# A fence is PostgreSQL stopped either by the guard (its deadline passed) or by the agent
+# itself ("fenced: PostgreSQL stopped"; when the guard was first, the agent says "already
+# stopped", not counted again).
+FENCE_LINES = ("fence-guard: leadership deadline passed", "fenced: PostgreSQL stopped")
 
 
-def fences_since(marks):
-    """{host: number of fences} in the agents' logs since `marks` (hosts that cannot answer
-    are skipped: a crashed host wrote nothing we could read)."""
+# What the agents did, for a case's record: their log lines with these words.
+EVENT_WORDS = ("promoted (", "fencing:", "fence-guard", "failsafe", "synchronous standby", "handed over",
+               "RenewLeader failed")
+
+
+def agent_lines(marks):
+    """{host: its agent's log lines since `marks`} (hosts that cannot answer are skipped: a
+    crashed host wrote nothing we could read)."""
     found = {}
     for h, mark in marks.items():
         res = on(h, f"tail -n +{mark + 1} {labkit.AGENT_LOG}", timeout=15)
         if res.returncode == 0:
-            found[h] = sum(any(p in line for p in FENCE_LINES) for line in res.stdout.splitlines())
+            found[h] = res.stdout.splitlines()
     return found
+
+
+def fences(lines):
+    return {h: sum(any(p in line for p in FENCE_LINES) for line in ls) for h, ls in lines.items()}
+
+
+def events(lines, wall0, limit=40):
+    """The agents' notable lines as "+seconds host: text" from wall0 (lab hosts share this
+    machine's clock); the guard's lines carry no time and keep the previous line's."""
+    found = []
+    for h, ls in lines.items():
+        at = None
+        for line in ls:
+            stamp = line.split(" ", 1)[0]
+            with contextlib.suppress(ValueError):
+                at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            if at is not None and any(w in line for w in EVENT_WORDS):
+                text = line.split(": ", 1)[-1] if "}: " in line else line
+                found.append((at - wall0, f"{at - wall0:+.2f}s {h}: {text[:160]}"))
+    return [e for _, e in sorted(found)][:limit]
 
 
 def etcd_client():
@@ -304,7 +336,7 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None):
             probe.start()
             try:
                 time.sleep(BEFORE)
-                t_fault = time.monotonic()
+                t_fault, wall_fault = time.monotonic(), time.time()
                 fault(leader, other, seconds, probe)
                 t_end = time.monotonic()
                 new, _ = healthy()
@@ -318,9 +350,11 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None):
     finally:
         load.kill()
     tl_after = timeline(new)
+    gap, gap_at = load.longest_gap(t_fault - 1, t_after)
     failovers = tl_after - tl_before
     expected = 0 if kind == "pressure" else 1
-    fences = fences_since(marks)
+    lines = agent_lines(marks)
+    fenced = fences(lines)
     restarted = kind == "pressure" and labkit.sql(leader, "SELECT pg_postmaster_start_time()") != started_pg
     problems = history.check(hist, labkit.haproxy_rows(new, "stress_load"), "load") + probe.check(new) + \
         history.check(hist, labkit.haproxy_rows(new, "stress_load"), "reader")
@@ -328,9 +362,11 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None):
         "case": name, "kind": kind, "fault_seconds": round(t_end - t_fault, 1),
         "leader_before": leader, "leader_after": new,
         "failovers": failovers, "spurious_failovers": max(0, failovers - expected),
-        "self_fences": (fences.get(leader, 0) + (1 if restarted and not fences.get(leader) else 0))
+        "self_fences": (fenced.get(leader, 0) + (1 if restarted and not fenced.get(leader) else 0))
         if kind == "pressure" else 0,
-        "longest_write_gap_seconds": load.longest_gap(t_fault - 1, t_after),
+        "longest_write_gap_seconds": gap,
+        # From the fault's start (negative: just before it).
+        "longest_write_gap_from_fault_seconds": round(gap_at - 1, 2),
         "writes_per_second": {"before": load.rate(t_fault - BEFORE, t_fault), "during": load.rate(t_fault, t_end),
                               "after": load.rate(t_healthy, t_after)},
         "acknowledged": len(load.acks), "failed_attempts": load.failures,
@@ -339,6 +375,7 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None):
         "two_writers": sum(1 for p in problems if "two writers" in p or "same timeline" in p),
         "violations": problems,
         "recovered_seconds": round(t_healthy - t_end, 1),
+        "events": events(lines, wall_fault),
     }
     return result
 
@@ -377,10 +414,10 @@ def soak(passfile, minutes, seed=None):
                     fault(leader, other, min(seconds, 15), probe)
                     new, _ = healthy()
                     failovers = timeline(new) - tl
-                    fences = fences_since(marks)
+                    fenced = fences(agent_lines(marks))
                     rounds.append({"fault": name, "kind": kind, "failovers": failovers,
                                    "spurious": max(0, failovers - (0 if kind == "pressure" else 1)),
-                                   "self_fences": fences.get(leader, 0) if kind == "pressure" else 0,
+                                   "self_fences": fenced.get(leader, 0) if kind == "pressure" else 0,
                                    "seconds": round(time.monotonic() - t0, 1)})
                     time.sleep(2)
             finally:

@@ -77,6 +77,8 @@ struct NodeStatus {
     rejoins: Rejoins,
     /// What keeps the slots other members need from being right (said once, shown always).
     slot_error: Option<String>,
+    /// The reason of the last wait, digits left out, so a new reason is logged once.
+    waiting: Option<String>,
 }
 
 /// The API's side: the snapshot its GET endpoints answer from, its handle (for SIGHUP), what
@@ -312,6 +314,7 @@ impl Agent {
                 if !matches!(action, Action::Wait { .. } | Action::RenewLeader) {
                     log(format!("{action:?}"));
                 }
+                self.log_new_wait(&action);
                 // A stopped node about to start gets the rules of a non-leader before it opens.
                 self.hba_checks
                     .sync(&obs, self.clock.leading(), self.node.down);
@@ -388,6 +391,23 @@ impl Agent {
             self.lease = self.store.grant(ttl_secs)?;
         }
         self.store.read()
+    }
+
+    /// Logs why this node waits when the reason is new (its numbers aside: a lag or a
+    /// position changes every loop): "why does nobody take over" is answered in the log.
+    fn log_new_wait(&mut self, action: &Action) {
+        let Action::Wait { reason } = action else {
+            self.node.waiting = None;
+            return;
+        };
+        let shape: String = reason
+            .chars()
+            .filter(|c| !(c.is_ascii_digit() || matches!(c, 'A'..='F')))
+            .collect();
+        if self.node.waiting.as_deref() != Some(shape.as_str()) {
+            log(format!("waiting: {reason}"));
+            self.node.waiting = Some(shape);
+        }
     }
 
     fn facts(&mut self, obs: &Observed, view: Option<&View>, now: Millis) -> Facts {

@@ -33,6 +33,16 @@ const PG_CTL_DEADLINE: Duration = Duration::from_secs(150);
 /// the loop only logs the error.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether a standby streams from its upstream, as SQL: the WAL receiver streams and has
+/// flushed at least what this server has replayed. The second half matters after a
+/// failover: an old primary restarted as a standby replays its own WAL past the point where
+/// the new leader's history forked, and (every `wal_retrieve_retry_interval`) its WAL receiver
+/// streams the old timeline up to that fork for a moment before it finds the fork. Counted as
+/// streaming then, it would be offered to readers (`/replica`) with commits the cluster is
+/// about to rewind away; its receiver never gets past what it replayed.
+pub const STREAMING: &str = "EXISTS (SELECT 1 FROM pg_stat_wal_receiver
+                                      WHERE status = 'streaming' AND flushed_lsn >= pg_last_wal_replay_lsn())";
+
 /// What one look at the local server shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
@@ -208,7 +218,7 @@ impl LocalPg {
         }
         let row = self.with(|c| {
             c.query_one(
-                "SELECT pg_is_in_recovery(),
+                &format!("SELECT pg_is_in_recovery(),
                         CASE WHEN pg_is_in_recovery()
                              THEN COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text
                              ELSE pg_current_wal_lsn()::text END,
@@ -219,17 +229,17 @@ impl LocalPg {
                              -- timeline lags behind a timeline switch until the next one).
                              THEN GREATEST((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0),
                                            (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM pg_ls_waldir()
-                                             WHERE name ~ '^[0-9A-F]{8}[.]history$'),
+                                             WHERE name ~ '^[0-9A-F]{{8}}[.]history$'),
                                            (SELECT timeline_id FROM pg_control_checkpoint()))
                              ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
-                        EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+                        {STREAMING},
                         current_setting('primary_conninfo'),
                         (SELECT status FROM pg_stat_wal_receiver),
                         ARRAY(SELECT slot_name::text FROM pg_replication_slots
                                WHERE slot_type = 'physical' ORDER BY 1),
                         ARRAY(SELECT slot_name::text FROM pg_replication_slots
                                WHERE slot_type = 'physical' AND NOT active ORDER BY 1),
-                        current_setting('primary_slot_name')",
+                        current_setting('primary_slot_name')"),
                 &[],
             )
         });
