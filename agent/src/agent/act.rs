@@ -9,6 +9,11 @@ use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
 use crate::records::{unix_now, HandedOver, Outcome, Request, RequestKind};
 use crate::state::NodeState;
 
+/// Starts as a standby that fail in recovery, in a row, before the directory is rebuilt:
+/// more than one (a start can fail once for a passing reason), few enough that a broken
+/// standby is not left for long (the loop retries every loop_wait).
+const FAILED_RECOVERIES_BEFORE_REBUILD: u32 = 3;
+
 type Acted = Result<(), ActError>;
 
 impl Agent {
@@ -214,7 +219,27 @@ impl Agent {
         let _ = self.guard.standby();
         let conn = leader.and_then(|l| Self::conn_of(view, l).ok());
         self.pg.prepare_standby(conn.as_deref())?;
-        self.pg.start()?;
+        let started = self.pg.start();
+        if started.is_ok() {
+            self.node.failed_recoveries = 0;
+        } else if let (Some(l), Some(why)) = (leader, self.pg.recovery_failure()) {
+            // WAL this directory cannot replay (seen after a pg_rewind that copied the
+            // leader's segment at the timeline switch half-written: "WAL location ... belongs
+            // to timeline 1, but previous recovered WAL file came from timeline 2") fails every
+            // start the same way: after a few, a rebuild from the leader (the old directory
+            // kept aside).
+            self.node.failed_recoveries += 1;
+            if self.node.failed_recoveries >= FAILED_RECOVERIES_BEFORE_REBUILD {
+                let why = format!(
+                    "PostgreSQL failed {} starts in a row in recovery: {why}",
+                    self.node.failed_recoveries
+                );
+                log(format!("{why}; rebuilding from {l}"));
+                self.pg.mark_rebuild(&why)?;
+                self.node.failed_recoveries = 0;
+            }
+        }
+        started?;
         Ok(())
     }
 

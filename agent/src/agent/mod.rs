@@ -79,6 +79,8 @@ struct NodeStatus {
     slot_error: Option<String>,
     /// The reason of the last wait, digits left out, so a new reason is logged once.
     waiting: Option<String>,
+    /// Starts as a standby in a row that failed in recovery (see `start_standby`).
+    failed_recoveries: u32,
 }
 
 /// The API's side: the snapshot its GET endpoints answer from, its handle (for SIGHUP), what

@@ -104,6 +104,10 @@ pub trait Postgres {
     fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob>;
     /// The data directory, for the fence guard.
     fn data_directory(&self) -> PathBuf;
+    /// Why the last start gave up in recovery (WAL it cannot replay), if it did.
+    fn recovery_failure(&self) -> Option<String>;
+    /// Marks the data directory so that the next rejoin rebuilds it.
+    fn mark_rebuild(&self, why: &str) -> PgResult<()>;
 }
 
 /// A rejoin that runs off the loop: stop, pg_rewind, and a rebuild if the rewind cannot work.
@@ -175,6 +179,12 @@ impl Postgres for LocalPg {
     }
     fn data_directory(&self) -> PathBuf {
         self.data.path.clone()
+    }
+    fn recovery_failure(&self) -> Option<String> {
+        LocalPg::recovery_failure(self)
+    }
+    fn mark_rebuild(&self, why: &str) -> PgResult<()> {
+        LocalPg::mark_rebuild(self, why)
     }
 }
 

@@ -152,6 +152,8 @@ struct Server {
     sync_names: String,
     /// The rejoin job's end, sent by the test (None: it finishes at once, rewound).
     rejoin: Option<JobEnd>,
+    /// When set, every start fails in recovery with this FATAL.
+    recovery_failure: Option<String>,
 }
 
 #[derive(Clone)]
@@ -185,6 +187,12 @@ impl Postgres for FakePg {
     fn start(&mut self) -> Result<(), LocalPgError> {
         let mut s = self.0.lock().unwrap();
         s.calls.push("start".into());
+        if s.recovery_failure.is_some() {
+            return Err(LocalPgError::Failed {
+                command: "pg_ctl start".into(),
+                output: "pg_ctl: could not start server".into(),
+            });
+        }
         s.obs.running = true;
         s.obs.in_recovery = s.standby_signal;
         s.obs.stopped_state = None;
@@ -270,6 +278,15 @@ impl Postgres for FakePg {
     }
     fn data_directory(&self) -> PathBuf {
         PathBuf::from("/nonexistent/pgshift-test")
+    }
+    fn recovery_failure(&self) -> Option<String> {
+        self.0.lock().unwrap().recovery_failure.clone()
+    }
+    fn mark_rebuild(&self, why: &str) -> Result<(), LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("mark_rebuild {why}"));
+        s.obs.rebuild_pending = true;
+        Ok(())
     }
 }
 
@@ -632,6 +649,41 @@ fn start_standby_of_the_leader() {
     assert_eq!(b.calls(), ["prepare_standby Some(\"db1:5432\")", "start"]);
     assert_eq!(b.guard_calls(), ["S"]);
     assert_eq!(b.me().role, Role::Replica);
+}
+
+#[test]
+fn a_standby_that_fails_in_recovery_at_every_start_is_rebuilt() {
+    let mut b = Bench::new("db2", stopped("shut down in recovery"), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    b.pg.0.lock().unwrap().recovery_failure =
+        Some("WAL location 0/307E518 belongs to timeline 1".into());
+    for _ in 0..3 {
+        assert_eq!(
+            b.step(),
+            Action::StartStandby {
+                leader: Some("db1".into())
+            }
+        );
+    }
+    let calls = b.calls();
+    let marks: Vec<_> = calls
+        .iter()
+        .filter(|c| c.starts_with("mark_rebuild"))
+        .collect();
+    assert_eq!(marks.len(), 1, "{calls:?}");
+    assert!(
+        marks[0].contains("failed 3 starts in a row in recovery: WAL location"),
+        "{marks:?}"
+    );
+    // The next loop rejoins, and the rejoin rebuilds (the marker says so).
+    b.pg.0.lock().unwrap().recovery_failure = None;
+    assert_eq!(
+        b.step(),
+        Action::Rejoin {
+            leader: "db1".into()
+        }
+    );
 }
 
 #[test]

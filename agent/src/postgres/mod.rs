@@ -395,6 +395,34 @@ impl LocalPg {
         &self.log_file
     }
 
+    /// Why the last start gave up in recovery, from the end of the server's log (see
+    /// [`recovery_failure`]).
+    pub fn recovery_failure(&self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = fs::File::open(&self.log_file).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
+            .ok()?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).ok()?;
+        recovery_failure(&String::from_utf8_lossy(&tail))
+    }
+
+    /// Marks the data directory for a rebuild: the next rejoin copies it afresh (see
+    /// [`Rejoiner::run`]), the old one moved aside.
+    pub fn mark_rebuild(&self, why: &str) -> Result<()> {
+        let marker = self.data.path.join(REBUILD_PENDING);
+        pgshift_core::atomic::write_atomic(&marker, why.as_bytes(), Some(self.own())).map_err(
+            |source| {
+                StandbyError::Write {
+                    path: marker.clone(),
+                    source,
+                }
+                .into()
+            },
+        )
+    }
+
     /// `fast` waits for sessions to be cut; `immediate` is the fence (no shutdown checkpoint).
     pub fn stop(&mut self, mode: &str) -> Result<Stopped> {
         self.client = None;
@@ -575,6 +603,24 @@ impl LocalPg {
             own: self.own(),
         }
     }
+}
+
+/// The FATAL that made the server's last start fail in recovery, when it did: after the log's
+/// last "starting PostgreSQL" line, the startup process gave up ("shutting down due to
+/// startup process failure"), e.g. WAL it cannot replay. Any other failed start (a setting,
+/// a busy port, a full disk) is not this, and no rebuild would cure it.
+pub fn recovery_failure(log: &str) -> Option<String> {
+    let start = log.rfind("starting PostgreSQL")?;
+    let last = &log[start..];
+    if !last.contains("shutting down due to startup process failure") {
+        return None;
+    }
+    let fatal = last
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("FATAL:").map(|(_, m)| m.trim()))
+        .unwrap_or("the startup process failed");
+    Some(fatal.to_string())
 }
 
 /// Makes this node a copy of the leader's history again (see [`Rejoiner::run`]); owns what
@@ -773,6 +819,30 @@ fn upstream_of(conninfo: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_that_failed_in_recovery_is_told_from_other_failures() {
+        let failed = "LOG:  starting PostgreSQL 15.18 on x86_64\n\
+            LOG:  entering standby mode\n\
+            FATAL:  according to history file, WAL location 0/307E518 belongs to timeline 1, but previous recovered WAL file came from timeline 2\n\
+            LOG:  startup process (PID 9861) exited with exit code 1\n\
+            LOG:  shutting down due to startup process failure\n";
+        assert_eq!(
+            recovery_failure(failed).as_deref(),
+            Some("according to history file, WAL location 0/307E518 belongs to timeline 1, but previous recovered WAL file came from timeline 2")
+        );
+        // A later start that got further is judged on its own lines.
+        assert_eq!(
+            recovery_failure(&format!(
+                "{failed}LOG:  starting PostgreSQL 15.18\nFATAL:  could not create lock file\n"
+            )),
+            None
+        );
+        let setting =
+            "LOG:  starting PostgreSQL 15.18\nFATAL:  configuration file contains errors\n";
+        assert_eq!(recovery_failure(setting), None);
+        assert_eq!(recovery_failure(""), None);
+    }
 
     #[test]
     fn lsns_slots_upstreams() {
