@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::{log, warn, ActError, Agent};
 use crate::dcs::View;
-use crate::decide::{Action, Leader};
+use crate::decide::{Action, Leader, Millis};
 use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
 use crate::records::{unix_now, HandedOver, Outcome, Request, RequestKind};
 use crate::state::NodeState;
@@ -67,32 +67,58 @@ impl Agent {
     fn renew(&mut self, view: Option<&View>, obs: &Observed) -> Acted {
         let current = view.and_then(|v| v.leader.as_ref()).map(|l| l.revision);
         let sent = self.now();
-        match self
+        if let Some(rev) = self
             .store
             .write_leader(&self.cfg.name, self.lease, current)?
         {
-            Some(rev) => {
-                self.wrote_leader(rev, sent);
-                self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
-                self.node.state = NodeState::Running;
-                if obs.running && !obs.in_recovery {
-                    self.ensure_slots(view, obs);
-                    if self.cfg.replication.synchronous_mode {
-                        if let Some(v) = view {
-                            if let Err(e) = self.manage_sync(v) {
-                                self.sync_names = None;
-                                warn(format!("synchronous replication: {e}"));
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            }
-            None => {
-                self.lost_leadership();
-                Err("the leader key changed under us".into())
+            return self.renewed(rev, sent, view, obs);
+        }
+        // The key changed since this loop read it. A renewal of ours whose answer was lost
+        // (it timed out on a lossy link, and etcd applied it after our read) does that too:
+        // the key then still names this node, at a newer revision. Nobody else writes this
+        // node's name, so renewing on that revision is safe; anything else is a lost
+        // leadership.
+        let ours = self
+            .store
+            .read()
+            .ok()
+            .and_then(|v| v.leader)
+            .filter(|l| l.name == self.cfg.name)
+            .map(|l| l.revision);
+        if let Some(landed) = ours {
+            let sent = self.now();
+            if let Some(rev) = self
+                .store
+                .write_leader(&self.cfg.name, self.lease, Some(landed))?
+            {
+                log(format!(
+                    "renewed on revision {landed}, an earlier renewal of ours whose answer was lost"
+                ));
+                return self.renewed(rev, sent, view, obs);
             }
         }
+        self.lost_leadership();
+        Err("the leader key changed under us".into())
+    }
+
+    /// A renewal sent at `sent` wrote revision `rev`: the guard's deadline moves, and the
+    /// leader's chores of the loop follow.
+    fn renewed(&mut self, rev: i64, sent: Millis, view: Option<&View>, obs: &Observed) -> Acted {
+        self.wrote_leader(rev, sent);
+        self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
+        self.node.state = NodeState::Running;
+        if obs.running && !obs.in_recovery {
+            self.ensure_slots(view, obs);
+            if self.cfg.replication.synchronous_mode {
+                if let Some(v) = view {
+                    if let Err(e) = self.manage_sync(v) {
+                        self.sync_names = None;
+                        warn(format!("synchronous replication: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn end_request(

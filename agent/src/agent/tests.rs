@@ -36,6 +36,9 @@ struct Etcd {
     down: BTreeSet<String>,
     /// Every member record published, in order.
     published: Vec<MemberRecord>,
+    /// The next leader write finds an earlier one of the same writer applied first (its
+    /// answer lost), so its compare fails.
+    late_landing: bool,
 }
 
 #[derive(Clone)]
@@ -83,6 +86,13 @@ impl Store for FakeStore {
         expected: Option<i64>,
     ) -> Result<Option<i64>, etcd::Error> {
         self.with(|e| {
+            if std::mem::take(&mut e.late_landing) {
+                e.revision += 1;
+                e.leader = Some(Leader {
+                    name: me.into(),
+                    revision: e.revision,
+                });
+            }
             if e.leader.as_ref().map(|l| l.revision) != expected {
                 return None;
             }
@@ -813,6 +823,23 @@ fn a_failsafe_round_waiting_on_a_gone_member_does_not_hold_up_the_renewal() {
     elected.join().unwrap();
     assert_eq!(action, Action::RenewLeader);
     assert_eq!(b.guard_calls(), [format!("P {}", START + 2000)]);
+}
+
+#[test]
+fn a_renewal_whose_earlier_answer_was_lost_renews_on_the_revision_it_wrote() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cycle();
+    b.guard_calls();
+    b.etcd(|e| e.late_landing = true);
+    b.advance(500);
+    let before = b.etcd(|e| e.revision);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    // Still leading, the guard's deadline moved (no standby call), the key ours two
+    // revisions on: the landed write and the renewal on it.
+    assert!(b.agent.clock.leading());
+    assert_eq!(b.etcd(|e| e.revision), before + 2);
+    assert_eq!(b.etcd(|e| e.leader.clone().unwrap().name), "db1");
+    assert!(!b.guard_calls().contains(&"S".to_string()));
 }
 
 #[test]
