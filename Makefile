@@ -92,7 +92,8 @@ delivery-test: install-collection
 # defaults share one cluster, built once and brought back to healthy between them; the order
 # below keeps them together. lab-test, in `make test`, runs the smoke set (tests marked
 # `smoke`: the lab itself; module delivery; on the shared cluster status, etcd's and the API's
-# authentication, switchovers, a crash and a partition of the primary; on one replicating over
+# authentication, switchovers, a crash and a partition of the primary, the stress battery's
+# smoke subset (tests/stress: pressures under write load); on one replicating over
 # verify-full TLS with client certificates and inventory names DB1 and db2.lab.example, slots
 # and TLS after switchovers both ways); lab-test-full runs every one (fault sequences, floods,
 # backups, rebuilds, multi-home).
