@@ -232,7 +232,11 @@ def roles(timeout=60):
     """(current leader, the other database host), once the cluster is settled: the standby
     streams, has replayed everything and is the synchronous standby (only that one may be
     promoted, so a fault before then would rightly not fail over)."""
-    doc = wait_for("a leader", lambda: cluster_status("db1") or cluster_status("db2"), 30)
+    def led():
+        # A status read in the moment between two leaders names none: ask again.
+        doc = cluster_status("db1") or cluster_status("db2")
+        return doc if doc and doc["leader"] else None
+    doc = wait_for("a leader", led, 30)
     leader = doc["leader"]
     other = [h for h in IPS if h != leader][0]
     wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), timeout, 0.5)
