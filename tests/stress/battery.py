@@ -316,7 +316,7 @@ def healthy(timeout=180):
     return roles(timeout)
 
 
-def run_case(name, passfile, seconds=None, fault=None, kind=None):
+def run_case(name, passfile, seconds=None, fault=None, kind=None, before=BEFORE, after=AFTER):
     """One case under the load, the probe and the reader; its result (a dict). Raises
     AssertionError on a lost write or a second writer, after the result is complete."""
     kind = kind or CASES[name][0]
@@ -328,20 +328,20 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None):
     marks = {h: labkit.log_mark(h) for h in IPS}
     hist = history.History()
     probe = labkit.Probe(passfile, hist)
-    budget = BEFORE + seconds + AFTER + 120
+    budget = before + seconds + after + 120
     load = Load(budget, hist)
     reader = labkit.Reader(hist, table="stress_load")
     try:
         with reader:
             probe.start()
             try:
-                time.sleep(BEFORE)
+                time.sleep(before)
                 t_fault, wall_fault = time.monotonic(), time.time()
                 fault(leader, other, seconds, probe)
                 t_end = time.monotonic()
                 new, _ = healthy()
                 t_healthy = time.monotonic()
-                time.sleep(AFTER)
+                time.sleep(after)
                 t_after = time.monotonic()
             finally:
                 probe.stop()
@@ -367,7 +367,7 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None):
         "longest_write_gap_seconds": gap,
         # From the fault's start (negative: just before it).
         "longest_write_gap_from_fault_seconds": round(gap_at - 1, 2),
-        "writes_per_second": {"before": load.rate(t_fault - BEFORE, t_fault), "during": load.rate(t_fault, t_end),
+        "writes_per_second": {"before": load.rate(t_fault - before, t_fault), "during": load.rate(t_fault, t_end),
                               "after": load.rate(t_healthy, t_after)},
         "acknowledged": len(load.acks), "failed_attempts": load.failures,
         "probe_acknowledged": sum(len(a) for a in probe.acks.values()),
