@@ -239,14 +239,21 @@ def etcd_member_loss(leader, other, seconds, probe):
         out(other, f"{labkit.LAB_SERVICE} start etcd")
 
 
-def starved_cpu(pct):
+def held(apply, undo, target="leader"):
+    """A case that applies `lab apply HOST ...` to the leader (or the other host), holds it
+    for the case's time and undoes it with `lab undo HOST`."""
     def case(leader, other, seconds, probe):
-        lab("starve", leader, str(pct))
+        host = leader if target == "leader" else other
+        lab(apply[0], host, *apply[1:])
         try:
             time.sleep(seconds)
         finally:
-            lab("unstarve", leader)
+            lab(undo, host)
     return case
+
+
+def starved_cpu(pct):
+    return held(("starve", str(pct)), "unstarve")
 
 
 def sigstop_bursts(leader, other, seconds, probe):
@@ -282,14 +289,7 @@ def etcd_leader_churn(leader, other, seconds, probe, every=3.0):
 
 
 def packet_loss(pct, host="leader"):
-    def case(leader, other, seconds, probe):
-        target = leader if host == "leader" else other
-        lab("loss", target, str(pct))
-        try:
-            time.sleep(seconds)
-        finally:
-            lab("heal", target)
-    return case
+    return held(("loss", str(pct)), "heal", host)
 
 
 # name: (kind, function, seconds in the full battery)
@@ -309,6 +309,18 @@ CASES = {
     "packet_loss_20": ("pressure", packet_loss(20), 60),
     "packet_loss_20_standby": ("pressure", packet_loss(20, "other"), 30),
 }
+
+
+def verdict(hist, probe, leader):
+    """The history checker on a case's load, reader and probe against `leader`'s tables (the
+    load's table read once): lost writes, second writers and every violation."""
+    rows = labkit.haproxy_rows(leader, "stress_load")
+    problems = history.check(hist, rows, "load") + history.check(hist, rows, "reader") + probe.check(leader)
+    return {
+        "lost": sum(int(p.split()[0]) for p in problems if "acknowledged writes lost" in p),
+        "two_writers": sum(1 for p in problems if "two writers" in p or "same timeline" in p),
+        "violations": problems,
+    }
 
 
 def healthy(timeout=180):
@@ -356,8 +368,7 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None, before=BEFORE,
     lines = agent_lines(marks)
     fenced = fences(lines)
     restarted = kind == "pressure" and labkit.sql(leader, "SELECT pg_postmaster_start_time()") != started_pg
-    problems = history.check(hist, labkit.haproxy_rows(new, "stress_load"), "load") + probe.check(new) + \
-        history.check(hist, labkit.haproxy_rows(new, "stress_load"), "reader")
+    checked = verdict(hist, probe, new)
     result = {
         "case": name, "kind": kind, "fault_seconds": round(t_end - t_fault, 1),
         "leader_before": leader, "leader_after": new,
@@ -371,9 +382,7 @@ def run_case(name, passfile, seconds=None, fault=None, kind=None, before=BEFORE,
                               "after": load.rate(t_healthy, t_after)},
         "acknowledged": len(load.acks), "failed_attempts": load.failures,
         "probe_acknowledged": sum(len(a) for a in probe.acks.values()),
-        "lost": sum(int(p.split()[0]) for p in problems if "acknowledged writes lost" in p),
-        "two_writers": sum(1 for p in problems if "two writers" in p or "same timeline" in p),
-        "violations": problems,
+        **checked,
         "recovered_seconds": round(t_healthy - t_end, 1),
         "events": events(lines, wall_fault),
     }
@@ -427,8 +436,7 @@ def soak(passfile, minutes, seed=None):
     finally:
         load.kill()
     new, _ = healthy()
-    problems = history.check(hist, labkit.haproxy_rows(new, "stress_load"), "load") + probe.check(new) + \
-        history.check(hist, labkit.haproxy_rows(new, "stress_load"), "reader")
+    checked = verdict(hist, probe, new)
     gaps = [b - a for a, b in zip(load.acks, load.acks[1:])]
     return {
         "case": "soak", "kind": "mixed", "minutes": minutes, "faults": len(rounds),
@@ -437,9 +445,7 @@ def soak(passfile, minutes, seed=None):
         "self_fences": sum(r["self_fences"] for r in rounds),
         "longest_write_gap_seconds": round(max(gaps, default=0), 2),
         "acknowledged": len(load.acks), "failed_attempts": load.failures,
-        "lost": sum(int(p.split()[0]) for p in problems if "acknowledged writes lost" in p),
-        "two_writers": sum(1 for p in problems if "two writers" in p or "same timeline" in p),
-        "violations": problems, "rounds": rounds,
+        **checked, "rounds": rounds,
     }
 
 
