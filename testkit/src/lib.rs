@@ -87,23 +87,7 @@ impl PgServer {
         } else {
             None
         };
-        let data_dir = root.join("data");
-        let socket_dir = root.join("run");
-        fs::create_dir_all(&socket_dir).expect("mkdir");
-        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod");
-        if let Some(u) = &run_as {
-            chown(root, Some(u.uid), Some(u.gid)).expect("chown");
-            chown(&socket_dir, Some(u.uid), Some(u.gid)).expect("chown");
-        }
-        let server = PgServer {
-            root: root.to_path_buf(),
-            data_dir,
-            socket_dir,
-            port: free_port(),
-            bin: bin.to_path_buf(),
-            run_as,
-            keep,
-        };
+        let server = PgServer::place(root, bin, run_as, keep);
         let local_auth = if server.run_as.is_some() {
             "peer"
         } else {
@@ -210,22 +194,7 @@ impl PgServer {
             .tempdir()
             .expect("tempdir")
             .keep();
-        let socket_dir = root.join("run");
-        fs::create_dir_all(&socket_dir).expect("mkdir");
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
-        if let Some(u) = &self.run_as {
-            chown(&root, Some(u.uid), Some(u.gid)).expect("chown");
-            chown(&socket_dir, Some(u.uid), Some(u.gid)).expect("chown");
-        }
-        let standby = PgServer {
-            root: root.clone(),
-            data_dir: root.join("data"),
-            socket_dir,
-            port: free_port(),
-            bin: self.bin.clone(),
-            run_as: self.run_as.clone(),
-            keep: false,
-        };
+        let standby = PgServer::place(&root, &self.bin, self.run_as.clone(), false);
         self.run_checked(
             Command::new(self.bin.join("pg_basebackup"))
                 .args(["-U", "postgres", "-R", "-X", "stream", "-h"])
@@ -248,6 +217,27 @@ impl PgServer {
         fs::write(&conf_path, base).expect("write postgresql.conf");
         standby.start_again();
         standby
+    }
+
+    /// A server's place under `root`: the socket directory made, both handed to `run_as`, a
+    /// free port; nothing in `data` yet.
+    fn place(root: &Path, bin: &Path, run_as: Option<User>, keep: bool) -> PgServer {
+        let socket_dir = root.join("run");
+        fs::create_dir_all(&socket_dir).expect("mkdir");
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod");
+        if let Some(u) = &run_as {
+            chown(root, Some(u.uid), Some(u.gid)).expect("chown");
+            chown(&socket_dir, Some(u.uid), Some(u.gid)).expect("chown");
+        }
+        PgServer {
+            root: root.to_path_buf(),
+            data_dir: root.join("data"),
+            socket_dir,
+            port: free_port(),
+            bin: bin.to_path_buf(),
+            run_as,
+            keep,
+        }
     }
 
     /// `pg_ctl start` of a stopped server.
