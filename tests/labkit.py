@@ -42,7 +42,6 @@ IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12"}
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 AGENT_PID = "pgrep -f '^/usr/local/bin/pgshift agent'"
 AGENT_LOG = "/etc/pgshift-lab/log/pgshift-agent.log"
-LAB_SERVICE = "/etc/pgshift-lab/bin/lab-service"
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 REQUIRED = bool(os.environ.get("PGSHIFT_REQUIRE_LAB"))

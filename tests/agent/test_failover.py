@@ -17,7 +17,7 @@ import time
 import pytest
 
 from labkit import (
-    AGENT_PID, IPS, ROOT, LAB_SERVICE, Probe, cluster_status, fault_and_failover, collect_logs, http_status, lab,
+    AGENT_PID, IPS, ROOT, Probe, cluster_status, fault_and_failover, collect_logs, http_status, lab,
     log_mark, log_since, member, needs, on, out, roles, sql, streaming_from, wait_for, write_results,
 )
 
@@ -56,7 +56,11 @@ def test_cluster_up_status_and_health_endpoints(cluster):
     # Only the agent starts PostgreSQL now.
     for host in IPS:
         assert out(host, "cat /etc/postgresql/15/main/start.conf").strip().endswith("manual")
-        assert on(host, "test -e /etc/pgshift-lab/boot.d/10-postgresql.conf").returncode != 0
+        assert out(host, "systemctl is-enabled postgresql@15-main; systemctl is-enabled pgshift-agent etcd; true") \
+            == "disabled\nenabled\nenabled\n"
+        # The lab runs the agent from the unit a real host gets; systemd itself accepts it.
+        res = on(host, "LC_ALL=C systemd-analyze verify --man=no /etc/systemd/system/pgshift-agent.service")
+        assert res.returncode == 0, f"systemd-analyze verify on {host}: {res.stdout}{res.stderr}"
 
 
 @pytest.mark.smoke
@@ -265,7 +269,7 @@ def test_kill_9_of_the_primary_agent(cluster):
         out(old, f"kill -9 $({AGENT_PID})")
 
     def recover():
-        out(old, f"{LAB_SERVICE} start pgshift-agent")
+        out(old, "systemctl start pgshift-agent")
 
     fault_and_failover(cluster, "kill9_agent", old, new, inject, recover)
     r = cluster["results"]["kill9_agent"][-1]
@@ -375,8 +379,8 @@ def test_loss_of_one_etcd_member(cluster):
     """etcd on the standby's host stops: two of three members keep the quorum."""
     leader, other = roles()
     no_failover_while(cluster, "etcd_member_loss", leader,
-                      inject=lambda: out(other, f"{LAB_SERVICE} stop etcd"),
-                      recover=lambda: out(other, f"{LAB_SERVICE} start etcd"))
+                      inject=lambda: out(other, "systemctl stop etcd"),
+                      recover=lambda: out(other, "systemctl start etcd"))
 
 
 def test_loss_of_the_witness(cluster):

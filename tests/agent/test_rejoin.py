@@ -219,7 +219,7 @@ def test_failsafe_keeps_a_healthy_primary_writable_without_etcd(cluster):
         wait_for(f"writes acknowledged by {leader}", lambda: len(probe.acks[leader]) >= 10, 20)
         t_quorum = time.monotonic()
         for h in (other, "aux"):
-            out(h, "/etc/pgshift-lab/bin/lab-service stop etcd")
+            out(h, "systemctl stop etcd")
             etcd_stopped.append(h)
         time.sleep(8)  # well past ttl (3 s): without failsafe the leader fenced after 1.5 s
         metrics = out(leader, "curl -s http://127.0.0.1:8008/metrics")
@@ -234,7 +234,7 @@ def test_failsafe_keeps_a_healthy_primary_writable_without_etcd(cluster):
         probe.stop()
         lab("heal", other, check=False)
         for h in etcd_stopped:
-            on(h, "/etc/pgshift-lab/bin/lab-service start etcd")
+            on(h, "systemctl start etcd")
     during = [t for t, _ in probe.acks[leader] if t_quorum <= t <= t_cut]
     gaps = [b - a for a, b in zip([t_quorum] + during, during + [t_cut])]
     result = {

@@ -20,14 +20,14 @@ import time
 import pytest
 import yaml
 
-from labkit import INVENTORY, LAB_SERVICE, ROOT, fresh_lab, lab, needs, on, out
+from labkit import INVENTORY, ROOT, fresh_lab, lab, needs, on, out
 
 PKI = ROOT / "lab" / "state" / "pki"
 SITE = ROOT / "playbooks" / "site.yml"
 MODULE = "pgshift.cluster.pgbackrest_repository"
 
 CONF = "/etc/pgbackrest/pgbackrest.conf"
-UNITS_DIR = "/etc/pgbackrest/systemd"
+UNITS_DIR = "/etc/systemd/system"
 REPO = "/var/lib/pgbackrest"
 PGDATA = "/var/lib/postgresql/15/main"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -79,6 +79,12 @@ def sha256(host, path):
 
 def listing(host, path):
     return sorted(out(host, f"ls -A {shlex.quote(path)}").split())
+
+
+def units(host):
+    """pgBackRest's units among the host's (the directory also holds the others' and the
+    enablement links)."""
+    return [name for name in units(host) if name.startswith("pgbackrest-")]
 
 
 def switch_wal(host="db1"):
@@ -293,7 +299,7 @@ def test_units_files_and_modes(cluster, ansible):
     """The units are what systemd would accept (verified with systemd-analyze, which is also
     shown to reject a bad unit here), the configuration may hold passphrases (0640 postgres)
     and pgBackRest refuses keys others can read (0600)."""
-    assert listing("aux", UNITS_DIR) == [
+    assert units("aux") == [
         "pgbackrest-main-diff-backup.service",
         "pgbackrest-main-diff-backup.timer",
         "pgbackrest-main-full-backup.service",
@@ -301,9 +307,9 @@ def test_units_files_and_modes(cluster, ansible):
         "pgbackrest-server.service",
     ]
     for host in ("db1", "db2"):
-        assert listing(host, UNITS_DIR) == ["pgbackrest-server.service"], f"units on {host}"
+        assert units(host) == ["pgbackrest-server.service"], f"units on {host}"
     for host in ("aux", "db1", "db2"):
-        res = on(host, f"cd {UNITS_DIR} && LC_ALL=C systemd-analyze verify --man=no ./*")
+        res = on(host, f"cd {UNITS_DIR} && LC_ALL=C systemd-analyze verify --man=no ./pgbackrest-*")
         assert res.returncode == 0, f"systemd-analyze verify on {host}: {res.stdout}{res.stderr}"
     timer = out("aux", f"cat {UNITS_DIR}/pgbackrest-main-full-backup.timer")
     assert "OnCalendar=Sun *-*-* 01:00:00" in timer
@@ -324,7 +330,12 @@ def test_units_files_and_modes(cluster, ansible):
         assert modes[f"/etc/pgbackrest/tls/{host}.key"] == ["600", "postgres", "postgres"], f"{host}: {modes}"
         assert modes[f"/etc/pgbackrest/tls/{host}.crt"][1] == "postgres", f"{host}: {modes}"
         assert modes["/etc/pgbackrest/tls"] == ["750", "postgres", "postgres"], f"{host}: {modes}"
-        assert on(host, f"{LAB_SERVICE} status pgbackrest-server").returncode == 0, f"no pgBackRest server on {host}"
+        assert out(host, "systemctl is-enabled pgbackrest-server; systemctl is-active pgbackrest-server") \
+            == "enabled\nactive\n", f"no pgBackRest server on {host}"
+    # The backups' timers are enabled where the repository is (the lab's systemctl keeps
+    # timers but does not fire them; the tests run backups themselves).
+    assert out("aux", "systemctl is-enabled pgbackrest-main-full-backup.timer pgbackrest-main-diff-backup.timer") \
+        == "enabled\nenabled\n"
 
     conf = out("aux", f"cat {CONF}")
     assert "tls-server-auth=db1=main" in conf and "tls-server-auth=db2=main" in conf, conf
@@ -420,7 +431,7 @@ def test_offline_stanza_create_and_delete(cluster, ansible):
         schedules=[{"type": "incr", "on_calendar": "hourly"}],
     )
     real_conf = sha256("aux", CONF)
-    real_units = listing("aux", UNITS_DIR)
+    real_units = units("aux")
     assert on("aux", f"test -e {off_repo}").returncode == 1
     try:
         for host in ("db1", "db2"):
@@ -474,7 +485,7 @@ def test_offline_stanza_create_and_delete(cluster, ansible):
             pg_start(host)
 
     assert sha256("aux", CONF) == real_conf, "the real configuration changed"
-    assert listing("aux", UNITS_DIR) == real_units
+    assert units("aux") == real_units
     assert info()["status"]["code"] == 0, info()
     pgbackrest("aux", "--stanza=main check")
 
@@ -483,9 +494,9 @@ def test_repository_down_does_not_stall_the_primary(cluster):
     """With the repository's server stopped, writes on the primary stay fast and each archive
     attempt gives up within seconds (archive-async, archive-timeout and io-timeout = 10 s)
     instead of ~2 x 60 s; once the server is back the WAL catches up by itself."""
-    out("aux", f"{LAB_SERVICE} stop pgbackrest-server")
+    out("aux", "systemctl stop pgbackrest-server")
     try:
-        assert on("aux", f"{LAB_SERVICE} status pgbackrest-server").returncode == 3
+        assert on("aux", "systemctl is-active pgbackrest-server").returncode == 3
         writes = timed_inserts()
         segment = switch_wal()
         before = archiver()
@@ -511,7 +522,7 @@ def test_repository_down_does_not_stall_the_primary(cluster):
         assert max(writes) < 1, writes
         assert archiver()["last_archived_wal"] < segment
     finally:
-        out("aux", f"{LAB_SERVICE} start pgbackrest-server")
+        out("aux", "systemctl start pgbackrest-server")
     # The archiver is in its back-off sleep now (up to 60 s): nothing wakes it but new WAL.
     catch_up = wait_archived(segment, timeout=90)
     print(f"[backup] server started again: {segment} archived {catch_up:.1f} s later (no new WAL)")
@@ -544,7 +555,7 @@ def test_repository_partitioned_does_not_stall_the_primary(cluster):
 def test_bad_inputs_fail_without_touching_anything(cluster, ansible, tmp_path):
     """Each mistake is refused before anything is written, with a message naming it."""
     conf_before = sha256("aux", CONF)
-    units_before = listing("aux", UNITS_DIR)
+    units_before = units("aux")
     repo_before = listing("aux", REPO)
 
     # A certificate for aux from the lab CA but without clientAuth.
@@ -594,7 +605,7 @@ def test_bad_inputs_fail_without_touching_anything(cluster, ansible, tmp_path):
             assert "rc" not in res or res["rc"] != 134, f"{name}: the module panicked: {res}"
             print(f"\n[backup] {name}: {res['msg']}")
             assert sha256("aux", CONF) == conf_before, f"{name}: {CONF} changed"
-            assert listing("aux", UNITS_DIR) == units_before, f"{name}: units changed"
+            assert units("aux") == units_before, f"{name}: units changed"
             assert listing("aux", REPO) == sorted(repo_before + ["root-owned"]), f"{name}: {REPO} changed"
         assert out("aux", f"stat -c '%U %a' {root_owned}").split() == ["root", "755"], "repo_path was taken over"
         assert on("aux", f"test -z \"$(ls -A {root_owned})\"").returncode == 0, "files written into repo_path"

@@ -1,4 +1,4 @@
-"""The three-host lab (lab/lab): hosts, SSH, names, private mounts, faults, boot registry, clean-up.
+"""The three-host lab (lab/lab): hosts, SSH, names, private mounts, faults, systemctl, clean-up.
 
 Needs root, iproute2, openssh-server and nftables (the Makefile installs them). The tests run in file order
 against one lab; the module fixture always runs `lab/lab down` at the end, also after a failure.
@@ -157,23 +157,35 @@ def test_freeze_and_thaw(up):
     assert status()["db1"][1] == "up"
 
 
-def test_crash_and_boot_runs_the_boot_registry(up):
+def test_crash_and_boot_starts_the_enabled_units(up):
+    """The lab's systemctl (lab/systemctl): units in /etc/systemd/system with a drop-in,
+    User=, ordering by After=, enablement that survives a crash, a disabled unit left alone."""
     marker = f"/run/lab-test-{uuid.uuid4().hex}"
     out(
         "db2",
-        "cat > /etc/pgshift-lab/boot.d/10-marker.conf <<'EOF'\n"
-        "NAME=marker\nONESHOT=yes\nEXEC=/usr/bin/touch\n"
-        f'ARGS="{marker}-booted"\n'
+        "cat > /etc/systemd/system/lab-marker.service <<'EOF'\n"
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+        f"ExecStart=/usr/bin/touch {marker}-booted\n"
+        "[Install]\nWantedBy=multi-user.target\n"
         "EOF\n"
-        "cat > /etc/pgshift-lab/boot.d/20-sleeper.conf <<'EOF'\n"
-        "NAME=sleeper\nONESHOT=no\nEXEC=/usr/bin/sleep\nARGS=\"1000\"\nUSER=postgres\n"
+        # a-sleeper sorts first, so only After= starts the marker before it; a drop-in sets $SLEEP.
+        "cat > /etc/systemd/system/a-sleeper.service <<'EOF'\n"
+        "[Unit]\nAfter=network.target lab-marker.service\n"
+        f"[Service]\nUser=postgres\nExecStartPre=/usr/bin/test -e {marker}-booted\n"
+        "ExecStart=/usr/bin/sleep $SLEEP\n"
+        "[Install]\nWantedBy=multi-user.target\n"
         "EOF\n"
+        "mkdir -p /etc/systemd/system/a-sleeper.service.d && "
+        "printf '[Service]\\nEnvironment=SLEEP=1000\\n' > /etc/systemd/system/a-sleeper.service.d/time.conf\n"
+        "printf '[Service]\\nExecStart=/usr/bin/touch /run/not-enabled\\n[Install]\\nWantedBy=multi-user.target\\n'"
+        " > /etc/systemd/system/lab-disabled.service\n"
+        "systemctl enable lab-marker a-sleeper\n"
         f"touch {marker}-before; echo disk > /var/lib/pgshift/lab-test",
     )
-    # lab-service works on a running host too
-    assert out("db2", "/etc/pgshift-lab/bin/lab-service start sleeper && "
-                      "/etc/pgshift-lab/bin/lab-service status sleeper") == "sleeper: running\n"
+    # systemctl works on a running host too
+    assert out("db2", "systemctl start lab-marker a-sleeper && systemctl is-active a-sleeper") == "active\n"
     assert out("db2", "ps -o user= -C sleep | sort -u | tr '\\n' ' '").split() == ["postgres", "root"]
+    assert "sleep 1000" in out("db2", "ps -o args= -u postgres")
 
     lab("crash", "db2")
     assert "pgshift-db2" not in netns_names()
@@ -189,8 +201,14 @@ def test_crash_and_boot_runs_the_boot_registry(up):
     assert status()["db2"][1] == "up"
     assert on("db2", f"test -e {marker}-booted").returncode == 0   # the oneshot ran
     assert on("db2", f"test -e {marker}-before").returncode == 1   # /run is fresh
+    assert on("db2", "test -e /run/not-enabled").returncode == 1   # not enabled, not started
     assert out("db2", "cat /var/lib/pgshift/lab-test") == "disk\n"
-    assert out("db2", "/etc/pgshift-lab/bin/lab-service status sleeper") == "sleeper: running\n"
+    # started after the marker (its ExecStartPre checks), as postgres
+    assert out("db2", "systemctl is-active lab-marker a-sleeper lab-disabled; true") == "active\nactive\ninactive\n"
+    assert "sleep 1000" in out("db2", "ps -o args= -u postgres")
+    out("db2", "systemctl disable --now a-sleeper lab-marker")
+    assert on("db2", "systemctl is-enabled a-sleeper").returncode == 1
+    assert "sleep 1000" not in out("db2", "ps -o args= -u postgres; true")
     assert tcp_ok("db1", "db2") and tcp_ok("db2", "db1")
     # boot refuses a running host
     assert lab("boot", "db2", check=False).returncode != 0

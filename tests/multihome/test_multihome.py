@@ -274,7 +274,7 @@ def test_playbook_twice_second_run_changes_nothing(pair):
     assert not changed, f"--check run of multihome.yml: {check}\n" + pair["check_output"][-3000:]
     # Both watch services run, as PostgreSQL's user.
     for h in IPS:
-        assert out(h, "/etc/pgshift-lab/bin/lab-service status pgshift-logical-watch && "
+        assert out(h, "systemctl is-active -q pgshift-logical-watch postgresql-multihome && "
                       "ps -o user= -C pgshift").split()[-1] == "postgres"
 
 

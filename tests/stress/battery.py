@@ -212,7 +212,7 @@ def kill9_agent(leader, other, seconds, probe):
     try:
         wait_takeover(other, probe, t)
     finally:
-        out(leader, f"{labkit.LAB_SERVICE} start pgshift-agent")
+        out(leader, "systemctl start pgshift-agent")
 
 
 def freeze(leader, other, seconds, probe):
@@ -232,11 +232,11 @@ def switchover(leader, other, seconds, probe):
 
 
 def etcd_member_loss(leader, other, seconds, probe):
-    out(other, f"{labkit.LAB_SERVICE} stop etcd")
+    out(other, "systemctl stop etcd")
     try:
         time.sleep(seconds)
     finally:
-        out(other, f"{labkit.LAB_SERVICE} start etcd")
+        out(other, "systemctl start etcd")
 
 
 def held(apply, undo, target="leader"):
