@@ -88,7 +88,12 @@ pub enum Command {
     },
     /// Internal: the fence guard the agent starts (see guard.rs).
     #[command(hide = true)]
-    FenceGuard { data_directory: PathBuf },
+    FenceGuard {
+        data_directory: PathBuf,
+        /// A watchdog device to keep alive while writes are allowed (see watchdog.rs).
+        #[arg(long, value_name = "DEVICE")]
+        watchdog: Option<PathBuf>,
+    },
 }
 
 /// How long a command waits for the cluster to show its result.

@@ -38,6 +38,45 @@ pub struct Config {
     /// Rules in pg_hba.conf for load balancers that check by logging in (see `hba_checks`).
     #[serde(default)]
     pub hba_checks: Option<crate::hba_checks::HbaChecksConfig>,
+    /// A watchdog device the fence guard keeps alive while this node may accept writes.
+    #[serde(default)]
+    pub watchdog: Watchdog,
+    /// Programs run when PostgreSQL starts, stops or changes role (see `callbacks`).
+    #[serde(default)]
+    pub callbacks: crate::callbacks::Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    #[serde(default)]
+    pub mode: WatchdogMode,
+    #[serde(default = "default_watchdog_device")]
+    pub device: PathBuf,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            mode: WatchdogMode::Off,
+            device: default_watchdog_device(),
+        }
+    }
+}
+
+fn default_watchdog_device() -> PathBuf {
+    "/dev/watchdog".into()
+}
+
+/// off: none; automatic: used when the device can be written at start, else a warning;
+/// required: the agent does not start without it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchdogMode {
+    #[default]
+    Off,
+    Automatic,
+    Required,
 }
 
 fn default_failsafe_mode() -> bool {
@@ -394,6 +433,18 @@ impl Config {
                 t.retry_timeout, t.loop_wait, t.ttl
             ));
         }
+        if self.watchdog.mode != WatchdogMode::Off
+            && crate::watchdog::timeout_for(&self.timing()).is_none()
+        {
+            return Err(format!(
+                "watchdog: ttl ({}) - retry_timeout ({}) must leave at least 1 s, the watchdog's timeout, so the device resets a stuck leader before its followers give up on it",
+                t.ttl, t.retry_timeout
+            ));
+        }
+        if !self.watchdog.device.is_absolute() {
+            return Err("watchdog.device must be an absolute path".into());
+        }
+        self.callbacks.check()?;
         Ok(())
     }
 
@@ -471,6 +522,15 @@ passfile = "/var/lib/postgresql/.pgpass"
         );
         assert_eq!(c.tags.priority, 1);
         assert!(!c.tags.nofailover);
+        assert_eq!(c.watchdog.mode, WatchdogMode::Off);
+        assert_eq!(c.callbacks, crate::callbacks::Config::default());
+        let c = Config::parse(&format!(
+            "{GOOD}[watchdog]\nmode = \"required\"\n[callbacks]\non_role_change = \"/usr/local/bin/vip\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.watchdog.mode, WatchdogMode::Required);
+        assert_eq!(c.watchdog.device, Path::new("/dev/watchdog"));
+        assert_eq!(c.callbacks.timeout, 30.0);
     }
 
     #[test]
@@ -528,6 +588,19 @@ passfile = "/var/lib/postgresql/.pgpass"
             (
                 format!("{GOOD}[hba_checks]\nrw_user = \"c\"\nload_balancers = []\n"),
                 "hba_checks.load_balancers is empty",
+            ),
+            // A watchdog needs a whole second between the fence and the followers.
+            (
+                format!("{GOOD}[timing]\nttl = 2.0\nretry_timeout = 1.2\nloop_wait = 0.4\n[watchdog]\nmode = \"automatic\"\n"),
+                "watchdog: ttl (2) - retry_timeout (1.2) must leave at least 1 s",
+            ),
+            (
+                format!("{GOOD}[watchdog]\nmode = \"sometimes\"\n"),
+                "unknown variant `sometimes`",
+            ),
+            (
+                format!("{GOOD}[callbacks]\non_stop = \"vip\"\n"),
+                "callbacks.on_stop must be an absolute path",
             ),
         ];
         for (text, want) in cases {

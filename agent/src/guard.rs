@@ -7,10 +7,13 @@
 //! retry_timeout, so a primary stops writing before any follower can count ttl.
 //!
 //! Why a process and not a thread: a stopped or hung agent takes its threads with it.
+//!
+//! With a watchdog device configured (`[watchdog]`), the guard also keeps it alive while
+//! writes are allowed (see `watchdog`).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::Pid;
 use pgshift_core::datadir::DataDir;
+
+use crate::watchdog::Watchdog;
 
 /// Milliseconds on CLOCK_MONOTONIC, the same in every process of the host.
 pub fn monotonic_ms() -> u64 {
@@ -34,21 +39,22 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn spawn(data_dir: &Path) -> io::Result<Guard> {
+    pub fn spawn(data_dir: &Path, watchdog: Option<&Path>) -> io::Result<Guard> {
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .arg("fence-guard")
-            .arg(data_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("fence-guard").arg(data_dir);
+        if let Some(device) = watchdog {
+            cmd.arg("--watchdog").arg(device);
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
         let stdin = child.stdin.take().expect("piped");
         Ok(Guard { child, stdin })
     }
 
-    /// Writes are allowed until `deadline` (monotonic ms).
-    pub fn primary_until(&mut self, deadline: u64) -> io::Result<()> {
-        writeln!(self.stdin, "P {deadline}")
+    /// Writes are allowed until `deadline` (monotonic ms); a watchdog, if the guard has one,
+    /// resets the host `watchdog_timeout` seconds after its last keepalive.
+    pub fn primary_until(&mut self, deadline: u64, watchdog_timeout: u32) -> io::Result<()> {
+        writeln!(self.stdin, "P {deadline} {watchdog_timeout}")
     }
 
     pub fn standby(&mut self) -> io::Result<()> {
@@ -63,13 +69,14 @@ impl Guard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Standby,
-    Primary { until: u64 },
+    Primary { until: u64, watchdog_timeout: u32 },
     Fenced,
 }
 
 /// The guard's main loop; returns when the agent is gone and nothing is left to enforce.
-pub fn run(data_dir: &Path) -> i32 {
+pub fn run(data_dir: &Path, watchdog: Option<PathBuf>) -> i32 {
     let dd = DataDir::new(data_dir);
+    let mut watchdog = watchdog.map(Watchdog::new);
     let stdin = io::stdin();
     let mut lines = BufReader::new(stdin.lock());
     let mut mode = Mode::Standby;
@@ -92,12 +99,35 @@ pub fn run(data_dir: &Path) -> i32 {
         } else {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Mode::Primary { until } = mode {
-            if monotonic_ms() >= until {
-                fence(&dd);
+        let now = monotonic_ms();
+        match mode {
+            Mode::Primary { until, .. } if now >= until => {
+                let stopped = fence(&dd);
                 mode = Mode::Fenced;
+                if let Some(w) = &mut watchdog {
+                    if stopped {
+                        w.disarm();
+                    } else if w.armed() {
+                        // No more keepalives: the device resets the host.
+                        eprintln!("pgshift fence-guard: PostgreSQL survived the fence; the watchdog will reset this host");
+                    }
+                }
             }
+            Mode::Primary {
+                watchdog_timeout, ..
+            } => {
+                if let (Some(w), true) = (&mut watchdog, watchdog_timeout > 0) {
+                    w.keepalive(now, watchdog_timeout);
+                }
+            }
+            Mode::Standby => {
+                if let Some(w) = &mut watchdog {
+                    w.disarm();
+                }
+            }
+            Mode::Fenced => {}
         }
+        // Leaving with the device armed (after a failed fence) lets it reset the host.
         if agent_gone && !matches!(mode, Mode::Primary { .. }) {
             return 0;
         }
@@ -110,16 +140,17 @@ fn parse(line: &str) -> Option<Mode> {
         "S" => Some(Mode::Standby),
         "P" => Some(Mode::Primary {
             until: it.next()?.parse().ok()?,
+            watchdog_timeout: it.next().map_or(Some(0), |s| s.parse().ok())?,
         }),
         _ => None,
     }
 }
 
 /// Immediate shutdown (SIGQUIT: the postmaster ends every backend at once, no checkpoint),
-/// then SIGKILL if it is still there after a second.
-fn fence(dd: &DataDir) {
+/// then SIGKILL if it is still there after a second. False when it survived even that.
+fn fence(dd: &DataDir) -> bool {
     let Ok(Some(pm)) = dd.postmaster() else {
-        return;
+        return true;
     };
     eprintln!(
         "pgshift fence-guard: leadership deadline passed without renewal; immediate shutdown of PostgreSQL (pid {})",
@@ -129,11 +160,27 @@ fn fence(dd: &DataDir) {
     let _ = kill(pid, Signal::SIGQUIT);
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(50));
-        if kill(pid, None).is_err() {
-            return;
+        if gone(pid) {
+            return true;
         }
     }
     let _ = kill(pid, Signal::SIGKILL);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        if gone(pid) {
+            return true;
+        }
+    }
+    false
+}
+
+/// No such process, or only its exit status left (a zombie until its parent reaps it).
+fn gone(pid: Pid) -> bool {
+    kill(pid, None).is_err()
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
 }
 
 #[cfg(test)]
@@ -142,7 +189,15 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert_eq!(parse("P 1234\n"), Some(Mode::Primary { until: 1234 }));
+        let primary = |until, watchdog_timeout| {
+            Some(Mode::Primary {
+                until,
+                watchdog_timeout,
+            })
+        };
+        assert_eq!(parse("P 1234\n"), primary(1234, 0));
+        assert_eq!(parse("P 1234 2\n"), primary(1234, 2));
+        assert_eq!(parse("P 1234 x\n"), None);
         assert_eq!(parse("S\n"), Some(Mode::Standby));
         assert_eq!(parse("X\n"), None);
         assert_eq!(parse("P\n"), None);

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod args;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod ctl;
@@ -22,3 +23,4 @@ pub mod records;
 pub mod state;
 pub mod streaming;
 pub mod tls;
+pub mod watchdog;

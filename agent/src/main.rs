@@ -107,7 +107,10 @@ fn main() {
                 }
             }
         }
-        Command::FenceGuard { data_directory } => exit(guard::run(Path::new(&data_directory))),
+        Command::FenceGuard {
+            data_directory,
+            watchdog,
+        } => exit(guard::run(Path::new(&data_directory), watchdog)),
     }
 }
 

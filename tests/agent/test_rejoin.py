@@ -16,7 +16,8 @@ In file order, against one cluster (the fixture always runs `lab/lab down` at th
    the standby cut off as well: the leader fences; etcd back: nothing lost;
 5. crash of the standby's host while it leads etcd's raft: the primary keeps its leadership;
 6. crash of the host that leads both PostgreSQL and etcd's raft (`etcdctl move-leader`
-   there first).
+   there first), with callbacks that sleep 30 s on every start, stop and role change: the
+   new leader's on_role_change runs while its agent goes on leading.
 """
 
 import json
@@ -33,6 +34,10 @@ from labkit import (
 )
 
 RESULTS = ROOT / "target" / "agent-rejoin.json"
+# Every callback: a line in the host's callbacks.log, then 30 s of sleep (the agent's
+# timeout is 40 s): an agent that waited for it would miss its renewals and fence.
+CALLBACK = "/var/lib/pgshift/callback"
+CALLBACK_LOG = "/var/lib/pgshift/callbacks.log"
 LOOP_WAIT = 0.5
 ETCD_ENDPOINTS = ",".join(f"https://{ip}:2379" for ip in ["10.77.0.11", "10.77.0.12", "10.77.0.13"])
 # etcd answers only holders of a certificate from its CA: the host's own will do.
@@ -47,7 +52,11 @@ def cluster():
     tmp = tempfile.mkdtemp(prefix="pgshift-rejoin-test-")
     ctx = {"results": {}}
     try:
-        ctx = build_cluster(tmp, extra_vars={"pg_layout": "datadir"})
+        ctx = build_cluster(tmp, extra_vars={"pg_layout": "datadir", "pgshift_callbacks": {
+            "on_start": CALLBACK, "on_stop": CALLBACK, "on_role_change": CALLBACK, "timeout": 40}})
+        for h in IPS:
+            out(h, f"cat > {CALLBACK} <<'EOF'\n#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {CALLBACK_LOG}\nsleep 30\nEOF\n"
+                   f"chmod 755 {CALLBACK}")
         yield ctx
     finally:
         print(json.dumps(ctx["results"], indent=2))
@@ -324,9 +333,17 @@ def test_crash_of_the_host_leading_postgresql_and_etcd(cluster):
     lease to its full TTL, so a lease-only design would wait TTL plus an election."""
     old, new = roles()
     move_etcd_leader(old)
+    crashed = time.time()
     failover = fault_and_failover(cluster, "crash_etcd_leader", old, new,
                                   inject=lambda: lab("crash", old), recover=lambda: lab("boot", old))
     assert failover < 10, failover
+    # The new leader's callback ran after the crash, and while it sleeps the agent leads on.
+    calls = [line.split(maxsplit=1) for line in out(new, f"cat {CALLBACK_LOG}").splitlines()]
+    promoted = [float(at) for at, what in calls if what == "on_role_change primary main" and float(at) > crashed]
+    assert promoted, calls
+    assert on(new, f"pgrep -f '^/bin/sh {CALLBACK} on_role_change'").returncode == 0 or time.time() - promoted[0] > 30
+    assert cluster_status(new)["leader"] == new
+    assert 'pgshift_callbacks_total{result="superseded"}' in out(new, "curl -s http://127.0.0.1:8008/metrics")
     # The agent started PostgreSQL after the boot, its output in the log file (with no
     # config_file the old code gave pg_ctl no -l, and the postmaster held the agent's pipe).
     log = out(old, "cat /var/log/postgresql/postgresql-15-main.log")

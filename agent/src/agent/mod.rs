@@ -33,6 +33,7 @@ pub use error::ActError;
 pub use ports::{Fence, GuardProcess, Phase, Postgres, RejoinJob, Store};
 
 use crate::api::{self, Counters, Shared, Snapshot};
+use crate::callbacks::{self, Callbacks};
 use crate::config::Config;
 use crate::dcs::{Dcs, HistoryEntry, View};
 use crate::decide::{self, Action, Cluster, Facts, Local, Millis};
@@ -118,6 +119,8 @@ pub struct Agent {
     worker: Worker,
     /// pg_hba.conf rules for load balancers that check by logging in.
     hba_checks: HbaChecks,
+    /// Programs run on a start, stop or role change of PostgreSQL.
+    callbacks: Callbacks,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -164,7 +167,8 @@ impl Agent {
         crate::logging::init(cfg.log.format);
         let etcd = cfg.etcd_client(etcd_timeout(&cfg))?;
         let pg = LocalPg::new(&cfg)?;
-        let guard = Guard::spawn(&cfg.postgresql.data_directory)
+        let watchdog = crate::watchdog::device(&cfg.watchdog)?;
+        let guard = Guard::spawn(&cfg.postgresql.data_directory, watchdog.as_deref())
             .map_err(|e| format!("cannot start the fence guard: {e}"))?;
         let shared: Shared = Arc::new(Mutex::new(Snapshot::default()));
         let handle = api::start(&cfg, shared.clone())?;
@@ -174,6 +178,8 @@ impl Agent {
             guard: Box::new(GuardProcess {
                 guard,
                 data_directory: cfg.postgresql.data_directory.clone(),
+                watchdog,
+                watchdog_timeout: 0,
             }),
             now: Arc::new(monotonic_ms),
         };
@@ -189,6 +195,9 @@ impl Agent {
         shared: Shared,
         handle: Option<api::Handle>,
     ) -> Result<Agent, String> {
+        let mut ports = ports;
+        ports.guard.timing_changed(&cfg.timing());
+        let (cfg_callbacks, cluster) = (cfg.callbacks.clone(), cfg.cluster.clone());
         let failsafe_seen = match &handle {
             Some(h) => h.failsafe_seen(),
             None => Arc::new(failsafe::Seen::default()),
@@ -217,6 +226,7 @@ impl Agent {
             },
             sync_names: None,
             worker: Worker::default(),
+            callbacks: Callbacks::new(cfg_callbacks, &cluster),
         })
     }
 
@@ -274,6 +284,11 @@ impl Agent {
             warn(e);
         }
         let obs = self.pg.observe();
+        self.callbacks.observe(callbacks::State::of(
+            obs.running,
+            obs.in_recovery,
+            obs.timeline,
+        ));
         let view = self.read_cluster().or_else(|e| self.without_etcd(&obs, e));
         let now = self.now();
         if let Ok(v) = &view {

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::dcs::{Dcs, HistoryEntry, MemberRecord, View};
+use crate::decide::Timing;
 use crate::etcd;
 use crate::guard::Guard;
 use crate::postgres::{self, LocalPg, LocalPgError, Observed, Rejoined, Stopped};
@@ -207,17 +208,21 @@ pub trait Fence {
     fn standby(&mut self) -> std::io::Result<()>;
     /// Starts a new guard if the last one is gone (an error if that fails).
     fn ensure_alive(&mut self) -> Result<(), String>;
+    /// The timing in force (at start and after a reload): the watchdog's timeout follows it.
+    fn timing_changed(&mut self, _timing: &Timing) {}
 }
 
 /// The real guard, started again when it exits.
 pub struct GuardProcess {
     pub guard: Guard,
     pub data_directory: PathBuf,
+    pub watchdog: Option<PathBuf>,
+    pub watchdog_timeout: u32,
 }
 
 impl Fence for GuardProcess {
     fn primary_until(&mut self, deadline: u64) -> std::io::Result<()> {
-        self.guard.primary_until(deadline)
+        self.guard.primary_until(deadline, self.watchdog_timeout)
     }
     fn standby(&mut self) -> std::io::Result<()> {
         self.guard.standby()
@@ -227,8 +232,11 @@ impl Fence for GuardProcess {
             return Ok(());
         }
         tracing::warn!("the fence guard exited; starting a new one");
-        self.guard = Guard::spawn(&self.data_directory)
+        self.guard = Guard::spawn(&self.data_directory, self.watchdog.as_deref())
             .map_err(|e| format!("cannot restart the fence guard: {e}"))?;
         Ok(())
+    }
+    fn timing_changed(&mut self, timing: &Timing) {
+        self.watchdog_timeout = crate::watchdog::timeout_for(timing).unwrap_or(0);
     }
 }

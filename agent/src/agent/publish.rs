@@ -1,7 +1,7 @@
 //! What this node tells others: its member record in etcd and the API's snapshot.
 
 use super::{upstream_name, Agent};
-use crate::api::Snapshot;
+use crate::api::{Counters, Snapshot};
 use crate::dcs::{MemberRecord, View};
 use crate::decide::Action;
 use crate::postgres::Observed;
@@ -131,7 +131,10 @@ impl Agent {
                     .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
                     .and_then(|s| s.standby.clone()),
                 request: v.request.as_ref().map(|(r, _)| r.clone()),
-                counters: self.api.counters.clone(),
+                counters: Counters {
+                    callbacks: self.callbacks.counts.snapshot(),
+                    ..self.api.counters.clone()
+                },
                 failsafe: self.failsafe.until.is_some_and(|u| now < u)
                     || self.api.failsafe_seen.leader_within(now, t.ttl).is_some(),
             };

@@ -32,6 +32,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("postgresql", old.postgresql != new.postgresql),
         ("state_dir", old.state_dir != new.state_dir),
         ("log", old.log != new.log),
+        ("watchdog", old.watchdog != new.watchdog),
         (
             "replication (user, passfile, TLS files, rewind_user, rebuild settings)",
             fixed(&old.replication) != fixed(&new.replication),
@@ -78,15 +79,18 @@ impl Agent {
         let mut replication = old.replication.clone();
         replication.synchronous_mode = new.replication.synchronous_mode;
         replication.synchronous_mode_strict = new.replication.synchronous_mode_strict;
+        self.callbacks.reconfigure(new.callbacks.clone());
         self.cfg = Config {
             timing: new.timing,
             tags: new.tags,
+            callbacks: new.callbacks,
             replication,
             etcd,
             ..old
         };
         self.sync_names = None;
         let t = self.cfg.timing();
+        self.guard.timing_changed(&t);
         log(format!(
             "SIGHUP: configuration reloaded (ttl {} ms, loop_wait {} ms, retry_timeout {} ms, synchronous_mode {})",
             t.ttl, t.loop_wait, t.retry_timeout, self.cfg.replication.synchronous_mode

@@ -19,6 +19,8 @@ pub struct Counters {
     /// Rejoins of this node by pg_rewind, and by a rebuild from a base backup.
     pub rewinds: u64,
     pub rebuilds: u64,
+    /// Callbacks that ended, by result.
+    pub callbacks: crate::callbacks::Totals,
 }
 
 pub fn render(snap: &Snapshot) -> String {
@@ -147,6 +149,19 @@ pub fn render(snap: &Snapshot) -> String {
         c.last_failover_ms
             .map_or("NaN".into(), |ms| format!("{:.3}", ms as f64 / 1000.0)),
     );
+    let _ = writeln!(
+        out,
+        "# HELP pgshift_callbacks_total Callbacks ended, by result (ok, failed, timeout, superseded).\n# TYPE pgshift_callbacks_total counter"
+    );
+    let t = &c.callbacks;
+    for (result, n) in [
+        ("ok", t.ok),
+        ("failed", t.failed),
+        ("timeout", t.timed_out),
+        ("superseded", t.superseded),
+    ] {
+        let _ = writeln!(out, "pgshift_callbacks_total{{result=\"{result}\"}} {n}");
+    }
     out
 }
 
@@ -235,6 +250,7 @@ mod tests {
         assert!(text.contains("pgshift_streaming 0\n"));
         assert!(text.contains("pgshift_last_failover_duration_seconds NaN\n"));
         assert!(text.contains("pgshift_lag_bytes -1\n"));
+        assert!(text.contains("pgshift_callbacks_total{result=\"timeout\"} 0\n"));
         assert!(text.contains("pgshift_api_connections_evicted_total 0\n"));
         // Every sample line is `name value` with the prefix.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
