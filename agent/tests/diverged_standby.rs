@@ -80,3 +80,39 @@ fn an_old_primary_with_a_forked_history_is_never_streaming() {
         "counted as streaming {agent} times (its receiver: {raw})"
     );
 }
+
+#[test]
+fn a_restarted_standby_of_an_idle_primary_is_streaming() {
+    let a = PgServer::start(&[]);
+    a.psql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    let b = a.standby(&[]);
+    wait_until("the standby streaming", || {
+        b.psql(&format!("SELECT {STREAMING}")) == "t"
+    });
+    // A commit, replayed: the standby's position is in the middle of a WAL segment.
+    a.psql("SET synchronous_commit = on; INSERT INTO t VALUES (2)");
+    wait_until("the row on the standby", || {
+        b.psql("SELECT count(*) FROM t") == "2"
+    });
+    b.stop();
+    b.start_again();
+    // The primary writes nothing now: the restarted WAL receiver gets again what the standby
+    // has already replayed, and nothing past it to flush (its flushed_lsn stays at the
+    // segment's start), yet it streams, and a rejoin would only repeat this.
+    let before = a.psql("SELECT pg_current_wal_insert_lsn()");
+    let mut streaming = false;
+    for _ in 0..50 {
+        if b.psql(&format!("SELECT {STREAMING}")) == "t" {
+            streaming = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let receiver = b.psql("SELECT status, flushed_lsn, written_lsn, pg_last_wal_replay_lsn() FROM pg_stat_wal_receiver");
+    assert_eq!(
+        a.psql("SELECT pg_current_wal_insert_lsn()"),
+        before,
+        "the premise: the primary stayed idle"
+    );
+    assert!(streaming, "not counted as streaming in 5 s: {receiver}");
+}

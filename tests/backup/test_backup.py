@@ -84,7 +84,7 @@ def listing(host, path):
 def units(host):
     """pgBackRest's units among the host's (the directory also holds the others' and the
     enablement links)."""
-    return [name for name in units(host) if name.startswith("pgbackrest-")]
+    return [name for name in listing(host, UNITS_DIR) if name.startswith("pgbackrest-")]
 
 
 def switch_wal(host="db1"):

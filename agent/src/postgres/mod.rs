@@ -34,14 +34,19 @@ const PG_CTL_DEADLINE: Duration = Duration::from_secs(150);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a standby streams from its upstream, as SQL: the WAL receiver streams and has
-/// flushed at least what this server has replayed. The second half matters after a
+/// received at least what this server has replayed. The second half matters after a
 /// failover: an old primary restarted as a standby replays its own WAL past the point where
 /// the new leader's history forked, and (every `wal_retrieve_retry_interval`) its WAL receiver
 /// streams the old timeline up to that fork for a moment before it finds the fork. Counted as
 /// streaming then, it would be offered to readers (`/replica`) with commits the cluster is
 /// about to rewind away; its receiver never gets past what it replayed.
+/// "Received" is the later of written_lsn and flushed_lsn: a restarted receiver starts both
+/// at the segment's start, and flushed_lsn moves only for WAL past what was replayed, so
+/// with an idle primary (a rewound member, nothing written since) it stays behind for good
+/// while written_lsn reaches the replay point; written_lsn is NULL until something arrives.
 pub const STREAMING: &str = "EXISTS (SELECT 1 FROM pg_stat_wal_receiver
-                                      WHERE status = 'streaming' AND flushed_lsn >= pg_last_wal_replay_lsn())";
+                                      WHERE status = 'streaming'
+                                        AND GREATEST(written_lsn, flushed_lsn) >= pg_last_wal_replay_lsn())";
 
 /// What one look at the local server shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
