@@ -39,6 +39,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 CALLBACKS = ROOT / "tests" / "ansible" / "callback_plugins"
 # The database hosts of the default lab and their addresses.
 IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12"}
+# The database hosts of a lab brought up `--with db3` (lab/lab: the third one is optional).
+IPS3 = {**IPS, "db3": "10.77.0.14"}
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 AGENT_PID = "pgrep -f '^/usr/local/bin/pgshift agent'"
 AGENT_LOG = "/etc/pgshift-lab/log/pgshift-agent.log"
@@ -107,16 +109,16 @@ def wait_for(what, predicate, timeout=30, interval=0.2, show=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {detail})")
 
 
-def fresh_lab(extra_names=None):
+def fresh_lab(extra_names=None, with_hosts=()):
     """A lab of the caller's own, from nothing: whatever ran before (the shared cluster
     included) is gone. extra_names ({name: address}): more names in the hosts' /etc/hosts
-    (lab/lab keeps them across boots)."""
+    (lab/lab keeps them across boots); with_hosts: optional hosts to add (e.g. ["db3"])."""
     SharedCluster.forget()
     lab("down", check=False)
     if extra_names:
         STATE.mkdir(parents=True, exist_ok=True)
         (STATE / "hosts.extra").write_text("".join(f"{ip} {name}\n" for name, ip in extra_names.items()))
-    lab("up")
+    lab("up", *(f"--with={h}" for h in with_hosts))
 
 
 # -- playbooks -------------------------------------------------------------------------------
@@ -248,6 +250,27 @@ def roles(timeout=60):
     return leader, other
 
 
+def settled(hosts, timeout=90):
+    """roles() for any number of database hosts: (leader, the others, the synchronous
+    standby) once every other host streams from the leader with nothing left to replay and
+    one of them is synchronous."""
+    def led():
+        doc = next(filter(None, (cluster_status(h) for h in hosts)), None)
+        return doc if doc and doc["leader"] else None
+    leader = wait_for("a leader", led, 30)["leader"]
+    others = [h for h in hosts if h != leader]
+    for h in others:
+        wait_for(f"{h} streaming from {leader}", streaming_from(h, leader), timeout, 0.5)
+
+    def caught_up():
+        doc = cluster_status(leader) or {"members": []}
+        return all((member(doc, h) or {}).get("lag_bytes") == 0 for h in others)
+    wait_for("every standby caught up", caught_up, timeout, 0.5)
+    sync = wait_for("a synchronous standby",
+                    lambda: (cluster_status(leader) or {}).get("sync_standby"), timeout, 0.2)
+    return leader, others, sync
+
+
 def lead(host):
     """host leads the settled cluster: a switchover to it when another host leads."""
     leader, _ = roles()
@@ -276,19 +299,20 @@ class Probe:
     ids = itertools.count(1)
     lock = threading.Lock()
 
-    def __init__(self, passfile, history_=None):
+    def __init__(self, passfile, history_=None, hosts=IPS):
         self.passfile = passfile
-        self.acks = {h: [] for h in IPS}  # host -> [(monotonic, id)]
+        self.hosts = hosts
+        self.acks = {h: [] for h in hosts}  # host -> [(monotonic, id)]
         self.history = history_ or history.History()
         self.stop_flag = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in IPS]
+        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in hosts]
 
     def _loop(self, host):
         env = {"PATH": "/usr/bin:/bin", "PGPASSFILE": self.passfile, "PGCONNECT_TIMEOUT": "1"}
         while not self.stop_flag.is_set():
             with Probe.lock:
                 n = next(Probe.ids)
-            cmd = [PSQL, "-XAtq", "-h", IPS[host], "-U", "probe", "-d", "postgres", "-c",
+            cmd = [PSQL, "-XAtq", "-h", self.hosts[host], "-U", "probe", "-d", "postgres", "-c",
                    f"INSERT INTO probe (id, host) VALUES ({n}, '{host}') RETURNING {history.TIMELINE_SQL}"]
             try:
                 sent = time.monotonic()
@@ -324,10 +348,12 @@ class Probe:
         return history.check(self.history, rows, "probe")
 
 
-def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
+def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30, after=None):
     """Runs the probe, injects a fault on `old`, waits for `new` to take writes, recovers,
-    waits for `old` to stream from `new`; records and checks the numbers."""
-    probe = Probe(cluster["passfile"])
+    waits for `old` to stream from `new`; records and checks the numbers. The probe writes
+    to cluster["hosts"] (default: db1 and db2); `after(first_new)` runs once the new primary
+    took its first write, before the recovery (checks of the moment after a failover)."""
+    probe = Probe(cluster["passfile"], hosts=cluster.get("hosts", IPS))
     probe.start()
     try:
         wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
@@ -359,6 +385,8 @@ def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
     })
     assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
     assert not problems, problems
+    if after:
+        after(first_new)
     recover()
     started = time.monotonic()
     wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.5)
@@ -366,13 +394,13 @@ def fault_and_failover(cluster, name, old, new, inject, recover, timeout=30):
     return failover
 
 
-def prepare_probe(tmp, primary="db1"):
+def prepare_probe(tmp, primary="db1", hosts=IPS):
     """The probe's role and table (made on the primary), its TCP access from the controller
     (10.77.0.1) on every database host, and its passfile in `tmp`."""
     sql(primary, "CREATE ROLE probe LOGIN PASSWORD 'probe'")
     sql(primary, "CREATE TABLE probe (id int PRIMARY KEY, host text, at timestamptz DEFAULT now())")
     sql(primary, "GRANT INSERT, SELECT ON probe TO probe")
-    for h in IPS:
+    for h in hosts:
         hba = sql(h, "SHOW hba_file")
         out(h, "cd / && printf 'host postgres probe 10.77.0.1/32 scram-sha-256\\n' "
                f">> {hba} && runuser -u postgres -- psql -XAtqc 'SELECT pg_reload_conf()'")
@@ -383,11 +411,13 @@ def prepare_probe(tmp, primary="db1"):
     return passfile
 
 
-def build_cluster(tmp, extra_vars=None):
-    """A lab of its own, site.yml (with `extra_vars`), and the probe; the suite's context."""
-    fresh_lab()
+def build_cluster(tmp, extra_vars=None, with_hosts=()):
+    """A lab of its own (with the optional `with_hosts`), site.yml (with `extra_vars`), and
+    the probe; the suite's context ("hosts": its database hosts)."""
+    fresh_lab(with_hosts=with_hosts)
+    hosts = {h: ip for h, ip in IPS3.items() if h in IPS or h in with_hosts}
     seconds, _, _ = playbook("site.yml", extra_vars=extra_vars, timeout=600)
-    return {"passfile": prepare_probe(tmp), "results": {"site_seconds": seconds}}
+    return {"passfile": prepare_probe(tmp, hosts=hosts), "results": {"site_seconds": seconds}, "hosts": hosts}
 
 
 def collect_logs(hosts=tuple(IPS)):
@@ -411,9 +441,9 @@ def write_results(results, results_file):
     results_file.write_text(json.dumps(results, indent=2))
 
 
-def teardown_cluster(results, results_file):
+def teardown_cluster(results, results_file, hosts=IPS):
     """The end of a suite's own cluster: logs, results, `lab/lab down`."""
-    collect_logs()
+    collect_logs(tuple(hosts))
     write_results(results, results_file)
     lab("down", check=False)
 
@@ -443,7 +473,7 @@ def haproxy_states():
     states = {}
     for line in res.stdout.splitlines():
         f = line.split(",")
-        if len(f) > 17 and f[0].startswith("postgres_") and f[1] in IPS:
+        if len(f) > 17 and f[0].startswith("postgres_") and f[1] in IPS3:
             states[(f[0], f[1])] = f[17]
     return states
 

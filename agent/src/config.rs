@@ -304,8 +304,15 @@ fn default_max_lag() -> u64 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tags {
+    /// Never promoted, by failover or switchover.
     #[serde(default)]
     pub nofailover: bool,
+    /// Out of the read-only pool: `/replica` answers 503 (e.g. a reporting or backup host).
+    #[serde(default)]
+    pub noloadbalance: bool,
+    /// Never a synchronous standby (e.g. a remote one whose round trip would slow commits).
+    #[serde(default)]
+    pub nosync: bool,
     #[serde(default = "default_priority")]
     pub priority: i32,
 }
@@ -318,6 +325,8 @@ impl Default for Tags {
     fn default() -> Self {
         Tags {
             nofailover: false,
+            noloadbalance: false,
+            nosync: false,
             priority: default_priority(),
         }
     }

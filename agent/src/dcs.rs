@@ -39,6 +39,11 @@ pub struct MemberRecord {
     pub upstream: Option<String>,
     pub nofailover: bool,
     pub priority: i32,
+    /// Tags other nodes act on: out of the read-only pool, never synchronous.
+    #[serde(default)]
+    pub noloadbalance: bool,
+    #[serde(default)]
+    pub nosync: bool,
     /// The settings a standby needs at least as high as its primary's (PostgreSQL pauses
     /// recovery otherwise), so every node can compare itself with the leader.
     #[serde(default)]
@@ -53,6 +58,10 @@ pub struct MemberRecord {
     /// its own before it suspects anything worse).
     #[serde(default)]
     pub slots: Vec<String>,
+    /// On the leader: the oldest WAL each of its slots keeps (restart_lsn), by slot name.
+    /// Standbys advance their copies of the slots to these positions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slot_lsns: BTreeMap<String, u64>,
     /// Rejoins by pg_rewind and by rebuild since its agent started.
     #[serde(default)]
     pub rewinds: u64,

@@ -4,11 +4,11 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::unistd::{chown, getgrouplist, setgid, setgroups, setuid, Gid, Uid, User};
@@ -212,14 +212,12 @@ pub struct TempPassfile {
 
 impl TempPassfile {
     pub fn new(password: &str, owner: Option<&Owner>) -> io::Result<TempPassfile> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pgshift-pass-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&dir)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        // A random name (mode 0700): a predictable one in a shared /tmp could be taken first
+        // by anyone, or by the same pid in another pid namespace.
+        let dir = tempfile::Builder::new()
+            .prefix("pgshift-pass-")
+            .tempdir()?
+            .keep();
         let guard = TempPassfile {
             path: dir.join("pgpass"),
             dir,

@@ -227,6 +227,31 @@ def test_up_twice_is_harmless(up):
     assert init_pids()["db1"] == before["db1"]
 
 
+def test_with_db3_adds_a_third_database_host_and_plain_up_removes_it(up):
+    before = init_pids()
+    lab("up", "--with", "db3")
+    assert init_pids() == before  # the others untouched
+    assert status()["db3"] == ("10.77.0.14", "up", "ssh=yes")
+    assert out("db3", "hostname") == "db3\n"
+    assert tcp_ok("db3", "db1") and tcp_ok("db1", "db3")
+    inventory = INVENTORY.read_text()
+    # A standby and a database host, no etcd member (etcd stays on three hosts).
+    groups = inventory.split("  children:")[1]
+    assert "db3" in groups.split("primary:")[0] and "db3" in groups.split("standbys:")[1].split("repository:")[0]
+    assert "db3" not in groups.split("etcd:")[1].split("haproxy:")[0]
+    lab("crash", "db3")
+    lab("boot", "db3")
+    assert status()["db3"][1] == "up"
+    # Plain `up` keeps today's three hosts: db3 goes, with its disk.
+    lab("up")
+    assert "db3" not in status() and "db3" not in INVENTORY.read_text()
+    assert not (STATE / "db3").exists()
+    assert lab("ssh", "db3", "true", check=False).returncode != 0
+    assert "not in this lab" in lab("crash", "db3", check=False).stderr
+    assert "not an optional host" in lab("up", "--with", "aux", check=False).stderr
+    assert init_pids() == before
+
+
 def lab_processes():
     """Live (not zombie) processes that belong to the lab."""
     found = []

@@ -100,6 +100,7 @@ pub trait Postgres {
     fn is_sync_and_caught_up(&mut self, standby: &str) -> PgResult<bool>;
     fn create_slots(&mut self, slots: &[String]) -> PgResult<Vec<String>>;
     fn drop_unused_slots(&mut self, slots: &[String]) -> PgResult<Vec<String>>;
+    fn advance_slots(&mut self, targets: &[(String, u64)]) -> PgResult<Vec<String>>;
     /// A long rejoin, meant to run on the worker: what it needs, detached from this handle
     /// (which the loop keeps using meanwhile).
     fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob>;
@@ -174,6 +175,9 @@ impl Postgres for LocalPg {
     }
     fn drop_unused_slots(&mut self, slots: &[String]) -> PgResult<Vec<String>> {
         LocalPg::drop_unused_slots(self, slots)
+    }
+    fn advance_slots(&mut self, targets: &[(String, u64)]) -> PgResult<Vec<String>> {
+        LocalPg::advance_slots(self, targets)
     }
     fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob> {
         Box::new(LocalPg::rejoiner(self, leader_conn, rewind_user))

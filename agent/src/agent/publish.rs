@@ -37,10 +37,19 @@ impl Agent {
             upstream: if obs.in_recovery { upstream } else { None },
             nofailover: self.cfg.tags.nofailover,
             priority: self.cfg.tags.priority,
+            noloadbalance: self.cfg.tags.noloadbalance,
+            nosync: self.cfg.tags.nosync,
             settings: obs.settings.clone(),
             warnings: self.warnings(obs, view),
             down: self.node.down,
             slots: obs.slots.clone(),
+            // Only the leader's positions matter (standbys copy them), and only a primary
+            // has positions members confirmed.
+            slot_lsns: if obs.running && !obs.in_recovery {
+                obs.slot_lsns.clone()
+            } else {
+                Default::default()
+            },
             rewinds: self.api.counters.rewinds,
             rebuilds: self.api.counters.rebuilds,
         }

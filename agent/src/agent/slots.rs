@@ -1,6 +1,8 @@
 //! The replication slots the other members need, on this node's PostgreSQL: made from what
 //! pg_replication_slots shows each loop, named by the one rule (`core::standby::slot`), with
-//! slots an older naming rule left behind dropped by the leader once unused.
+//! slots an older naming rule left behind dropped by the leader once unused. A standby keeps
+//! the same slots at the leader's positions, so that a promoted standby already holds the WAL
+//! every other member still needs.
 
 use pgshift_core::standby::slot;
 
@@ -49,6 +51,9 @@ impl Agent {
                 )),
             }
         }
+        if obs.running && obs.in_recovery {
+            self.follow_leader_slots(v, obs, &mut problems);
+        }
         if obs.running && !obs.in_recovery {
             let current: Vec<String> = names.iter().map(|n| postgres::slot_name(n)).collect();
             let legacy: Vec<(String, &str)> = obs
@@ -85,5 +90,66 @@ impl Agent {
             warn(problem.clone().unwrap_or_default());
         }
         self.node.slot_error = problem;
+    }
+
+    /// On a standby: each slot moved to where the leader's slot for the same member is
+    /// (the leader's own slot to the leader's position), never past what this standby
+    /// replayed. A member slot that reserves no WAL (made before slots reserved on creation)
+    /// cannot be moved: it is dropped, and made again on the next loop.
+    fn follow_leader_slots(&mut self, v: &View, obs: &Observed, problems: &mut Vec<String>) {
+        let me = self.cfg.name.as_str();
+        let Some(leader) = v
+            .leader
+            .as_ref()
+            .and_then(|l| v.member(&l.name))
+            .filter(|l| l.name != me)
+        else {
+            return;
+        };
+        let leader_slot = postgres::slot_name(&leader.name);
+        let targets: Vec<(String, u64)> = obs
+            .slot_lsns
+            .iter()
+            .filter(|(s, _)| obs.inactive_slots.contains(s))
+            .filter_map(|(s, at)| {
+                let wanted = if *s == leader_slot {
+                    leader.lsn
+                } else {
+                    *leader.slot_lsns.get(s)?
+                };
+                let to = wanted.min(obs.replayed_lsn);
+                (to > *at).then(|| (s.clone(), to))
+            })
+            .collect();
+        if !targets.is_empty() {
+            if let Err(e) = self.pg.advance_slots(&targets) {
+                problems.push(format!("cannot advance the replication slots: {e}"));
+            }
+        }
+        let members: Vec<String> = v
+            .members
+            .iter()
+            .filter(|m| m.name != me)
+            .map(|m| postgres::slot_name(&m.name))
+            .collect();
+        let unreserved: Vec<String> = obs
+            .inactive_slots
+            .iter()
+            .filter(|s| members.contains(s) && !obs.slot_lsns.contains_key(*s))
+            .cloned()
+            .collect();
+        if !unreserved.is_empty() {
+            match self.pg.drop_unused_slots(&unreserved) {
+                Ok(dropped) if !dropped.is_empty() => log(format!(
+                    "dropped replication slots {} to make them again reserving WAL",
+                    dropped.join(", ")
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!(
+                    "cannot drop the slots {} that reserve no WAL: {e}",
+                    unreserved.join(", ")
+                )),
+            }
+        }
     }
 }

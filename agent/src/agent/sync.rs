@@ -50,6 +50,7 @@ impl Agent {
                 && !m.down
                 && !v.down.contains(&m.name)
                 && !m.nofailover
+                && !m.nosync
         };
         let desired = match recorded.as_deref().and_then(|r| v.member(r)) {
             Some(m) if healthy(m) => Some(m.name.clone()),

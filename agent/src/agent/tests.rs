@@ -267,6 +267,10 @@ impl Postgres for FakePg {
         let mut s = self.0.lock().unwrap();
         s.calls.push(format!("create_slots {slots:?}"));
         s.obs.slots.extend(slots.iter().cloned());
+        let at = s.obs.replayed_lsn;
+        s.obs
+            .slot_lsns
+            .extend(slots.iter().map(|slot| (slot.clone(), at)));
         Ok(slots.to_vec())
     }
     fn drop_unused_slots(&mut self, slots: &[String]) -> Result<Vec<String>, LocalPgError> {
@@ -275,6 +279,18 @@ impl Postgres for FakePg {
         s.obs.slots.retain(|x| !slots.contains(x));
         s.obs.inactive_slots.retain(|x| !slots.contains(x));
         Ok(slots.to_vec())
+    }
+    fn advance_slots(&mut self, targets: &[(String, u64)]) -> Result<Vec<String>, LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("advance_slots {targets:?}"));
+        let mut moved = Vec::new();
+        for (name, lsn) in targets {
+            if let Some(at) = s.obs.slot_lsns.get_mut(name).filter(|at| **at < *lsn) {
+                *at = *lsn;
+                moved.push(name.clone());
+            }
+        }
+        Ok(moved)
     }
     fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob> {
         let mut s = self.0.lock().unwrap();
@@ -955,6 +971,35 @@ fn synchronous_mode_names_the_streaming_standby() {
     assert_eq!(b.snapshot().sync_standby.as_deref(), Some("db2"));
 }
 
+#[test]
+fn a_standby_tagged_nosync_is_never_synchronous() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cfg.replication.synchronous_mode = true;
+    assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
+    // db2 is further ahead (the usual choice) but tagged nosync.
+    b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.member("db3", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.etcd(|e| {
+        e.members.get_mut("db2").unwrap().nosync = true;
+        e.members.get_mut("db2").unwrap().lsn = 200;
+    });
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(b.server(|s| s.sync_names.clone()), "\"db3\"");
+    assert_eq!(
+        b.etcd(|e| e.sync.clone())
+            .and_then(|s| s.standby)
+            .as_deref(),
+        Some("db3")
+    );
+    // With db3 gone, nobody: db2 still is not.
+    b.etcd(|e| e.members.remove("db3"));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(b.etcd(|e| e.sync.clone()).and_then(|s| s.standby), None);
+    assert_eq!(b.server(|s| s.sync_names.clone()), "");
+}
+
 // ---- long operations on the worker ----------------------------------------------------------
 
 /// Loops (half a second each on the fake clock, the other leader renewing meanwhile) until
@@ -1102,6 +1147,67 @@ fn the_leader_drops_unused_slots_of_an_older_naming_rule() {
     assert!(b
         .calls()
         .contains(&"drop_unused_slots [\"__2_lab\"]".to_string()));
+}
+
+#[test]
+fn a_standby_keeps_its_slots_where_the_leader_keeps_its_own() {
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.member("db3", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.etcd(|e| {
+        let l = e.members.get_mut("db1").unwrap();
+        l.lsn = 900;
+        l.slot_lsns = [("db2".into(), 700), ("db3".into(), 600)].into();
+    });
+    b.leader("db1");
+    let slots: Vec<String> = vec!["db1".into(), "db3".into(), "mine".into()];
+    b.server(|s| {
+        s.obs.replayed_lsn = 800;
+        s.obs.slots = slots.clone();
+        s.obs.inactive_slots = slots.clone();
+        s.obs.slot_lsns = [
+            ("db1".into(), 100),
+            ("db3".into(), 650),
+            ("mine".into(), 10),
+        ]
+        .into();
+    });
+    b.agent.cycle();
+    // db1's slot (the leader's own) to the leader's position, but no further than this
+    // standby replayed; db3's not back to 600; an operator's own slot left alone.
+    let calls = b.calls();
+    assert!(
+        calls.contains(&r#"advance_slots [("db1", 800)]"#.to_string()),
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("drop")), "{calls:?}");
+    // Only the leader publishes its slots' positions.
+    assert!(b.me().slot_lsns.is_empty());
+
+    // A member slot that reserves no WAL (made before slots reserved on creation) is made
+    // again.
+    b.server(|s| {
+        s.obs.slot_lsns.remove("db3");
+    });
+    b.advance(500);
+    b.agent.cycle();
+    let calls = b.calls();
+    assert!(
+        calls.contains(&r#"drop_unused_slots ["db3"]"#.to_string()),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn the_leader_publishes_where_its_slots_are() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.server(|s| {
+        s.obs.slots = vec!["db2".into()];
+        s.obs.slot_lsns = [("db2".into(), 500)].into();
+    });
+    b.agent.cycle();
+    assert_eq!(b.me().slot_lsns, [("db2".to_string(), 500)].into());
 }
 
 #[test]

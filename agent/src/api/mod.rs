@@ -119,6 +119,7 @@ pub fn route(method: &str, target: &str, snap: &Snapshot, now: u64) -> (u16, Val
             let yes = !snap.down
                 && me.is_some_and(|m| {
                     m.role == "replica"
+                        && !m.noloadbalance
                         && m.state == "streaming"
                         && match (max_lag, leader_lsn) {
                             (Some(max), Some(l)) => l.saturating_sub(m.replayed_lsn) <= max,
@@ -232,6 +233,11 @@ mod tests {
             ..replica.clone()
         };
         assert_eq!(route("GET", "/replica", &down, 0).0, 503);
+        // noloadbalance: streaming, healthy, and still out of the read-only pool.
+        let mut reporting = replica.clone();
+        reporting.me.as_mut().unwrap().noloadbalance = true;
+        assert_eq!(route("GET", "/replica", &reporting, 0).0, 503);
+        assert_eq!(route("GET", "/health", &reporting, 0).0, 200);
         let down_primary = Snapshot {
             down: true,
             ..primary.clone()

@@ -72,6 +72,9 @@ pub struct Observed {
     pub slots: Vec<String>,
     /// Of those, the ones no WAL sender uses now.
     pub inactive_slots: Vec<String>,
+    /// The oldest WAL each slot keeps (restart_lsn), by name; absent for a slot that has
+    /// reserved none yet.
+    pub slot_lsns: std::collections::BTreeMap<String, u64>,
     /// primary_conninfo and primary_slot_name as the server runs with them.
     pub primary_conninfo: String,
     pub primary_slot_name: String,
@@ -136,6 +139,11 @@ pub struct LocalPg {
 /// This node's replication slot on its upstream (the one rule, `core::standby::slot`).
 pub fn slot_name(node: &str) -> String {
     standby::slot_name(node)
+}
+
+/// An LSN as PostgreSQL writes it (`pg_lsn`'s text form).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
 fn parse_lsn(s: &str) -> u64 {
@@ -244,7 +252,9 @@ impl LocalPg {
                                WHERE slot_type = 'physical' ORDER BY 1),
                         ARRAY(SELECT slot_name::text FROM pg_replication_slots
                                WHERE slot_type = 'physical' AND NOT active ORDER BY 1),
-                        current_setting('primary_slot_name')"),
+                        current_setting('primary_slot_name'),
+                        ARRAY(SELECT COALESCE(restart_lsn::text, '') FROM pg_replication_slots
+                               WHERE slot_type = 'physical' ORDER BY slot_name)"),
                 &[],
             )
         });
@@ -264,6 +274,14 @@ impl LocalPg {
         match row {
             Ok(r) => {
                 let conninfo: String = r.get(5);
+                let slots: Vec<String> = r.get(7);
+                let restart: Vec<String> = r.get(10);
+                let slot_lsns = slots
+                    .iter()
+                    .zip(&restart)
+                    .filter(|(_, lsn)| !lsn.is_empty())
+                    .map(|(s, lsn)| (s.clone(), parse_lsn(lsn)))
+                    .collect();
                 Observed {
                     settings,
                     running: true,
@@ -275,8 +293,9 @@ impl LocalPg {
                     upstream_conn: upstream_of(&conninfo),
                     stopped_state: None,
                     walreceiver: r.get(6),
-                    slots: r.get(7),
+                    slots,
                     inactive_slots: r.get(8),
+                    slot_lsns,
                     primary_conninfo: conninfo,
                     primary_slot_name: r.get(9),
                     rebuild_pending: self.data.path.join(REBUILD_PENDING).exists(),
@@ -553,14 +572,45 @@ impl LocalPg {
     }
 
     /// Creates the physical slots among `slots` that do not exist (yet, or any more); the
-    /// ones it created. One statement, whatever the count.
+    /// ones it created. One statement, whatever the count. Each reserves WAL at once: on a
+    /// standby that is what lets it be advanced (`advance_slots`), on a primary it keeps
+    /// the WAL a member needs from now, not only from its first connection.
     pub fn create_slots(&mut self, slots: &[String]) -> Result<Vec<String>> {
         self.with(|c| {
             c.query(
-                "SELECT (pg_create_physical_replication_slot(name)).slot_name::text
+                "SELECT (pg_create_physical_replication_slot(name, true)).slot_name::text
                    FROM unnest($1::text[]) AS name
                   WHERE name NOT IN (SELECT slot_name FROM pg_replication_slots)",
                 &[&slots],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    /// Moves each unused slot of `targets` (name, LSN) forward to its LSN, never past what
+    /// this server has (replayed, on a standby) and never back; the ones it moved. A
+    /// standby keeps the slots the leader keeps, this way, so that once promoted it still
+    /// has the WAL every member needs.
+    pub fn advance_slots(&mut self, targets: &[(String, u64)]) -> Result<Vec<String>> {
+        let names: Vec<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+        let lsns: Vec<String> = targets.iter().map(|(_, l)| format_lsn(*l)).collect();
+        self.with(|c| {
+            // OFFSET 0 keeps the filter below the advance (no advance of a slot it excludes:
+            // backwards is an error).
+            c.query(
+                "SELECT (pg_replication_slot_advance(name, lsn)).slot_name::text FROM (
+                   SELECT s.slot_name AS name,
+                          LEAST(t.lsn::pg_lsn, CASE WHEN pg_is_in_recovery()
+                                                    THEN pg_last_wal_replay_lsn()
+                                                    ELSE pg_current_wal_flush_lsn() END) AS lsn,
+                          s.restart_lsn
+                     FROM unnest($1::text[], $2::text[]) AS t(name, lsn)
+                     JOIN pg_replication_slots s ON s.slot_name = t.name
+                    WHERE s.slot_type = 'physical' AND NOT s.active
+                      AND s.restart_lsn IS NOT NULL
+                   OFFSET 0) q
+                  WHERE lsn > restart_lsn",
+                &[&names, &lsns],
             )
             .map(|rows| rows.iter().map(|r| r.get(0)).collect())
         })
@@ -853,6 +903,8 @@ mod tests {
     fn lsns_slots_upstreams() {
         assert_eq!(parse_lsn("0/3000060"), 0x3000060);
         assert_eq!(parse_lsn("1/0"), 1 << 32);
+        assert_eq!(format_lsn(0x1_0300_0060), "1/3000060");
+        assert_eq!(parse_lsn(&format_lsn(0x3000060)), 0x3000060);
         assert_eq!(slot_name("db-1.Lab"), "db_1_lab");
         assert_eq!(
             upstream_of("host=db1 port=5433 user=replicator application_name=db2").as_deref(),

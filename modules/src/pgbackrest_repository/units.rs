@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use pgshift_core::atomic;
 use pgshift_core::process::{output_text, Owner};
@@ -174,13 +173,13 @@ pub fn verify(want: &Units) -> Result<(), Failure> {
     if want.is_empty() || !Path::new("/usr/bin/systemd-analyze").exists() {
         return Ok(());
     }
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pgshift-units-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // A random name: a predictable one in a shared /tmp could be taken first by anyone, or
+    // by the same pid in another pid namespace.
+    let dir = tempfile::Builder::new()
+        .prefix("pgshift-units-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?
+        .keep();
     let result = (|| {
         let mut files = Vec::new();
         for (name, text) in want {
