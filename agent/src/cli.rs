@@ -64,13 +64,15 @@ fn from_local_agent(local: &Value) -> Value {
     doc["failsafe"] = local["failsafe"].clone();
     doc["paused"] = local["paused"].clone();
     doc["sync_standby"] = local["sync_standby"].clone();
+    doc["sync_standbys"] = local["sync_standbys"].clone();
     doc
 }
 
 /// The contract other tools read: `leader` (a name or null) and `members`, each with
 /// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`, `down`, `warnings`, `slots`,
 /// `rewinds`, `rebuilds`; also `paused`,
-/// `sync_standby`, the pending `request` and the last request's `outcome`.
+/// `sync_standby` (the first of `sync_standbys`), the pending `request` and the last
+/// request's `outcome`.
 pub fn status_json(view: &View) -> Value {
     let leader = view.leader.as_ref().map(|l| l.name.clone());
     let leader_lsn = leader.as_ref().and_then(|l| view.member(l)).map(|m| m.lsn);
@@ -101,16 +103,18 @@ pub fn status_json(view: &View) -> Value {
             })
         })
         .collect();
-    let sync_standby = view
+    let sync_standbys: Vec<&str> = view
         .sync
         .as_ref()
         .filter(|s| leader.as_deref() == Some(s.leader.as_str()))
-        .and_then(|s| s.standby.clone());
+        .map(|s| s.names())
+        .unwrap_or_default();
     json!({
         "leader": leader,
         "members": members,
         "paused": view.paused,
-        "sync_standby": sync_standby,
+        "sync_standby": sync_standbys.first(),
+        "sync_standbys": sync_standbys,
         "request": view.request.as_ref().map(|(r, _)| r),
         "outcome": view.outcome,
     })
@@ -147,7 +151,10 @@ fn table(cluster: &str, doc: &Value) -> String {
             },
             [
                 (m["down"] == json!(true)).then_some("down (maintenance)".to_string()),
-                (doc["sync_standby"] == m["name"]).then_some("synchronous".to_string()),
+                doc["sync_standbys"]
+                    .as_array()
+                    .is_some_and(|s| s.contains(&m["name"]))
+                    .then_some("synchronous".to_string()),
             ]
             .into_iter()
             .flatten()

@@ -232,9 +232,14 @@ pub struct Replication {
     /// acknowledged commit is lost by a failover.
     #[serde(default)]
     pub synchronous_mode: bool,
-    /// With no healthy standby, block writes (true) rather than go on asynchronously.
+    /// With fewer healthy standbys than `synchronous_node_count`, block writes (true) rather
+    /// than go on with those there are (none: asynchronously).
     #[serde(default)]
     pub synchronous_mode_strict: bool,
+    /// How many standbys confirm every commit (PostgreSQL's `FIRST k (...)`); each of them
+    /// may be promoted.
+    #[serde(default = "default_sync_count")]
+    pub synchronous_node_count: usize,
     /// TLS files of replication and pg_rewind connections (libpq's names): the CA that signed
     /// the other members' server certificates, and a client certificate with its key.
     pub sslrootcert: Option<PathBuf>,
@@ -315,6 +320,10 @@ pub struct Tags {
     pub nosync: bool,
     #[serde(default = "default_priority")]
     pub priority: i32,
+}
+
+fn default_sync_count() -> usize {
+    1
 }
 
 fn default_priority() -> i32 {
@@ -423,6 +432,9 @@ impl Config {
         }
         if self.replication.synchronous_mode_strict && !self.replication.synchronous_mode {
             return Err("replication.synchronous_mode_strict needs synchronous_mode = true".into());
+        }
+        if self.replication.synchronous_node_count == 0 {
+            return Err("replication.synchronous_node_count must be at least 1".into());
         }
         let t = &self.timing;
         for (k, v) in [
@@ -581,6 +593,13 @@ passfile = "/var/lib/postgresql/.pgpass"
             (
                 GOOD.replace("[replication]", "[replication]\nbogus = 1"),
                 "unknown field `bogus`",
+            ),
+            (
+                GOOD.replace(
+                    "[replication]",
+                    "[replication]\nsynchronous_node_count = 0",
+                ),
+                "replication.synchronous_node_count must be at least 1",
             ),
             (
                 GOOD.replace("[replication]", "[replication]\nsslcert = \"/tls/r.crt\""),

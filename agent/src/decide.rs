@@ -451,13 +451,13 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         return wait("no leader, and this node's history diverged: it cannot be promoted");
     }
     if f.synchronous_mode {
-        // Only a node known to hold every acknowledged commit: the synchronous standby, or
+        // Only a node known to hold every acknowledged commit: a synchronous standby, or
         // the leader that wrote the record (a primary holds its own commits). Without the
         // second, a leader that fenced itself over an etcd hiccup while no standby was
         // synchronous left the cluster leaderless for good. It must still be the most
         // advanced node: were anyone on a newer timeline, that one was promoted after it.
         let sync = f.sync.as_ref();
-        let standby = sync.and_then(|s| s.standby.as_deref());
+        let standbys = sync.map(|s| s.names()).unwrap_or_default();
         let former = sync.map(|s| s.leader.as_str());
         let me = f.me.as_str();
         let ahead = members.iter().find(|m| {
@@ -472,27 +472,44 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         // old leader's replayed end, having received the start of a record the old leader
         // never completed before it was fenced.
         let former_behind = former
-            .filter(|_| standby.is_none())
+            .filter(|_| standbys.is_empty())
             .and_then(|name| members.iter().find(|m| m.name == name))
             .is_some_and(|m| {
                 m.running && m.in_recovery && (f.local.timeline, f.local.lsn) > (m.timeline, m.lsn)
             });
-        return match (standby == Some(me), former == Some(me), ahead) {
-            (true, _, _) | (false, true, None) => Action::TakeLeader {
-                expected,
-                promote: true,
+        // With several synchronous standbys (synchronous_node_count > 1) each holds every
+        // acknowledged commit: the best-ranked running one goes first, the others follow
+        // it (and need no rewind, having nothing it lacks but unacknowledged WAL).
+        let me_ranked = candidate_of(f);
+        let better_sync = members.iter().find(|m| {
+            standbys.contains(&m.name.as_str())
+                && m.running
+                && m.in_recovery
+                && !m.down
+                && !m.nofailover
+                && rank(m, &me_ranked) == Ordering::Greater
+        });
+        let take = Action::TakeLeader {
+            expected,
+            promote: true,
+        };
+        return match (standbys.contains(&me), former == Some(me), ahead) {
+            (true, _, _) => match better_sync {
+                Some(b) => wait(format!(
+                    "no leader; {} is the better synchronous standby",
+                    b.name
+                )),
+                None => take,
             },
-            (false, false, None) if former_behind => Action::TakeLeader {
-                expected,
-                promote: true,
-            },
+            (false, true, None) => take,
+            (false, false, None) if former_behind => take,
             (false, true, Some(a)) => wait(format!(
                 "no leader; this node led last but {} is ahead of it (timeline {}, at {:X})",
                 a.name, a.timeline, a.lsn
             )),
             (false, false, _) => wait(format!(
-                "no leader; synchronous mode allows only the synchronous standby ({}) or the last leader ({}) to be promoted",
-                standby.unwrap_or("none"),
+                "no leader; synchronous mode allows only a synchronous standby ({}) or the last leader ({}) to be promoted",
+                if standbys.is_empty() { "none".to_string() } else { standbys.join(", ") },
                 former.unwrap_or("none")
             )),
         };
@@ -509,18 +526,7 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
             ));
         }
     }
-    let me = Member {
-        name: f.me.clone(),
-        running: true,
-        in_recovery: true,
-        timeline: f.local.timeline,
-        lsn: f.local.lsn,
-        nofailover: false,
-        priority: f.priority,
-        down: false,
-        streaming: true,
-        upstream: None,
-    };
+    let me = candidate_of(f);
     let better = members.iter().find(|m| {
         m.name != f.me
             && leader.is_none_or(|l| l.name != m.name)
@@ -536,6 +542,22 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
     Action::TakeLeader {
         expected,
         promote: true,
+    }
+}
+
+/// This node as a candidate, to rank against the others.
+fn candidate_of(f: &Facts) -> Member {
+    Member {
+        name: f.me.clone(),
+        running: true,
+        in_recovery: true,
+        timeline: f.local.timeline,
+        lsn: f.local.lsn,
+        nofailover: false,
+        priority: f.priority,
+        down: false,
+        streaming: true,
+        upstream: None,
     }
 }
 
@@ -1322,6 +1344,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: Some("db2".into()),
+                        ..Default::default()
                     }),
                     ..facts(
                         standby("db1", 100),
@@ -1331,12 +1354,61 @@ mod tests {
                 is(take(Some(7))),
             ),
             (
+                "FIRST 2: I am one of two synchronous standbys and the more advanced: take it",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::new("db1", vec!["db3".into(), "db2".into()])),
+                    ..facts(
+                        standby("db1", 500),
+                        read(None, vec![member("db3", true, 400), member("db4", true, 900)]),
+                    )
+                },
+                is(take(None)),
+            ),
+            (
+                "FIRST 2: the other synchronous standby is more advanced: it goes first",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::new("db1", vec!["db2".into(), "db3".into()])),
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 600)]))
+                },
+                waits(),
+            ),
+            (
+                "FIRST 2: the better synchronous standby is down (maintenance): take it",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::new("db1", vec!["db2".into(), "db3".into()])),
+                    ..facts(
+                        standby("db1", 500),
+                        read(
+                            None,
+                            vec![Member {
+                                down: true,
+                                ..member("db3", true, 600)
+                            }],
+                        ),
+                    )
+                },
+                is(take(None)),
+            ),
+            (
+                "FIRST 2: a standby outside the record waits, however advanced",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::new("db1", vec!["db3".into(), "db4".into()])),
+                    ..facts(standby("db1", 900), read(None, vec![member("db3", true, 100)]))
+                },
+                waits(),
+            ),
+            (
                 "synchronous mode, another node is the synchronous standby: wait",
                 Facts {
                     synchronous_mode: true,
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: Some("db3".into()),
+                        ..Default::default()
                     }),
                     ..facts(standby("db1", 500), read(None, vec![]))
                 },
@@ -1349,6 +1421,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(standby("db1", 500), read(None, vec![]))
                 },
@@ -1361,6 +1434,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db2".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(standby("db1", 500), read(None, vec![member("db1", true, 400)]))
                 },
@@ -1373,6 +1447,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db2".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(
                         standby("db1", 500),
@@ -1394,6 +1469,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(standby("db1", 501), read(None, vec![member("db1", true, 500)]))
                 },
@@ -1406,6 +1482,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(standby("db1", 500), read(None, vec![member("db1", true, 500)]))
                 },
@@ -1418,6 +1495,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(
                         standby("db1", 501),
@@ -1439,6 +1517,7 @@ mod tests {
                     sync: Some(SyncState {
                         leader: "db1".into(),
                         standby: None,
+                        ..Default::default()
                     }),
                     ..facts(standby("db1", 501), read(None, vec![member("db1", false, 500)]))
                 },

@@ -88,14 +88,37 @@ impl Request {
     }
 }
 
-/// `/pgshift/<cluster>/sync`: the standby that confirms every commit of `leader`. Written
-/// by the leader only after that standby is synchronous (and caught up), and cleared before
-/// the leader stops waiting for it, so whoever it names holds every acknowledged commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `/pgshift/<cluster>/sync`: the standbys that confirm every commit of `leader`. A standby
+/// is added by the leader only after it is synchronous (and caught up), and removed before
+/// the leader stops waiting for it, so every one it names holds every acknowledged commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {
     pub leader: String,
+    /// The first of `standbys`: all that agents before `synchronous_node_count` read (they
+    /// promote only that one, which is safe).
     #[serde(default)]
     pub standby: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<String>,
+}
+
+impl SyncState {
+    pub fn new(leader: impl Into<String>, standbys: Vec<String>) -> SyncState {
+        SyncState {
+            leader: leader.into(),
+            standby: standbys.first().cloned(),
+            standbys,
+        }
+    }
+
+    /// The synchronous standbys (a record of an older agent names one in `standby`).
+    pub fn names(&self) -> Vec<&str> {
+        if self.standbys.is_empty() {
+            self.standby.iter().map(String::as_str).collect()
+        } else {
+            self.standbys.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 /// `/pgshift/<cluster>/outcome`: what became of the last request, for the CLI.

@@ -117,6 +117,56 @@ def test_crash_of_the_primary_with_two_standbys(cluster):
     assert len(set(timelines.values())) == 1, timelines
 
 
+def set_config(hosts, key, value):
+    """Sets `key = value` in each host's agent.toml (a key the file has) and reloads the
+    agent; a host that does not answer (crashed by a failed test) is left as it is."""
+    for h in hosts:
+        on(h, f"sed -i 's/^{key} = .*/{key} = {value}/' {CONFIG} && kill -HUP $({AGENT_PID})", timeout=15)
+
+
+def test_two_synchronous_standbys_and_a_crash_of_the_primary(cluster):
+    """synchronous_node_count = 2 (FIRST 2): both standbys confirm every commit and either
+    may be promoted; after a crash of the primary one takes over with every acknowledged
+    write and the other follows it without a rebuild."""
+    old, others, _ = settled(HOSTS)
+    set_config(HOSTS, "synchronous_node_count", 2)
+    try:
+        wait_for("both standbys synchronous",
+                 lambda: sorted((cluster_status(old) or {}).get("sync_standbys") or []) == sorted(others), 30, 0.2)
+        assert sql(old, "SHOW synchronous_standby_names").startswith("FIRST 2 (")
+        table = out(old, "pgshift status")
+        assert table.count("synchronous") == 2, table
+        rebuilds = {h: member(cluster_status(old), h)["rebuilds"] for h in others}
+        probe = Probe(cluster["passfile"], hosts=cluster["hosts"])
+        probe.start()
+        try:
+            wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
+            t_fault = time.monotonic()
+            lab("crash", old)
+            first = wait_for("a new primary acknowledging writes", lambda: min(
+                ((t, h) for h in others for t, _ in probe.acks[h] if t > t_fault), default=None), 30, 0.05)
+            time.sleep(1)
+        finally:
+            probe.stop()
+        first_new, new = first
+        other = next(h for h in others if h != new)
+        late = [n for t, n in probe.acks[old] if t >= first_new]
+        assert not late, late
+        assert not probe.lost_on(new)
+        assert not probe.check(new)
+        wait_for(f"{other} streaming from {new}", lambda: third_streams(new, other), 10, 0.2)
+        cluster["results"].setdefault("first_2_crash", []).append(
+            {"failover_seconds": round(first_new - t_fault, 2), "new": new})
+        assert first_new - t_fault < 10
+        lab("boot", old)
+        settled(HOSTS)
+        doc = cluster_status(new)
+        assert {h: member(doc, h)["rebuilds"] for h in others} == rebuilds
+    finally:
+        set_config(HOSTS, "synchronous_node_count", 1)
+    settled(HOSTS)
+
+
 def test_crash_of_the_synchronous_standby(cluster):
     """No failover: the leader makes the other standby synchronous and goes on writing."""
     leader, others, sync = settled(HOSTS)

@@ -65,15 +65,23 @@ impl Agent {
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name == self.cfg.name);
         if leading && obs.running && !obs.in_recovery && self.cfg.replication.synchronous_mode {
-            let standby = view
+            let synced = view
                 .and_then(|v| v.sync.as_ref())
                 .filter(|s| s.leader == self.cfg.name)
-                .and_then(|s| s.standby.as_ref());
-            if standby.is_none() {
-                w.push(if self.cfg.replication.synchronous_mode_strict {
+                .map_or(0, |s| s.names().len());
+            let k = self.cfg.replication.synchronous_node_count;
+            let strict = self.cfg.replication.synchronous_mode_strict;
+            if synced == 0 {
+                w.push(if strict {
                     "synchronous mode (strict): no standby is synchronous, so commits wait".into()
                 } else {
                     "synchronous mode: no standby is synchronous; commits are acknowledged by this node alone and no automatic failover can happen until a standby catches up".into()
+                });
+            } else if synced < k {
+                w.push(if strict {
+                    format!("synchronous mode (strict): {synced} of {k} standbys synchronous, so commits wait")
+                } else {
+                    format!("synchronous mode: {synced} of {k} standbys synchronous")
                 });
             }
         }
@@ -134,11 +142,12 @@ impl Agent {
                 down: self.node.down,
                 paused: v.paused,
                 leader_alive,
-                sync_standby: v
+                sync_standbys: v
                     .sync
                     .as_ref()
                     .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
-                    .and_then(|s| s.standby.clone()),
+                    .map(|s| s.names().into_iter().map(String::from).collect())
+                    .unwrap_or_default(),
                 request: v.request.as_ref().map(|(r, _)| r.clone()),
                 counters: Counters {
                     callbacks: self.callbacks.counts.snapshot(),

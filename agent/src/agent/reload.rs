@@ -16,6 +16,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let fixed = |r: &Replication| Replication {
         synchronous_mode: false,
         synchronous_mode_strict: false,
+        synchronous_node_count: 1,
         ..r.clone()
     };
     let api = |c: &Config| {
@@ -79,6 +80,7 @@ impl Agent {
         let mut replication = old.replication.clone();
         replication.synchronous_mode = new.replication.synchronous_mode;
         replication.synchronous_mode_strict = new.replication.synchronous_mode_strict;
+        replication.synchronous_node_count = new.replication.synchronous_node_count;
         self.callbacks.reconfigure(new.callbacks.clone());
         self.cfg = Config {
             timing: new.timing,

@@ -959,16 +959,13 @@ fn synchronous_mode_names_the_streaming_standby() {
     assert_eq!(b.agent.cycle(), Action::RenewLeader);
     assert_eq!(
         b.etcd(|e| e.sync.clone()),
-        Some(SyncState {
-            leader: "db1".into(),
-            standby: Some("db2".into())
-        })
+        Some(SyncState::new("db1", vec!["db2".into()]))
     );
     assert_eq!(b.server(|s| s.sync_names.clone()), "\"db2\"");
     // The API shows the record it read at the start of a loop: the next one.
     b.advance(500);
     assert_eq!(b.agent.cycle(), Action::RenewLeader);
-    assert_eq!(b.snapshot().sync_standby.as_deref(), Some("db2"));
+    assert_eq!(b.snapshot().sync_standbys, ["db2"]);
 }
 
 #[test]
@@ -998,6 +995,62 @@ fn a_standby_tagged_nosync_is_never_synchronous() {
     b.agent.cycle();
     assert_eq!(b.etcd(|e| e.sync.clone()).and_then(|s| s.standby), None);
     assert_eq!(b.server(|s| s.sync_names.clone()), "");
+}
+
+#[test]
+fn synchronous_node_count_keeps_k_standbys_synchronous() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cfg.replication.synchronous_mode = true;
+    b.agent.cfg.replication.synchronous_node_count = 2;
+    assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
+    for m in ["db2", "db3", "db4"] {
+        b.member(m, Role::Replica, NodeState::Streaming, Some("db1"));
+    }
+    b.etcd(|e| e.members.get_mut("db4").unwrap().lsn = 50);
+    b.advance(500);
+    b.agent.cycle();
+    // The two most advanced, both in the record once synchronous and caught up.
+    assert_eq!(
+        b.server(|s| s.sync_names.clone()),
+        "FIRST 2 (\"db2\", \"db3\")"
+    );
+    let names = |b: &Bench| {
+        b.etcd(|e| e.sync.clone())
+            .map(|s| s.standbys)
+            .unwrap_or_default()
+    };
+    assert_eq!(names(&b), ["db2", "db3"]);
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(b.snapshot().sync_standbys, ["db2", "db3"]);
+
+    // db3 goes: the record drops it before PostgreSQL stops waiting for it, and db4 takes
+    // its place (db2 stays: a change costs a catch-up).
+    b.etcd(|e| e.members.remove("db3"));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(
+        b.server(|s| s.sync_names.clone()),
+        "FIRST 2 (\"db2\", \"db4\")"
+    );
+    assert_eq!(names(&b), ["db2", "db4"]);
+
+    // Strict, and only db2 left: PostgreSQL waits for two, so commits block.
+    b.agent.cfg.replication.synchronous_mode_strict = true;
+    b.etcd(|e| e.members.remove("db4"));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(b.server(|s| s.sync_names.clone()), "FIRST 2 (\"db2\")");
+    assert_eq!(names(&b), ["db2"]);
+    // Its warning, from the record as the next loop reads it.
+    b.advance(500);
+    b.agent.cycle();
+    let w = b.me().warnings;
+    assert!(
+        w.iter()
+            .any(|w| w.contains("1 of 2 standbys synchronous, so commits wait")),
+        "{w:?}"
+    );
 }
 
 // ---- long operations on the worker ----------------------------------------------------------

@@ -41,7 +41,8 @@ pub struct Snapshot {
     pub paused: bool,
     /// The leader's key is being renewed (as this node times it).
     pub leader_alive: bool,
-    pub sync_standby: Option<String>,
+    /// The synchronous standbys the sync record names (the first is `sync_standby`).
+    pub sync_standbys: Vec<String>,
     pub request: Option<Request>,
     pub counters: Counters,
     /// Failsafe mode is active: on the leader, every member confirmed it without etcd; on a
@@ -141,7 +142,8 @@ pub fn cluster_json(snap: &Snapshot) -> Value {
         "leader": snap.leader,
         "members": snap.members,
         "paused": snap.paused,
-        "sync_standby": snap.sync_standby,
+        "sync_standby": snap.sync_standbys.first(),
+        "sync_standbys": snap.sync_standbys,
         "request": snap.request,
         "failsafe": snap.failsafe,
     })
