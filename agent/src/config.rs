@@ -318,6 +318,10 @@ pub struct Tags {
     /// Never a synchronous standby (e.g. a remote one whose round trip would slow commits).
     #[serde(default)]
     pub nosync: bool,
+    /// Cascading: stream from this member instead of the leader while it streams from the
+    /// leader itself (else from the leader).
+    #[serde(default)]
+    pub replicatefrom: Option<String>,
     #[serde(default = "default_priority")]
     pub priority: i32,
 }
@@ -336,6 +340,7 @@ impl Default for Tags {
             nofailover: false,
             noloadbalance: false,
             nosync: false,
+            replicatefrom: None,
             priority: default_priority(),
         }
     }

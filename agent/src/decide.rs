@@ -117,6 +117,8 @@ pub struct Facts {
     pub failsafe_confirmed: bool,
     /// Failsafe mode, on a member: the leader that called within ttl (no one else may lead).
     pub failsafe_leader: Option<String>,
+    /// The member to stream from instead of the leader (the `replicatefrom` tag).
+    pub replicatefrom: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +167,7 @@ pub fn decide(f: &Facts) -> Action {
     if f.local.rebuild_pending {
         // Never started, never promoted: only a rebuild from a live leader may use it.
         return match leader {
-            Some(l) if l.name != f.me && !stale => follow(f, &l.name, writable),
+            Some(l) if l.name != f.me && !stale => follow(f, &l.name, writable, members),
             _ => wait("the data directory needs a rebuild, and no live leader to copy from"),
         };
     }
@@ -193,7 +195,7 @@ pub fn decide(f: &Facts) -> Action {
                 leading(f, members)
             }
         }
-        Some(l) if !stale => follow(f, &l.name, writable),
+        Some(l) if !stale => follow(f, &l.name, writable, members),
         _ => no_leader(f, leader, members, writable),
     }
 }
@@ -234,8 +236,31 @@ fn is_stale(f: &Facts, l: &Leader) -> bool {
     }
 }
 
-/// Another node leads and is alive.
-fn follow(f: &Facts, leader: &str, writable: bool) -> Action {
+/// Whom this node streams from while `leader` leads: the member its `replicatefrom` tag
+/// names while that one streams from the leader itself (one level of cascading: no chain
+/// or loop can form), else the leader.
+pub fn upstream_for<'a>(
+    me: &str,
+    replicatefrom: Option<&'a str>,
+    leader: &'a str,
+    members: &'a [Member],
+) -> &'a str {
+    replicatefrom
+        .filter(|src| *src != leader && *src != me)
+        .and_then(|src| members.iter().find(|m| m.name == src))
+        .filter(|m| {
+            m.running
+                && m.in_recovery
+                && m.streaming
+                && !m.down
+                && m.upstream.as_deref() == Some(leader)
+        })
+        .map_or(leader, |m| m.name.as_str())
+}
+
+/// Another node leads and is alive. A rewind or rebuild is always from the leader; streaming
+/// from `upstream_for`.
+fn follow(f: &Facts, leader: &str, writable: bool, members: &[Member]) -> Action {
     if writable {
         // Two writers must never coexist: a writable node that is not the leader has
         // diverged by definition (it may have taken writes the leader never saw).
@@ -254,9 +279,10 @@ fn follow(f: &Facts, leader: &str, writable: bool) -> Action {
             }
         };
     }
+    let source = upstream_for(&f.me, f.replicatefrom.as_deref(), leader, members);
     if !f.local.running {
         return Action::StartStandby {
-            leader: Some(leader.to_string()),
+            leader: Some(source.to_string()),
         };
     }
     if f.local.diverged && f.down {
@@ -271,10 +297,15 @@ fn follow(f: &Facts, leader: &str, writable: bool) -> Action {
             leader: leader.to_string(),
         };
     }
-    if f.local.upstream.as_deref() != Some(leader) || f.local.replication_stale {
+    if f.local.upstream.as_deref() != Some(source) || f.local.replication_stale {
         return Action::Follow {
-            leader: leader.to_string(),
+            leader: source.to_string(),
         };
+    }
+    if source != leader {
+        return wait(format!(
+            "streaming from {source} (cascading; {leader} leads)"
+        ));
     }
     wait(format!("streaming from {leader}"))
 }
@@ -460,9 +491,18 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         let standbys = sync.map(|s| s.names()).unwrap_or_default();
         let former = sync.map(|s| s.leader.as_str());
         let me = f.me.as_str();
+        // Ahead of the last leader, on its own timeline, is only a synchronous standby that
+        // will take over itself: anyone else can be a few bytes ahead at most (the start of
+        // a record the leader never completed before it stopped, see below), never by an
+        // acknowledged commit, and deferring to a node that cannot take over left a cluster
+        // of three leaderless (the synchronous standby crashed, the leader fenced, the third
+        // member a record-start ahead of it).
         let ahead = members.iter().find(|m| {
             m.name != me
-                && (m.timeline, m.lsn) > (f.local.timeline, f.local.lsn)
+                && (m.timeline > f.local.timeline
+                    || (m.timeline == f.local.timeline
+                        && m.lsn > f.local.lsn
+                        && standbys.contains(&m.name.as_str())))
                 && (m.running || leader.is_some_and(|l| l.name == m.name))
         });
         // The last leader ran without a synchronous standby and is a standby itself now,
@@ -664,6 +704,7 @@ mod tests {
             sync: None,
             failsafe_confirmed: false,
             failsafe_leader: None,
+            replicatefrom: None,
         }
     }
 
@@ -709,6 +750,85 @@ mod tests {
                 facts(standby("db3", 100), read(leader("db1", 7), both(100, 100))),
                 is(Action::Follow {
                     leader: "db1".into(),
+                }),
+            ),
+            (
+                "replicatefrom db3, which streams from the leader: follow db3",
+                Facts {
+                    replicatefrom: Some("db3".into()),
+                    ..facts(
+                        standby("db1", 100),
+                        read(leader("db1", 7), vec![member("db1", false, 100), member("db3", true, 100)]),
+                    )
+                },
+                is(Action::Follow {
+                    leader: "db3".into(),
+                }),
+            ),
+            (
+                "replicatefrom db3, streaming from it: nothing",
+                Facts {
+                    replicatefrom: Some("db3".into()),
+                    ..facts(
+                        standby("db3", 100),
+                        read(leader("db1", 7), vec![member("db1", false, 100), member("db3", true, 100)]),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "replicatefrom db3, which does not stream: back to the leader",
+                Facts {
+                    replicatefrom: Some("db3".into()),
+                    ..facts(
+                        standby("db3", 100),
+                        read(
+                            leader("db1", 7),
+                            vec![
+                                member("db1", false, 100),
+                                Member {
+                                    streaming: false,
+                                    ..member("db3", true, 100)
+                                },
+                            ],
+                        ),
+                    )
+                },
+                is(Action::Follow {
+                    leader: "db1".into(),
+                }),
+            ),
+            (
+                "replicatefrom db3, which itself cascades: from the leader (no chains, no loops)",
+                Facts {
+                    replicatefrom: Some("db3".into()),
+                    ..facts(
+                        standby("db1", 100),
+                        read(
+                            leader("db1", 7),
+                            vec![
+                                member("db1", false, 100),
+                                Member {
+                                    upstream: Some("db2".into()),
+                                    ..member("db3", true, 100)
+                                },
+                            ],
+                        ),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "replicatefrom db3, stopped: start streaming from db3",
+                Facts {
+                    replicatefrom: Some("db3".into()),
+                    ..facts(
+                        stopped(),
+                        read(leader("db1", 7), vec![member("db1", false, 100), member("db3", true, 100)]),
+                    )
+                },
+                is(Action::StartStandby {
+                    leader: Some("db3".into()),
                 }),
             ),
             (
@@ -1439,6 +1559,24 @@ mod tests {
                     ..facts(standby("db1", 500), read(None, vec![member("db1", true, 400)]))
                 },
                 is(take(None)),
+            ),
+            (
+                "synchronous mode, I led last, the synchronous standby is gone and a standby outside the record is a few bytes ahead: take it back",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::new("db2", vec!["db4".into()])),
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 520)]))
+                },
+                is(take(None)),
+            ),
+            (
+                "synchronous mode, I led last and the synchronous standby is ahead: it goes first",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::new("db2", vec!["db3".into()])),
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 520)]))
+                },
+                waits(),
             ),
             (
                 "synchronous mode, I led last but a node on a newer timeline exists: wait",

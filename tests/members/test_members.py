@@ -232,3 +232,42 @@ def test_nosync_and_noloadbalance_tags(cluster):
         set_tags(sync, nosync=False, noloadbalance=False)
     wait_for(f"{sync} back in the read-only pool", lambda: http_status(sync, "/replica") == "200", 10)
     settled(HOSTS)
+
+
+def upstream_of(leader, host):
+    """(state, upstream) of host as the leader reports it."""
+    m = member(cluster_status(leader) or {"members": []}, host) or {}
+    return m.get("state"), m.get("upstream")
+
+
+def test_cascading_replicatefrom(cluster):
+    """db3 tagged replicatefrom db2 streams from db2 (and the leader keeps its slot moving
+    with it); when db2 crashes db3 follows the leader; when db2 is back db3 returns to it."""
+    leader, _, _ = settled(HOSTS)
+    if leader != "db1":
+        res = on("db1", "pgshift switchover --to db1", timeout=90)
+        assert res.returncode == 0, res.stdout + res.stderr
+        leader, _, _ = settled(HOSTS)
+    out("db3", f"sed -i '/^\\[tags\\]/a replicatefrom = \"db2\"' {CONFIG} && kill -HUP $({AGENT_PID})")
+    try:
+        wait_for("db3 streaming from db2", lambda: upstream_of("db1", "db3") == ("streaming", "db2"), 30, 0.5,
+                 show=lambda: upstream_of("db1", "db3"))
+        sql("db1", "CREATE TABLE IF NOT EXISTS cascade (i int)")
+        sql("db1", "INSERT INTO cascade VALUES (1)")
+        wait_for("the row on db3", lambda: sql("db3", "SELECT count(*) FROM cascade") == "1", 20, 0.5)
+        lsn = sql("db1", "SELECT pg_current_wal_lsn() FROM (SELECT pg_switch_wal(), txid_current()) x")
+        wait_for("db1's slot for db3 moving with it", lambda: slots_at_least("db1", ["db3"], lsn), 30, 0.5,
+                 show=lambda: slots("db1"))
+        t0 = time.monotonic()
+        lab("crash", "db2")
+        wait_for("db3 streaming from db1", lambda: upstream_of("db1", "db3") == ("streaming", "db1"), 30, 0.5,
+                 show=lambda: upstream_of("db1", "db3"))
+        cluster["results"]["cascade_source_crash_follow_leader_seconds"] = round(time.monotonic() - t0, 2)
+        lab("boot", "db2")
+        wait_for("db3 back on db2", lambda: upstream_of("db1", "db3") == ("streaming", "db2"), 60, 0.5,
+                 show=lambda: upstream_of("db1", "db3"))
+        sql("db1", "INSERT INTO cascade VALUES (2)")
+        wait_for("the second row on db3", lambda: sql("db3", "SELECT count(*) FROM cascade") == "2", 20, 0.5)
+    finally:
+        on("db3", f"sed -i '/^replicatefrom = /d' {CONFIG} && kill -HUP $({AGENT_PID})", timeout=15)
+    settled(HOSTS)

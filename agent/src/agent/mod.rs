@@ -36,7 +36,7 @@ use crate::api::{self, Counters, Shared, Snapshot};
 use crate::callbacks::{self, Callbacks};
 use crate::config::Config;
 use crate::dcs::{Dcs, HistoryEntry, View};
-use crate::decide::{self, Action, Cluster, Facts, Local, Millis};
+use crate::decide::{self, upstream_for, Action, Cluster, Facts, Local, Member, Millis};
 use crate::etcd;
 use crate::failsafe;
 use crate::guard::{monotonic_ms, Guard};
@@ -483,20 +483,26 @@ impl Agent {
                     && stuck
                     && upstream.as_deref() == Some(l.name.as_str()))
         });
+        let members: Vec<Member> = view.map_or_else(Vec::new, |v| {
+            v.members
+                .iter()
+                .filter(|m| m.name != self.cfg.name)
+                .map(|m| m.as_member(v.down.contains(&m.name)))
+                .collect()
+        });
+        // Whom following the leader means streaming from (cascading), to judge whether the
+        // replication settings are current.
+        let replicatefrom = self.cfg.tags.replicatefrom.clone();
+        let source_rec = leader_rec.and_then(|l| {
+            let source = upstream_for(&self.cfg.name, replicatefrom.as_deref(), &l.name, &members);
+            view.and_then(|v| v.member(source))
+        });
         Facts {
             me: self.cfg.name.clone(),
             now,
             timing: t,
             cluster: match view {
-                Some(v) => Cluster::Read {
-                    leader,
-                    members: v
-                        .members
-                        .iter()
-                        .filter(|m| m.name != self.cfg.name)
-                        .map(|m| m.as_member(v.down.contains(&m.name)))
-                        .collect(),
-                },
+                Some(_) => Cluster::Read { leader, members },
                 None => Cluster::Unreachable,
             },
             local: Local {
@@ -504,8 +510,8 @@ impl Agent {
                 in_recovery: obs.in_recovery,
                 timeline: obs.timeline,
                 lsn: obs.lsn,
-                replication_stale: leader_rec
-                    .is_some_and(|l| self.pg.settings_differ(obs, &l.conn)),
+                replication_stale: source_rec
+                    .is_some_and(|s| self.pg.settings_differ(obs, &s.conn)),
                 rebuild_pending: obs.rebuild_pending,
                 upstream,
                 diverged,
@@ -524,6 +530,7 @@ impl Agent {
             sync: view.and_then(|v| v.sync.clone()),
             failsafe_confirmed: self.failsafe.until.is_some_and(|u| now < u),
             failsafe_leader: self.api.failsafe_seen.leader_within(now, t.ttl),
+            replicatefrom,
         }
     }
 

@@ -9,6 +9,7 @@ use pgshift_core::standby::slot;
 use super::{log, warn, Agent};
 use crate::dcs::View;
 use crate::postgres::{self, Observed};
+use crate::state::NodeState;
 
 impl Agent {
     /// A slot for every other member, checked against the slots PostgreSQL has now (this
@@ -53,6 +54,9 @@ impl Agent {
         }
         if obs.running && obs.in_recovery {
             self.follow_leader_slots(v, obs, &mut problems);
+        }
+        if obs.running && !obs.in_recovery {
+            self.follow_cascaded_members(v, obs, &mut problems);
         }
         if obs.running && !obs.in_recovery {
             let current: Vec<String> = names.iter().map(|n| postgres::slot_name(n)).collect();
@@ -149,6 +153,32 @@ impl Agent {
                     "cannot drop the slots {} that reserve no WAL: {e}",
                     unreserved.join(", ")
                 )),
+            }
+        }
+    }
+
+    /// On the leader: the slot of a member that streams from another standby (cascading)
+    /// goes unused here; it moves with what that member received, so it keeps what the
+    /// member would need from this node, not everything since it last streamed here.
+    fn follow_cascaded_members(&mut self, v: &View, obs: &Observed, problems: &mut Vec<String>) {
+        let me = self.cfg.name.as_str();
+        let targets: Vec<(String, u64)> = v
+            .members
+            .iter()
+            .filter(|m| {
+                m.state == NodeState::Streaming && m.upstream.as_deref().is_some_and(|u| u != me)
+            })
+            .filter_map(|m| {
+                let slot = postgres::slot_name(&m.name);
+                let at = *obs.slot_lsns.get(&slot)?;
+                (obs.inactive_slots.contains(&slot) && m.lsn > at).then_some((slot, m.lsn))
+            })
+            .collect();
+        if !targets.is_empty() {
+            if let Err(e) = self.pg.advance_slots(&targets) {
+                problems.push(format!(
+                    "cannot advance the slots of cascading members: {e}"
+                ));
             }
         }
     }

@@ -1252,6 +1252,25 @@ fn a_standby_keeps_its_slots_where_the_leader_keeps_its_own() {
 }
 
 #[test]
+fn the_leader_moves_the_slot_of_a_cascading_member_with_it() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.member("db3", Role::Replica, NodeState::Streaming, Some("db2"));
+    b.etcd(|e| e.members.get_mut("db3").unwrap().lsn = 800);
+    b.server(|s| {
+        s.obs.slots = vec!["db2".into(), "db3".into()];
+        s.obs.inactive_slots = vec!["db3".into()];
+        s.obs.slot_lsns = [("db2".into(), 900), ("db3".into(), 100)].into();
+    });
+    b.agent.cycle();
+    let calls = b.calls();
+    assert!(
+        calls.contains(&r#"advance_slots [("db3", 800)]"#.to_string()),
+        "{calls:?}"
+    );
+}
+
+#[test]
 fn the_leader_publishes_where_its_slots_are() {
     let mut b = Bench::new("db1", primary(), "");
     b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
