@@ -4,7 +4,7 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection install-collection test lint cargo-test ansible-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover clean
+.PHONY: help deps build collection install-collection test lint cargo-test ansible-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover bench-failover-3 clean
 
 help:
 	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
@@ -142,6 +142,12 @@ bench: deps collection
 bench-failover: deps install-collection
 	scripts/deps.sh bench
 	$(VENV)/bin/python bench/failover.py 10
+
+# The crash of the primary with three database hosts (lab/lab up --with db3): two standbys,
+# the synchronous one takes over, the third follows it (target/bench-failover-3-summary.json).
+bench-failover-3: deps install-collection
+	scripts/deps.sh bench
+	$(VENV)/bin/python bench/failover.py 10 crash_3
 
 clean:
 	cargo clean

@@ -24,9 +24,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "agent"))
+sys.path.insert(0, str(ROOT / "tests" / "members"))
 import labkit  # noqa: E402
 import test_failover as faults  # noqa: E402
 import test_rejoin as rejoin  # noqa: E402
+import test_members as members  # noqa: E402
 
 TRIALS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 ALL_KINDS = {
@@ -37,10 +39,25 @@ ALL_KINDS = {
     "freeze": faults.test_freeze_of_the_primary_longer_than_ttl,
     # The host leading both PostgreSQL and etcd's raft.
     "crash_etcd_leader": rejoin.test_crash_of_the_host_leading_postgresql_and_etcd,
+    # Three database hosts (`lab/lab up --with db3`): runs alone, `failover.py 10 crash_3`.
+    "crash_3": members.test_crash_of_the_primary_with_two_standbys,
 }
 # Optional: only some kinds, e.g. `failover.py 10 crash partition`.
-KINDS = {k: v for k, v in ALL_KINDS.items() if k in sys.argv[2:]} or ALL_KINDS
+KINDS = ({k: v for k, v in ALL_KINDS.items() if k in sys.argv[2:]}
+         or {k: v for k, v in ALL_KINDS.items() if k != "crash_3"})
+THREE = "crash_3" in KINDS
+if THREE and len(KINDS) > 1:
+    sys.exit("crash_3 runs alone: it needs a cluster of three database hosts")
 BIN = 0.05  # seconds per bar of the timelines
+SUFFIX = "-3" if THREE else ""
+
+
+def settle():
+    """The cluster settled between trials (and after a failed one)."""
+    if THREE:
+        labkit.settled(list(labkit.IPS3))
+    else:
+        labkit.roles()
 
 
 def agent_usage(host, seconds=30):
@@ -127,13 +144,13 @@ def main():
     failures = []
     trials = {}
     try:
-        ctx = labkit.build_cluster(tmp)
+        ctx = labkit.build_cluster(tmp, with_hosts=["db3"] if THREE else ())
         ctx["timelines"] = []
-        labkit.roles()
+        settle()
         ok, res = labkit.psql(labkit.RW, "CREATE TABLE IF NOT EXISTS through_haproxy "
                                     "(id int PRIMARY KEY, at timestamptz DEFAULT now())")
         assert ok, res
-        ctx["results"]["idle"] = {h: agent_usage(h) for h in labkit.IPS}
+        ctx["results"]["idle"] = {h: agent_usage(h) for h in ctx["hosts"]}
         next_id = 1
         for name, run in KINDS.items():
             for i in range(TRIALS):
@@ -145,7 +162,7 @@ def main():
                 except AssertionError as e:
                     failures.append(f"{name} #{i + 1}: {str(e)[:300]}")
                     print(f"{name} #{i + 1} FAILED: {str(e)[:300]}", flush=True)
-                    labkit.roles()
+                    settle()
                 next_id = writer.n + 1
                 row = ctx["results"].get(name, [{}])[-1]
                 timeline = ctx["timelines"][-1] if ctx["timelines"] and ctx["timelines"][-1]["kind"] == name else None
@@ -160,7 +177,8 @@ def main():
                     trials.setdefault(name, []).append(timeline)
                 print(f"{name} #{i + 1}: {row}", flush=True)
     finally:
-        labkit.teardown_cluster(ctx["results"], ROOT / "target" / "bench-failover.json")
+        labkit.teardown_cluster(ctx["results"], ROOT / "target" / f"bench-failover{SUFFIX}.json",
+                                hosts=ctx.get("hosts", labkit.IPS))
         shutil.rmtree(tmp, ignore_errors=True)
     report = {"idle": ctx["results"].get("idle")}
     for name in KINDS:
@@ -175,7 +193,7 @@ def main():
         report.setdefault("plots", {})[name] = str(path.relative_to(ROOT))
     report["failures"] = failures
     print(json.dumps(report, indent=2))
-    (ROOT / "target" / "bench-failover-summary.json").write_text(json.dumps(report, indent=2))
+    (ROOT / "target" / f"bench-failover{SUFFIX}-summary.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

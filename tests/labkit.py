@@ -452,7 +452,7 @@ def teardown_cluster(results, results_file, hosts=IPS):
 
 AUX = "10.77.0.13"
 RW, RO = 5000, 5001  # site.yml's HAProxy: read-write (the agent's /primary), read-only (/replica)
-HOST_OF = {ip: h for h, ip in IPS.items()}
+HOST_OF = {ip: h for h, ip in IPS3.items()}
 
 
 def psql(port, query, timeout=3, host=AUX):

@@ -240,6 +240,10 @@ pub struct Replication {
     /// may be promoted.
     #[serde(default = "default_sync_count")]
     pub synchronous_node_count: usize,
+    /// Seconds a member may be gone from etcd (not in maintenance) before every node drops
+    /// the replication slot that keeps WAL for it (0: never). It needs a rebuild after.
+    #[serde(default = "default_member_slots_ttl")]
+    pub member_slots_ttl: u64,
     /// TLS files of replication and pg_rewind connections (libpq's names): the CA that signed
     /// the other members' server certificates, and a client certificate with its key.
     pub sslrootcert: Option<PathBuf>,
@@ -328,6 +332,10 @@ pub struct Tags {
 
 fn default_sync_count() -> usize {
     1
+}
+
+fn default_member_slots_ttl() -> u64 {
+    1800
 }
 
 fn default_priority() -> i32 {

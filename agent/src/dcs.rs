@@ -132,6 +132,9 @@ pub struct View {
     pub sync: Option<SyncState>,
     pub paused: bool,
     pub down: BTreeSet<String>,
+    /// Every member the leader has seen, and when it last saw it (Unix seconds): whose
+    /// replication slots are members' and how long they have been gone (see `slots`).
+    pub seen: BTreeMap<String, u64>,
 }
 
 impl View {
@@ -188,6 +191,8 @@ impl Dcs {
                 view.outcome = serde_json::from_str(&kv.value).ok();
             } else if rest == "sync" {
                 view.sync = serde_json::from_str(&kv.value).ok();
+            } else if rest == "seen" {
+                view.seen = serde_json::from_str(&kv.value).unwrap_or_default();
             } else if rest == "pause" {
                 view.paused = true;
             } else if let Some(name) = rest.strip_prefix("down/") {
@@ -256,6 +261,11 @@ impl Dcs {
     pub fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
         let value = serde_json::to_string(s).expect("serializable");
         self.etcd.put(&self.key("sync"), &value, 0).map(|_| ())
+    }
+
+    pub fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error> {
+        let value = serde_json::to_string(seen).expect("serializable");
+        self.etcd.put(&self.key("seen"), &value, 0).map(|_| ())
     }
 
     pub fn set_paused(&self, paused: bool, by: &str) -> Result<(), etcd::Error> {

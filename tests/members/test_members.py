@@ -104,9 +104,9 @@ def test_crash_of_the_primary_with_two_standbys(cluster):
         have = slots(sync)
         assert {old, third} <= set(have) and have[old] and have[third], have
 
-    failover = fault_and_failover(cluster, "crash", old, sync, inject=inject,
+    failover = fault_and_failover(cluster, "crash_3", old, sync, inject=inject,
                                   recover=lambda: lab("boot", old), after=after)
-    cluster["results"]["crash"][-1].update(seen)
+    cluster["results"]["crash_3"][-1].update(seen)
     assert failover < 10, failover
     assert seen["third_follows_seconds"] < 10, seen
     leader, _, _ = settled(HOSTS)
@@ -270,4 +270,32 @@ def test_cascading_replicatefrom(cluster):
         wait_for("the second row on db3", lambda: sql("db3", "SELECT count(*) FROM cascade") == "2", 20, 0.5)
     finally:
         on("db3", f"sed -i '/^replicatefrom = /d' {CONFIG} && kill -HUP $({AGENT_PID})", timeout=15)
+    settled(HOSTS)
+
+
+def test_slots_of_a_member_gone_longer_than_member_slots_ttl_are_dropped(cluster):
+    """db3 crashes and stays away longer than member_slots_ttl (5 s here): the leader and the
+    other standby drop its slot; back, it streams again (its slot made anew)."""
+    leader, _, _ = settled(HOSTS)
+    keeper = next(h for h in HOSTS if h not in (leader, "db3"))
+    set_config(HOSTS, "member_slots_ttl", 5)
+    try:
+        if leader == "db3":
+            res = on(keeper, f"pgshift switchover --to {keeper}", timeout=90)
+            assert res.returncode == 0, res.stdout + res.stderr
+            leader, _, _ = settled(HOSTS)
+            keeper = next(h for h in HOSTS if h not in (leader, "db3"))
+        assert "db3" in slots(leader) and "db3" in slots(keeper)
+        t0 = time.monotonic()
+        lab("crash", "db3")
+        wait_for("db3's slot dropped on the leader and the other standby",
+                 lambda: "db3" not in slots(leader) and "db3" not in slots(keeper), 60, 0.5,
+                 show=lambda: (slots(leader), slots(keeper)))
+        cluster["results"]["member_slot_dropped_seconds"] = round(time.monotonic() - t0, 1)
+        # The others' slots stay.
+        assert keeper in slots(leader) and leader in slots(keeper)
+        lab("boot", "db3")
+        wait_for("db3 streaming again", lambda: third_streams(leader, "db3"), 180, 1)
+    finally:
+        set_config(HOSTS, "member_slots_ttl", 1800)
     settled(HOSTS)

@@ -3,6 +3,7 @@
 //! [`crate::dcs::Dcs`], [`crate::postgres::LocalPg`] and [`crate::guard::Guard`]; its unit
 //! tests run the same loop on fakes, in milliseconds and without a lab.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ pub trait Store {
     fn update_request(&self, r: &Request, revision: i64) -> Result<bool, etcd::Error>;
     fn end_request(&self, revision: i64, outcome: &Outcome) -> Result<bool, etcd::Error>;
     fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error>;
+    fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error>;
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error>;
 }
 
@@ -72,6 +74,9 @@ impl Store for Dcs {
     }
     fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
         Dcs::write_sync(self, s)
+    }
+    fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error> {
+        Dcs::write_seen(self, seen)
     }
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
         Dcs::record_history(self, view, entry)

@@ -17,6 +17,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         synchronous_mode: false,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
+        member_slots_ttl: 0,
         ..r.clone()
     };
     let api = |c: &Config| {
@@ -81,6 +82,7 @@ impl Agent {
         replication.synchronous_mode = new.replication.synchronous_mode;
         replication.synchronous_mode_strict = new.replication.synchronous_mode_strict;
         replication.synchronous_node_count = new.replication.synchronous_node_count;
+        replication.member_slots_ttl = new.replication.member_slots_ttl;
         self.callbacks.reconfigure(new.callbacks.clone());
         self.cfg = Config {
             timing: new.timing,

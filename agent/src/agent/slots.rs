@@ -9,6 +9,7 @@ use pgshift_core::standby::slot;
 use super::{log, warn, Agent};
 use crate::dcs::View;
 use crate::postgres::{self, Observed};
+use crate::records::unix_now;
 use crate::state::NodeState;
 
 impl Agent {
@@ -57,6 +58,9 @@ impl Agent {
         }
         if obs.running && !obs.in_recovery {
             self.follow_cascaded_members(v, obs, &mut problems);
+        }
+        if obs.running {
+            self.expire_member_slots(v, obs, &mut problems);
         }
         if obs.running && !obs.in_recovery {
             let current: Vec<String> = names.iter().map(|n| postgres::slot_name(n)).collect();
@@ -180,6 +184,64 @@ impl Agent {
                     "cannot advance the slots of cascading members: {e}"
                 ));
             }
+        }
+    }
+
+    /// A member's slot outlives its absence for `member_slots_ttl`: the leader keeps `seen`
+    /// (when it last saw each member, refreshed every minute at most), and every node
+    /// drops, once unused, the slots of members gone longer, never of one in maintenance.
+    /// Only names in `seen` are members': an operator's own slots are never touched.
+    fn expire_member_slots(&mut self, v: &View, obs: &Observed, problems: &mut Vec<String>) {
+        let ttl = self.cfg.replication.member_slots_ttl;
+        let now = unix_now();
+        let me = self.cfg.name.as_str();
+        let present = |n: &str| n == me || v.member(n).is_some();
+        let leading = !obs.in_recovery && v.leader.as_ref().is_some_and(|l| l.name == me);
+        if leading {
+            // Often enough that a member present at its last refresh is never judged gone
+            // for longer than it was.
+            let refresh = (ttl / 4).clamp(1, 60);
+            let mut seen = v.seen.clone();
+            for name in v.members.iter().map(|m| m.name.as_str()).chain([me]) {
+                if seen
+                    .get(name)
+                    .is_none_or(|t| now.saturating_sub(*t) >= refresh)
+                {
+                    seen.insert(name.to_string(), now);
+                }
+            }
+            if seen != v.seen {
+                if let Err(e) = self.store.write_seen(&seen) {
+                    problems.push(format!("cannot record which members were seen: {e}"));
+                }
+            }
+        }
+        if ttl == 0 {
+            return;
+        }
+        let expired: Vec<(String, &str, u64)> = v
+            .seen
+            .iter()
+            .filter(|(n, _)| !present(n) && !v.down.contains(*n))
+            .map(|(n, t)| (postgres::slot_name(n), n.as_str(), now.saturating_sub(*t)))
+            .filter(|(s, _, gone)| *gone > ttl && obs.inactive_slots.contains(s))
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let slots: Vec<String> = expired.iter().map(|(s, _, _)| s.clone()).collect();
+        match self.pg.drop_unused_slots(&slots) {
+            Ok(dropped) => {
+                for (s, n, gone) in expired.iter().filter(|(s, _, _)| dropped.contains(s)) {
+                    warn(format!(
+                        "dropped replication slot {s}: {n} has been gone {gone} s (member_slots_ttl {ttl} s); it needs a rebuild to come back"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!(
+                "cannot drop the slots {} of members gone longer than member_slots_ttl: {e}",
+                slots.join(", ")
+            )),
         }
     }
 }

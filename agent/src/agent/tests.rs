@@ -34,6 +34,7 @@ struct Etcd {
     outcome: Option<Outcome>,
     sync: Option<SyncState>,
     down: BTreeSet<String>,
+    seen: BTreeMap<String, u64>,
     /// Every member record published, in order.
     published: Vec<MemberRecord>,
     /// The next leader write finds an earlier one of the same writer applied first (its
@@ -65,6 +66,7 @@ impl Store for FakeStore {
             sync: e.sync.clone(),
             paused: false,
             down: e.down.clone(),
+            seen: e.seen.clone(),
         })
     }
     fn keepalive(&self, _: i64) -> Result<bool, etcd::Error> {
@@ -142,6 +144,9 @@ impl Store for FakeStore {
     }
     fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
         self.with(|e| e.sync = Some(s.clone()))
+    }
+    fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error> {
+        self.with(|e| e.seen = seen.clone())
     }
     fn record_history(&self, _: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
         self.with(|e| e.history.push(entry))
@@ -901,6 +906,9 @@ fn renewal_that_finds_the_key_changed_stops_leading() {
         fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error> {
             self.0.write_sync(s)
         }
+        fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error> {
+            self.0.write_seen(seen)
+        }
         fn record_history(&self, v: &View, e: HistoryEntry) -> Result<(), etcd::Error> {
             self.0.record_history(v, e)
         }
@@ -1268,6 +1276,62 @@ fn the_leader_moves_the_slot_of_a_cascading_member_with_it() {
         calls.contains(&r#"advance_slots [("db3", 800)]"#.to_string()),
         "{calls:?}"
     );
+}
+
+#[test]
+fn slots_of_members_gone_longer_than_member_slots_ttl_are_dropped() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cfg.replication.member_slots_ttl = 600;
+    b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
+    let now = unix_now();
+    b.etcd(|e| {
+        // db3 gone 601 s, db4 gone 601 s but in maintenance, db5 gone 100 s; "mine" is an
+        // operator's slot, never a member's.
+        e.seen = [
+            ("db3".to_string(), now - 601),
+            ("db4".to_string(), now - 601),
+            ("db5".to_string(), now - 100),
+        ]
+        .into();
+        e.down.insert("db4".into());
+    });
+    b.server(|s| {
+        s.obs.slots = vec![
+            "db2".into(),
+            "db3".into(),
+            "db4".into(),
+            "db5".into(),
+            "mine".into(),
+        ];
+        s.obs.inactive_slots = vec!["db3".into(), "db4".into(), "db5".into(), "mine".into()];
+    });
+    b.agent.cycle();
+    let calls = b.calls();
+    assert!(
+        calls.contains(&r#"drop_unused_slots ["db3"]"#.to_string()),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("drop")).count(),
+        1,
+        "{calls:?}"
+    );
+    // The leader (from the next loop on, which reads its key) records whom it sees now
+    // (itself and db2); the others keep their times.
+    b.advance(500);
+    b.agent.cycle();
+    let seen = b.etcd(|e| e.seen.clone());
+    assert!(seen["db1"] >= now && seen["db2"] >= now, "{seen:?}");
+    assert_eq!(seen["db3"], now - 601);
+
+    // member_slots_ttl = 0: never.
+    b.agent.cfg.replication.member_slots_ttl = 0;
+    b.etcd(|e| {
+        e.seen.insert("db5".into(), now - 100_000);
+    });
+    b.advance(500);
+    b.agent.cycle();
+    assert!(!b.calls().iter().any(|c| c.starts_with("drop")));
 }
 
 #[test]
