@@ -5,10 +5,13 @@ standby. A suite of its own cluster (site.yml builds every host of the `standbys
 What N members must keep: every member streams from the leader and has a slot on it; every
 standby keeps the same slots at the leader's positions, so a promoted one already retains
 the WAL of the others; after a crash of the primary the synchronous standby takes over with
-no acknowledged write lost and the third member follows it without a new base backup; a
-crashed standby moves the synchronous role to the other one without a failover; the
-`nosync` and `noloadbalance` tags keep a member out of synchronous_standby_names and out of
-HAProxy's read-only pool. The probe writes to all three hosts every 50 ms.
+no acknowledged write lost and the third member follows it without a new base backup; with
+synchronous_node_count = 2 both standbys are synchronous and either takes over; a crashed
+standby moves the synchronous role to the other one without a failover; the `nosync` and
+`noloadbalance` tags keep a member out of synchronous_standby_names and out of HAProxy's
+read-only pool; `replicatefrom` cascades, falls back to the leader and comes back; the slots of
+a member gone longer than member_slots_ttl go. The probe writes to all three hosts every 50 ms.
+The tests run in file order on one cluster; the fixture runs `lab/lab down` at the end.
 """
 
 import threading
