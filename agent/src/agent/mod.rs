@@ -606,6 +606,12 @@ impl Agent {
     /// A successful leader write that was sent at `sent`: the new revision, and the fence
     /// guard's deadline (see `LeaderClock::wrote`).
     fn wrote_leader(&mut self, rev: i64, sent: Millis) {
+        // Failsafe mode ends with the first renewal through etcd, not with etcd's first
+        // answer: until then the members' confirmation is what keeps this leader writable.
+        // (Left set, the next outage's start went unlogged and the node counted as leading.)
+        if self.failsafe.until.take().is_some() {
+            log("etcd answers again and the leader key is renewed: failsafe mode ends");
+        }
         let until = self.clock.wrote(rev, sent, self.cfg.timing().retry_timeout);
         if let Err(e) = self.guard.primary_until(until) {
             warn(format!("cannot reach the fence guard: {e}"));

@@ -847,6 +847,18 @@ fn a_failsafe_round_waiting_on_a_gone_member_does_not_hold_up_the_renewal() {
 }
 
 #[test]
+fn failsafe_mode_ends_with_the_first_renewal_through_etcd() {
+    let mut b = Bench::new("db1", primary(), "failsafe_mode = true");
+    b.agent.cycle();
+    // An outage the members bridged: the confirmation still runs when etcd answers again.
+    b.agent.failsafe.until = Some(START + 60_000);
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.agent.failsafe.until, None);
+    assert!(!b.snapshot().failsafe);
+}
+
+#[test]
 fn a_renewal_whose_earlier_answer_was_lost_renews_on_the_revision_it_wrote() {
     let mut b = Bench::new("db1", primary(), "");
     b.agent.cycle();
