@@ -95,9 +95,9 @@ delivery-test: install-collection
 # authentication, switchovers, a crash and a partition of the primary, the stress battery's
 # smoke subset (tests/stress: pressures under write load); on one replicating over
 # verify-full TLS with client certificates and inventory names DB1 and db2.lab.example, slots
-# and TLS after switchovers both ways; on three database hosts (`lab/lab up --with db3`) slots
-# on every member and a crash of the primary); lab-test-full runs every one (fault sequences,
-# floods, backups, rebuilds, multi-home, tags).
+# and TLS after switchovers both ways); lab-test-full runs every one (fault sequences, floods,
+# backups, rebuilds, multi-home, and tests/members on three database hosts: its own cluster
+# build costs two minutes that `make test`'s 20-minute budget does not have).
 LAB_TESTS := tests/lab tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py tests/stress \
 	tests/agent/test_pgsql_check.py tests/agent/test_rejoin.py tests/agent/test_standby.py tests/members tests/backup \
 	tests/multihome

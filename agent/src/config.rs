@@ -326,6 +326,10 @@ pub struct Tags {
     /// leader itself (else from the leader).
     #[serde(default)]
     pub replicatefrom: Option<String>,
+    /// A preferred source of base backups: another member's rebuild copies from this one
+    /// (while it streams from the leader) rather than from the leader.
+    #[serde(default)]
+    pub clonefrom: bool,
     #[serde(default = "default_priority")]
     pub priority: i32,
 }
@@ -349,6 +353,7 @@ impl Default for Tags {
             noloadbalance: false,
             nosync: false,
             replicatefrom: None,
+            clonefrom: false,
             priority: default_priority(),
         }
     }

@@ -44,6 +44,8 @@ pub struct MemberRecord {
     pub noloadbalance: bool,
     #[serde(default)]
     pub nosync: bool,
+    #[serde(default)]
+    pub clonefrom: bool,
     /// The settings a standby needs at least as high as its primary's (PostgreSQL pauses
     /// recovery otherwise), so every node can compare itself with the leader.
     #[serde(default)]

@@ -21,7 +21,8 @@ import pytest
 
 from labkit import (
     AGENT_PID, IPS3, ROOT, Probe, build_cluster, cluster_status, fault_and_failover, haproxy_states,
-    http_status, lab, member, needs, on, out, settled, sql, streaming_from, teardown_cluster, wait_for,
+    http_status, lab, log_mark, log_since, member, needs, on, out, settled, sql, streaming_from, teardown_cluster,
+    wait_for,
 )
 
 RESULTS = ROOT / "target" / "agent-members.json"
@@ -56,7 +57,6 @@ def slots_at_least(host, names, lsn):
     return res == "t"
 
 
-@pytest.mark.smoke
 def test_every_member_streams_and_keeps_every_slot(cluster):
     leader, others, sync = settled(HOSTS)
     assert sync in others
@@ -83,7 +83,6 @@ def test_every_member_streams_and_keeps_every_slot(cluster):
                  show=lambda: slots(h))
 
 
-@pytest.mark.smoke
 def test_crash_of_the_primary_with_two_standbys(cluster):
     """The synchronous standby takes over with every acknowledged write; the third host
     follows it within 10 s, through the slot the new leader already had for it."""
@@ -301,4 +300,29 @@ def test_slots_of_a_member_gone_longer_than_member_slots_ttl_are_dropped(cluster
         wait_for("db3 streaming again", lambda: third_streams(leader, "db3"), 180, 1)
     finally:
         set_config(HOSTS, "member_slots_ttl", 1800)
+    settled(HOSTS)
+
+
+def test_a_rebuild_copies_from_the_member_tagged_clonefrom(cluster):
+    """db2 tagged clonefrom: db3's rebuild (a data directory marked as needing one) copies
+    from db2, not from the leader, and db3 streams from the leader after."""
+    leader, _, _ = settled(HOSTS)
+    if leader != "db1":
+        res = on("db1", "pgshift switchover --to db1", timeout=90)
+        assert res.returncode == 0, res.stdout + res.stderr
+        leader, _, _ = settled(HOSTS)
+    set_config(["db2"], "clonefrom", "true")
+    try:
+        wait_for("db2 published as clonefrom", lambda: '"clonefrom":true' in out(
+            "db1", "curl -s http://127.0.0.1:8008/cluster").replace(" ", ""), 15, 0.5)
+        rebuilds = member(cluster_status("db1"), "db3")["rebuilds"]
+        data = sql("db3", "SHOW data_directory")
+        mark = log_mark("db3")
+        out("db3", f"runuser -u postgres -- touch {data}/pgshift-rebuild-pending")
+        wait_for("db3 rebuilt and streaming from db1", lambda: third_streams("db1", "db3") and member(
+            cluster_status("db1"), "db3")["rebuilds"] == rebuilds + 1, 120, 1)
+        log = log_since("db3", mark)
+        assert "rebuilt from a base backup of db2:" in log, log[-3000:]
+    finally:
+        set_config(["db2"], "clonefrom", "false")
     settled(HOSTS)

@@ -292,10 +292,25 @@ impl Agent {
     /// the loop goes on publishing its state meanwhile (see `rejoin_finished`).
     fn rejoin(&mut self, leader: &str, view: Option<&View>) -> Acted {
         let conn = Self::conn_of(view, leader)?;
+        // A member tagged clonefrom that streams from the leader: a rebuild copies from it.
+        let clone = view.and_then(|v| {
+            v.members
+                .iter()
+                .find(|m| {
+                    m.clonefrom
+                        && m.name != self.cfg.name
+                        && m.name != leader
+                        && m.state == NodeState::Streaming
+                        && m.upstream.as_deref() == Some(leader)
+                })
+                .map(|m| m.conn.clone())
+        });
         self.release_leadership();
         self.node.state = NodeState::Rejoining;
         self.node.rejoins.attempted(self.now());
-        let job = self.pg.rejoin_job(&conn, &self.cfg.replication.rewind_user);
+        let job = self
+            .pg
+            .rejoin_job(&conn, clone.as_deref(), &self.cfg.replication.rewind_user);
         let deadline =
             Instant::now() + Duration::from_secs_f64(self.cfg.replication.rebuild_timeout);
         self.worker.start(job, leader, deadline);

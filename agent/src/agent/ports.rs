@@ -108,7 +108,12 @@ pub trait Postgres {
     fn advance_slots(&mut self, targets: &[(String, u64)]) -> PgResult<Vec<String>>;
     /// A long rejoin, meant to run on the worker: what it needs, detached from this handle
     /// (which the loop keeps using meanwhile).
-    fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob>;
+    fn rejoin_job(
+        &self,
+        leader_conn: &str,
+        clone_conn: Option<&str>,
+        rewind_user: &str,
+    ) -> Box<dyn RejoinJob>;
     /// The data directory, for the fence guard.
     fn data_directory(&self) -> PathBuf;
     /// Why the last start gave up in recovery (WAL it cannot replay), if it did.
@@ -184,8 +189,18 @@ impl Postgres for LocalPg {
     fn advance_slots(&mut self, targets: &[(String, u64)]) -> PgResult<Vec<String>> {
         LocalPg::advance_slots(self, targets)
     }
-    fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob> {
-        Box::new(LocalPg::rejoiner(self, leader_conn, rewind_user))
+    fn rejoin_job(
+        &self,
+        leader_conn: &str,
+        clone_conn: Option<&str>,
+        rewind_user: &str,
+    ) -> Box<dyn RejoinJob> {
+        Box::new(LocalPg::rejoiner(
+            self,
+            leader_conn,
+            clone_conn,
+            rewind_user,
+        ))
     }
     fn data_directory(&self) -> PathBuf {
         self.data.path.clone()

@@ -39,6 +39,7 @@ impl Agent {
             priority: self.cfg.tags.priority,
             noloadbalance: self.cfg.tags.noloadbalance,
             nosync: self.cfg.tags.nosync,
+            clonefrom: self.cfg.tags.clonefrom,
             settings: obs.settings.clone(),
             warnings: self.warnings(obs, view),
             down: self.node.down,

@@ -297,10 +297,17 @@ impl Postgres for FakePg {
         }
         Ok(moved)
     }
-    fn rejoin_job(&self, leader_conn: &str, rewind_user: &str) -> Box<dyn RejoinJob> {
+    fn rejoin_job(
+        &self,
+        leader_conn: &str,
+        clone_conn: Option<&str>,
+        rewind_user: &str,
+    ) -> Box<dyn RejoinJob> {
         let mut s = self.0.lock().unwrap();
-        s.calls
-            .push(format!("rejoin from {leader_conn} as {rewind_user}"));
+        s.calls.push(match clone_conn {
+            None => format!("rejoin from {leader_conn} as {rewind_user}"),
+            Some(c) => format!("rejoin from {leader_conn} (clone {c}) as {rewind_user}"),
+        });
         Box::new(FakeJob {
             server: self.0.clone(),
             end: s.rejoin.clone(),
@@ -348,8 +355,7 @@ impl RejoinJob for FakeJob {
                     break Err(LocalPgError::Cancelled("called off by the test".into()));
                 }
                 match rx.lock().unwrap().recv_timeout(Duration::from_millis(5)) {
-                    Ok(Ok(Rejoined::Rebuilt { why, aside })) if why == "phase" => {
-                        let _ = aside;
+                    Ok(Ok(Rejoined::Rebuilt { why, .. })) if why == "phase" => {
                         phase(Phase::Rebuilding);
                     }
                     Ok(r) => break r,
@@ -1089,6 +1095,27 @@ fn wait_for(b: &mut Bench, what: &str, done: impl Fn(&mut Bench, &Action) -> boo
     }
 }
 
+/// A member tagged clonefrom that streams from the leader is where a rebuild copies from;
+/// one that does not stream from the leader is not.
+#[test]
+fn a_rejoin_copies_from_a_member_tagged_clonefrom() {
+    let mut b = Bench::new("db2", primary(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.member("db3", Role::Replica, NodeState::NotStreaming, Some("db1"));
+    b.member("db4", Role::Replica, NodeState::Streaming, Some("db1"));
+    b.etcd(|e| {
+        e.members.get_mut("db3").unwrap().clonefrom = true;
+        e.members.get_mut("db4").unwrap().clonefrom = true;
+    });
+    b.leader("db1");
+    assert!(matches!(b.agent.cycle(), Action::Rejoin { .. }));
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"rejoin from db1:5432 (clone db4:5432) as pgshift_rewind".to_string()),
+        "{calls:?}"
+    );
+}
+
 /// An old primary that lost the key: the rejoin runs on the worker while the loop goes on
 /// publishing `rejoining`, `rewinding`, `rebuilding`; then it starts as the leader's standby.
 #[test]
@@ -1117,6 +1144,7 @@ fn rejoin_runs_on_the_worker_and_the_loop_keeps_publishing() {
     tx.send(Ok(Rejoined::Rebuilt {
         why: "phase".into(),
         aside: String::new(),
+        source: String::new(),
     }))
     .unwrap();
     wait_for(&mut b, "rebuilding", |b, _| {
@@ -1132,6 +1160,7 @@ fn rejoin_runs_on_the_worker_and_the_loop_keeps_publishing() {
     tx.send(Ok(Rejoined::Rebuilt {
         why: "pg_rewind failed".into(),
         aside: "/x.pgshift-old-1".into(),
+        source: "db1:5432".into(),
     }))
     .unwrap();
     wait_for(&mut b, "the rejoin's end", |b, _| {

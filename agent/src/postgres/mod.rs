@@ -97,6 +97,8 @@ pub enum Rejoined {
     Rebuilt {
         why: String,
         aside: String,
+        /// host:port the base backup came from (the leader, or a member tagged clonefrom).
+        source: String,
     },
 }
 
@@ -104,9 +106,9 @@ impl std::fmt::Display for Rejoined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejoined::Rewound => f.write_str("rewound"),
-            Rejoined::Rebuilt { why, aside } => write!(
+            Rejoined::Rebuilt { why, aside, source } => write!(
                 f,
-                "pg_rewind failed ({why}); rebuilt from a base backup, old data kept in {aside}"
+                "pg_rewind failed ({why}); rebuilt from a base backup of {source}, old data kept in {aside}"
             ),
         }
     }
@@ -644,7 +646,14 @@ impl LocalPg {
 
     /// What a rejoin from the leader at `leader_conn` needs, detached from this handle so a
     /// worker can run it while the loop goes on observing (see [`Rejoiner::run`]).
-    pub fn rejoiner(&self, leader_conn: &str, rewind_user: &str) -> Rejoiner {
+    /// `clone_conn`: a member to copy a rebuild from instead of the leader (tagged
+    /// clonefrom), the leader if that fails.
+    pub fn rejoiner(
+        &self,
+        leader_conn: &str,
+        clone_conn: Option<&str>,
+        rewind_user: &str,
+    ) -> Rejoiner {
         Rejoiner {
             me: self.me.clone(),
             data: self.data.path.clone(),
@@ -653,6 +662,7 @@ impl LocalPg {
             owner: self.owner.clone(),
             leader_conn: leader_conn.to_string(),
             upstream: self.upstream(leader_conn),
+            clone: clone_conn.map(|c| (c.to_string(), self.upstream(c))),
             rewind_user: rewind_user.to_string(),
             max_rate: self.rebuild_max_rate.clone(),
             own: self.own(),
@@ -688,6 +698,8 @@ pub struct Rejoiner {
     owner: Owner,
     leader_conn: String,
     upstream: Upstream,
+    /// Where a rebuild copies from first (host:port and its connection), if not the leader.
+    clone: Option<(String, Upstream)>,
     rewind_user: String,
     max_rate: Option<String>,
     own: Ownership,
@@ -765,8 +777,25 @@ impl Rejoiner {
             )));
         }
         phase(Phase::Rebuilding);
-        match self.rebuild(left(), cancel) {
-            Ok(aside) => Ok(Rejoined::Rebuilt { why, aside }),
+        // From the member tagged clonefrom first (it spares the leader the copy), from the
+        // leader if that fails (the directory is back as it was after a failed copy).
+        if let Some((source, from)) = self.clone.clone() {
+            if let Ok(aside) = self.rebuild(&from, left(), cancel) {
+                return Ok(Rejoined::Rebuilt { why, aside, source });
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(LocalPgError::Cancelled(format!(
+                    "{why}; the rebuild from {source} was called off"
+                )));
+            }
+        }
+        let leader = self.upstream.clone();
+        match self.rebuild(&leader, left(), cancel) {
+            Ok(aside) => Ok(Rejoined::Rebuilt {
+                why,
+                aside,
+                source: self.leader_conn.clone(),
+            }),
             Err(e) => Err(LocalPgError::Rebuild {
                 why,
                 rebuild: Box::new(e),
@@ -784,13 +813,20 @@ impl Rejoiner {
         Ok(())
     }
 
-    fn rebuild(&mut self, deadline: Duration, cancel: &AtomicBool) -> Result<String> {
+    /// A base backup of `from` in place of the data directory (the old one moved aside),
+    /// replication pointed at the leader.
+    fn rebuild(
+        &mut self,
+        from: &Upstream,
+        deadline: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<String> {
         let aside = move_aside(&self.data)?;
         let built = prepare_target(&self.data, &self.owner).and_then(|_| {
             BaseBackup {
                 bin_dir: &self.bin,
                 target: &self.data,
-                upstream: &self.upstream,
+                upstream: from,
                 password: None,
                 slot: None,
                 max_rate: self.max_rate.as_deref(),
