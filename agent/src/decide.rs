@@ -258,7 +258,7 @@ pub fn upstream_for<'a>(
         .map_or(leader, |m| m.name.as_str())
 }
 
-/// Another node leads and is alive. A rewind or rebuild is always from the leader; streaming
+/// Another node leads and is alive. A rejoin is always against the leader; streaming
 /// from `upstream_for`.
 fn follow(f: &Facts, leader: &str, writable: bool, members: &[Member]) -> Action {
     if writable {
