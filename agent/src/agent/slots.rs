@@ -58,11 +58,6 @@ impl Agent {
         }
         if obs.running && !obs.in_recovery {
             self.follow_cascaded_members(v, obs, &mut problems);
-        }
-        if obs.running {
-            self.expire_member_slots(v, obs, &mut problems);
-        }
-        if obs.running && !obs.in_recovery {
             let current: Vec<String> = names.iter().map(|n| postgres::slot_name(n)).collect();
             let legacy: Vec<(String, &str)> = obs
                 .inactive_slots
@@ -92,6 +87,9 @@ impl Agent {
                     )),
                 }
             }
+        }
+        if obs.running {
+            self.expire_member_slots(v, obs, &mut problems);
         }
         let problem = (!problems.is_empty()).then(|| problems.join("; "));
         if problem.is_some() && problem != self.node.slot_error {

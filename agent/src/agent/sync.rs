@@ -2,6 +2,8 @@
 //! and the sync record in etcd naming them only while they are (see the architecture
 //! document).
 
+use pgshift_core::pg::sql::quote_ident;
+
 use super::{log, ActError, Agent};
 use crate::dcs::{MemberRecord, View};
 use crate::records::SyncState;
@@ -29,10 +31,7 @@ impl Agent {
     fn sync_names_for(&self, chosen: &[String]) -> String {
         let k = self.cfg.replication.synchronous_node_count;
         let strict = self.cfg.replication.synchronous_mode_strict;
-        let quoted: Vec<String> = chosen
-            .iter()
-            .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
-            .collect();
+        let quoted: Vec<String> = chosen.iter().map(|n| quote_ident(n)).collect();
         match quoted.len() {
             0 if !strict => String::new(),
             0 if k == 1 => "*".into(),
