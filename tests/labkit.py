@@ -233,28 +233,15 @@ def roles(timeout=60):
     """(current leader, the other database host), once the cluster is settled: the standby
     streams, has replayed everything and is the synchronous standby (only that one may be
     promoted, so a fault before then would rightly not fail over)."""
-    def led():
-        # A status read in the moment between two leaders names none: ask again.
-        doc = cluster_status("db1") or cluster_status("db2")
-        return doc if doc and doc["leader"] else None
-    doc = wait_for("a leader", led, 30)
-    leader = doc["leader"]
-    other = [h for h in IPS if h != leader][0]
-    wait_for(f"{other} streaming from {leader}", streaming_from(other, leader), timeout, 0.5)
-
-    def caught_up():
-        m = member(cluster_status(leader) or {"members": []}, other)
-        return bool(m and m["lag_bytes"] == 0)
-    wait_for(f"{other} caught up", caught_up, timeout, 0.5)
-    wait_for(f"{other} synchronous", lambda: (cluster_status(leader) or {}).get("sync_standby") == other, timeout, 0.2)
-    return leader, other
+    leader, others, _ = settled(list(IPS), timeout)
+    return leader, others[0]
 
 
 def settled(hosts, timeout=90):
-    """roles() for any number of database hosts: (leader, the others, the synchronous
-    standby) once every other host streams from the leader with nothing left to replay and
-    one of them is synchronous."""
+    """(leader, the others, the synchronous standby) once every other host streams from the
+    leader with nothing left to replay and one of them is synchronous (roles() for two)."""
     def led():
+        # A status read in the moment between two leaders names none: ask again.
         doc = next(filter(None, (cluster_status(h) for h in hosts)), None)
         return doc if doc and doc["leader"] else None
     leader = wait_for("a leader", led, 30)["leader"]
@@ -266,18 +253,20 @@ def settled(hosts, timeout=90):
         doc = cluster_status(leader) or {"members": []}
         return all((member(doc, h) or {}).get("lag_bytes") == 0 for h in others)
     wait_for("every standby caught up", caught_up, timeout, 0.5)
-    sync = wait_for("a synchronous standby",
-                    lambda: (cluster_status(leader) or {}).get("sync_standby"), timeout, 0.2)
+    def synchronous():
+        sync = (cluster_status(leader) or {}).get("sync_standby")
+        return sync if sync in others else None
+    sync = wait_for("a synchronous standby", synchronous, timeout, 0.2)
     return leader, others, sync
 
 
-def lead(host):
-    """host leads the settled cluster: a switchover to it when another host leads."""
-    leader, _ = roles()
+def lead(host, hosts=IPS, timeout=60):
+    """host leads the settled cluster of `hosts`: a switchover to it when another host leads."""
+    leader, _, _ = settled(list(hosts), timeout)
     if leader != host:
         res = on(host, f"pgshift switchover --to {host}", timeout=90)
         assert res.returncode == 0, res.stdout + res.stderr
-        leader, _ = roles()
+        leader, _, _ = settled(list(hosts), timeout)
     assert leader == host, leader
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from labkit import (
     AGENT_PID, IPS3, ROOT, Probe, build_cluster, cluster_status, fault_and_failover, haproxy_states,
-    http_status, lab, log_mark, log_since, member, needs, on, out, settled, sql, streaming_from, teardown_cluster,
+    http_status, lab, lead, log_mark, log_since, member, needs, on, out, settled, sql, streaming_from, teardown_cluster,
     wait_for,
 )
 
@@ -119,11 +119,17 @@ def test_crash_of_the_primary_with_two_standbys(cluster):
     assert len(set(timelines.values())) == 1, timelines
 
 
-def set_config(hosts, key, value):
-    """Sets `key = value` in each host's agent.toml (a key the file has) and reloads the
-    agent; a host that does not answer (crashed by a failed test) is left as it is."""
+def configure(hosts, check=True, **settings):
+    """Sets keys (that the file has) in each host's agent.toml and reloads the agent
+    (SIGHUP). check=False leaves a host that does not answer as it is (crashed by a failed
+    test, in a `finally`)."""
+    edits = " && ".join(f"sed -i 's/^{k} = .*/{k} = {str(v).lower()}/' {CONFIG}" for k, v in settings.items())
     for h in hosts:
-        on(h, f"sed -i 's/^{key} = .*/{key} = {value}/' {CONFIG} && kill -HUP $({AGENT_PID})", timeout=15)
+        cmd = f"{edits} && kill -HUP $({AGENT_PID})"
+        if check:
+            out(h, cmd)
+        else:
+            on(h, cmd, timeout=15)
 
 
 def test_two_synchronous_standbys_and_a_crash_of_the_primary(cluster):
@@ -131,7 +137,7 @@ def test_two_synchronous_standbys_and_a_crash_of_the_primary(cluster):
     may be promoted; after a crash of the primary one takes over with every acknowledged
     write and the other follows it without a rebuild."""
     old, others, _ = settled(HOSTS)
-    set_config(HOSTS, "synchronous_node_count", 2)
+    configure(HOSTS, check=False, synchronous_node_count=2)
     try:
         wait_for("both standbys synchronous",
                  lambda: sorted((cluster_status(old) or {}).get("sync_standbys") or []) == sorted(others), 30, 0.2)
@@ -165,7 +171,7 @@ def test_two_synchronous_standbys_and_a_crash_of_the_primary(cluster):
         doc = cluster_status(new)
         assert {h: member(doc, h)["rebuilds"] for h in others} == rebuilds
     finally:
-        set_config(HOSTS, "synchronous_node_count", 1)
+        configure(HOSTS, check=False, synchronous_node_count=1)
     settled(HOSTS)
 
 
@@ -201,17 +207,10 @@ def third_streams(leader, host):
     return bool(m and m["role"] == "replica" and m["state"] == "streaming" and m["upstream"] == leader)
 
 
-def set_tags(host, **tags):
-    """Sets [tags] keys in host's agent.toml and reloads the agent (SIGHUP)."""
-    for key, value in tags.items():
-        out(host, f"sed -i 's/^{key} = .*/{key} = {str(value).lower()}/' {CONFIG}")
-    out(host, f"kill -HUP $({AGENT_PID})")
-
-
 def test_nosync_and_noloadbalance_tags(cluster):
     leader, others, sync = settled(HOSTS)
     third = next(h for h in others if h != sync)
-    set_tags(sync, nosync=True, noloadbalance=True)
+    configure([sync], nosync=True, noloadbalance=True)
     try:
         wait_for(f"{third} synchronous instead of {sync}",
                  lambda: (cluster_status(leader) or {}).get("sync_standby") == third, 30, 0.2)
@@ -231,7 +230,7 @@ def test_nosync_and_noloadbalance_tags(cluster):
         assert sync not in sql(leader, "SHOW synchronous_standby_names")
         lab("boot", third)
     finally:
-        set_tags(sync, nosync=False, noloadbalance=False)
+        configure([sync], nosync=False, noloadbalance=False)
     wait_for(f"{sync} back in the read-only pool", lambda: http_status(sync, "/replica") == "200", 10)
     settled(HOSTS)
 
@@ -245,11 +244,7 @@ def upstream_of(leader, host):
 def test_cascading_replicatefrom(cluster):
     """db3 tagged replicatefrom db2 streams from db2 (and the leader keeps its slot moving
     with it); when db2 crashes db3 follows the leader; when db2 is back db3 returns to it."""
-    leader, _, _ = settled(HOSTS)
-    if leader != "db1":
-        res = on("db1", "pgshift switchover --to db1", timeout=90)
-        assert res.returncode == 0, res.stdout + res.stderr
-        leader, _, _ = settled(HOSTS)
+    lead("db1", IPS3, timeout=90)
     out("db3", f"sed -i '/^\\[tags\\]/a replicatefrom = \"db2\"' {CONFIG} && kill -HUP $({AGENT_PID})")
     try:
         wait_for("db3 streaming from db2", lambda: upstream_of("db1", "db3") == ("streaming", "db2"), 30, 0.5,
@@ -280,7 +275,7 @@ def test_slots_of_a_member_gone_longer_than_member_slots_ttl_are_dropped(cluster
     other standby drop its slot; back, it streams again (its slot made anew)."""
     leader, _, _ = settled(HOSTS)
     keeper = next(h for h in HOSTS if h not in (leader, "db3"))
-    set_config(HOSTS, "member_slots_ttl", 5)
+    configure(HOSTS, check=False, member_slots_ttl=5)
     try:
         if leader == "db3":
             res = on(keeper, f"pgshift switchover --to {keeper}", timeout=90)
@@ -299,19 +294,15 @@ def test_slots_of_a_member_gone_longer_than_member_slots_ttl_are_dropped(cluster
         lab("boot", "db3")
         wait_for("db3 streaming again", lambda: third_streams(leader, "db3"), 180, 1)
     finally:
-        set_config(HOSTS, "member_slots_ttl", 1800)
+        configure(HOSTS, check=False, member_slots_ttl=1800)
     settled(HOSTS)
 
 
 def test_a_rebuild_copies_from_the_member_tagged_clonefrom(cluster):
     """db2 tagged clonefrom: db3's rebuild (a data directory marked as needing one) copies
     from db2, not from the leader, and db3 streams from the leader after."""
-    leader, _, _ = settled(HOSTS)
-    if leader != "db1":
-        res = on("db1", "pgshift switchover --to db1", timeout=90)
-        assert res.returncode == 0, res.stdout + res.stderr
-        leader, _, _ = settled(HOSTS)
-    set_config(["db2"], "clonefrom", "true")
+    lead("db1", IPS3, timeout=90)
+    configure(["db2"], check=False, clonefrom=True)
     try:
         wait_for("db2 published as clonefrom", lambda: '"clonefrom":true' in out(
             "db1", "curl -s http://127.0.0.1:8008/cluster").replace(" ", ""), 15, 0.5)
@@ -324,5 +315,5 @@ def test_a_rebuild_copies_from_the_member_tagged_clonefrom(cluster):
         log = log_since("db3", mark)
         assert "rebuilt from a base backup of db2:" in log, log[-3000:]
     finally:
-        set_config(["db2"], "clonefrom", "false")
+        configure(["db2"], check=False, clonefrom=False)
     settled(HOSTS)
