@@ -77,6 +77,18 @@ pub enum Command {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Rebuild NODE's data directory: its agent stops PostgreSQL, moves the directory aside,
+    /// copies a fresh one (from a member tagged clonefrom, else the leader) and streams again.
+    Reinit {
+        /// The standby to rebuild (never the leader).
+        node: String,
+        /// Even when it is a synchronous standby whose rebuild blocks writes (strict mode).
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for it to stream again.
+        #[arg(long, default_value_t = 1800, value_name = "SECS")]
+        timeout: u64,
+    },
     /// Stop automatic failover cluster-wide.
     Pause,
     /// Restart automatic failover.
@@ -158,6 +170,7 @@ mod tests {
         assert!(parse(&["status", "--json"]).is_ok());
         assert!(parse(&["switchover", "--to", "db2", "--at", "+5m"]).is_ok());
         assert!(parse(&["down", "db2", "-c", "/x.toml"]).is_ok());
+        assert!(parse(&["reinit", "db2", "--force", "--timeout", "60"]).is_ok());
         for bad in [
             &["status", "--to", "db2"][..],
             &["switchover", "--cancel", "--to", "db2"],
@@ -165,6 +178,8 @@ mod tests {
             &["pause", "--json"],
             &["status", "--interval", "3"],
             &["logical", "down"],
+            &["reinit"],
+            &["reinit", "db2", "--to", "db1"],
             &["nonsense"],
         ] {
             let e = parse(bad).unwrap_err();

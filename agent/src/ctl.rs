@@ -1,4 +1,4 @@
-//! The CLI's requests: `pgshift switchover | failover | down | up | pause | resume`. Each
+//! The CLI's requests: `pgshift switchover | failover | down | up | reinit | pause | resume`. Each
 //! goes to the local agent's API with this host's credentials (the bearer token in
 //! api.token_file, or its certificate when the API asks for one), then waits in etcd until
 //! the cluster shows the result. Nothing here ever prompts.
@@ -11,6 +11,7 @@ use crate::api::control::read_token;
 use crate::config::Config;
 use crate::dcs::{Dcs, View};
 use crate::records::unix_now;
+use crate::state::NodeState;
 
 pub struct Ctl<'a> {
     cfg: &'a Config,
@@ -254,6 +255,31 @@ impl<'a> Ctl<'a> {
             )),
             None => Err(format!(
                 "{node}'s agent did not confirm within {} s",
+                timeout.as_secs()
+            )),
+        }
+    }
+
+    /// Files the reinit and waits until `node` rebuilt (its rebuild counter moved) and
+    /// streams again.
+    pub fn reinit(&self, node: &str, force: bool, timeout: Duration) -> Result<String, String> {
+        let started = Instant::now();
+        let answer = post(self.cfg, "/reinit", json!({"node": node, "force": force}))?;
+        let before = answer["rebuilds"].as_u64().unwrap_or(0);
+        let done = wait_until(timeout, || {
+            Ok(self.read()?.and_then(|v| {
+                let m = v.member(node)?;
+                (m.rebuilds > before && m.state == NodeState::Streaming)
+                    .then(|| m.upstream.clone().unwrap_or_default())
+            }))
+        })?;
+        match done {
+            Some(upstream) => Ok(format!(
+                "{node} rebuilt and streaming from {upstream} in {:.1} s (its old data directory is kept aside, see its agent's log)",
+                started.elapsed().as_secs_f64()
+            )),
+            None => Err(format!(
+                "{node} is not streaming from a rebuilt directory after {} s; `pgshift status` and its agent's log show where it stands",
                 timeout.as_secs()
             )),
         }

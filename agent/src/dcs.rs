@@ -7,7 +7,9 @@
 //!   became of the last one;
 //! - `sync`: the synchronous standby (`records::SyncState`), written by the leader;
 //! - `pause`: present while automatic failover is paused;
-//! - `down/<name>`: present while that node is in maintenance.
+//! - `down/<name>`: present while that node is in maintenance;
+//! - `reinit/<name>`: an operator's request that that node rebuild its data directory
+//!   (`records::Reinit`), until its agent takes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::{Leader, Member};
 use crate::etcd::{self, Client};
-use crate::records::{Outcome, Request, SyncState};
+use crate::records::{Outcome, Reinit, Request, SyncState};
 use crate::state::{NodeState, Role};
 
 /// What a node publishes about itself; also what `/cluster` and `pgshift status` show.
@@ -137,6 +139,8 @@ pub struct View {
     /// Every member the leader has seen, and when it last saw it (Unix seconds): whose
     /// replication slots are members' and how long they have been gone (see `slots`).
     pub seen: BTreeMap<String, u64>,
+    /// Pending reinit requests by node, with their keys' mod_revision.
+    pub reinit: BTreeMap<String, (Reinit, i64)>,
 }
 
 impl View {
@@ -199,6 +203,10 @@ impl Dcs {
                 view.paused = true;
             } else if let Some(name) = rest.strip_prefix("down/") {
                 view.down.insert(name.to_string());
+            } else if let Some(name) = rest.strip_prefix("reinit/") {
+                if let Ok(r) = serde_json::from_str(&kv.value) {
+                    view.reinit.insert(name.to_string(), (r, kv.mod_revision));
+                }
             }
         }
         view.members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -286,6 +294,21 @@ impl Dcs {
         } else {
             self.etcd.delete(&key)
         }
+    }
+
+    /// Files a reinit request for `node` unless one is pending; false when one is.
+    pub fn file_reinit(&self, node: &str, r: &Reinit) -> Result<bool, etcd::Error> {
+        let value = serde_json::to_string(r).expect("serializable");
+        Ok(self
+            .etcd
+            .put_if(&self.key(&format!("reinit/{node}")), &value, 0, None)?
+            .is_some())
+    }
+
+    /// Deletes `node`'s reinit request at `revision` (its agent took it).
+    pub fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        self.etcd
+            .delete_if(&self.key(&format!("reinit/{node}")), revision)
     }
 
     pub fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {

@@ -72,6 +72,14 @@ fn main() {
             let cfg = load();
             done(ctl(&cfg).maintenance(node.as_deref(), false, secs(wait.timeout)))
         }
+        Command::Reinit {
+            node,
+            force,
+            timeout,
+        } => {
+            let cfg = load();
+            done(ctl(&cfg).reinit(&node, force, secs(timeout)))
+        }
         Command::Pause => done(ctl(&load()).pause(true)),
         Command::Resume => done(ctl(&load()).pause(false)),
         Command::Logical { command } => {

@@ -88,6 +88,17 @@ impl Request {
     }
 }
 
+/// `/pgshift/<cluster>/reinit/<node>`: an operator asked that node to rebuild its data
+/// directory (`pgshift reinit`). Only that node's agent acts on it: it marks its directory for
+/// a rebuild and deletes the key; its next rejoin copies a fresh one and moves the old aside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reinit {
+    /// Unix seconds when it was asked for.
+    pub requested_at: u64,
+    /// The node whose API took the request.
+    pub by: String,
+}
+
 /// `/pgshift/<cluster>/sync`: the standbys that confirm every commit of `leader`. A standby
 /// is added by the leader only after it is synchronous (and caught up), and removed before
 /// the leader stops waiting for it, so every one it names holds every acknowledged commit.

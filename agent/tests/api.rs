@@ -142,6 +142,28 @@ fn mutating_requests_need_credentials() {
     assert!(text.contains("no leader"), "{text}");
     let (s, _) = call(&cfg, Some(&operator), "POST", "/switchover", None, "[1]");
     assert_eq!(s, 400);
+    let (s, text) = call(
+        &cfg,
+        Some(&anonymous),
+        "POST",
+        "/reinit",
+        None,
+        r#"{"node": "db2"}"#,
+    );
+    assert_eq!(s, 401, "{text}");
+    let (s, text) = call(&cfg, Some(&operator), "POST", "/reinit", None, "{}");
+    assert_eq!(s, 400, "{text}");
+    assert!(text.contains("names the node"), "{text}");
+    let (s, text) = call(
+        &cfg,
+        Some(&operator),
+        "POST",
+        "/reinit",
+        None,
+        r#"{"node": "db2"}"#,
+    );
+    assert_eq!(s, 409, "{text}");
+    assert!(text.contains("no running agent on db2"), "{text}");
 
     // A token file others can read is refused as a credential source.
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -205,6 +205,46 @@ def fault(cluster, name, inject, recover):
     return old, new
 
 
+@pytest.mark.smoke
+def test_reinit_rebuilds_a_standby_while_writes_go_on_and_is_refused_on_the_leader(cluster):
+    """`pgshift reinit` (issue 21): refused on the leader with the reason and nothing done;
+    on the standby, run from the leader's host, its agent stops PostgreSQL, moves the data
+    directory aside, copies a fresh one and streams again over TLS with its slot, while a
+    probe writes on the leader: no acknowledged write lost."""
+    leader, standby = settled()
+    aside_before = out(HOST[standby], "ls -d /var/lib/postgresql/15/main.pgshift-old-* 2>/dev/null || true").split()
+    refused = on(HOST[standby], f"pgshift reinit {leader}")
+    assert refused.returncode == 1, refused
+    assert f"{leader} is the leader: switch over first" in refused.stderr, refused.stderr
+    assert settled() == (leader, standby)
+    probe = Probe(cluster["passfile"])
+    mark = log_mark(HOST[standby])
+    started = time.monotonic()
+    try:
+        probe.start()
+        wait_for(f"writes acknowledged by {leader}", lambda: len(probe.acks[HOST[leader]]) >= 5, 20)
+        res = on(HOST[leader], f"pgshift reinit {standby} --timeout 300", timeout=330)
+        took = time.monotonic() - started
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"{standby} rebuilt and streaming from {leader}" in res.stdout, res.stdout
+        writes_during = len([1 for at, _ in probe.acks[HOST[leader]] if at > started])
+    finally:
+        probe.stop()
+    log = log_since(HOST[standby], mark)
+    assert f"reinit requested through {leader}" in log, log[-3000:]
+    assert "rebuilt from a base backup" in log, log[-3000:]
+    aside = out(HOST[standby], "ls -d /var/lib/postgresql/15/main.pgshift-old-* 2>/dev/null || true").split()
+    assert len(aside) == len(aside_before) + 1, (aside_before, aside)
+    assert writes_during > 0
+    assert not probe.lost_on(HOST[leader])
+    problems = probe.check(HOST[leader])
+    assert not problems, problems
+    assert settled() == (leader, standby)
+    assert not probe.lost_on(HOST[standby])
+    check_tls_and_slots(leader, standby, cluster["results"], f"reinit of {standby}")
+    cluster["results"]["reinit"] = {"of": standby, "seconds": round(took, 1), "writes_meanwhile": writes_during}
+
+
 def test_crash_failovers_both_ways(cluster):
     for _ in range(2):
         fault(cluster, "crash", inject=lambda old: lab("crash", HOST[old]),

@@ -14,6 +14,7 @@ mod clock;
 mod error;
 mod ports;
 mod publish;
+mod reinit;
 mod reload;
 mod slots;
 mod sync;
@@ -326,7 +327,11 @@ impl Agent {
         };
         let (action, outcome, changed) = match self.worker.poll() {
             Poll::Idle => {
-                let facts = self.facts(&obs, view.as_ref().ok(), now);
+                // A directory just marked for a reinit must not be started or kept running.
+                let fresh =
+                    (view.as_ref().is_ok_and(|v| self.take_reinit(v))).then(|| self.pg.observe());
+                let obs = fresh.as_ref().unwrap_or(&obs);
+                let facts = self.facts(obs, view.as_ref().ok(), now);
                 let action = decide::decide(&facts);
                 if !matches!(action, Action::Wait { .. } | Action::RenewLeader) {
                     log(format!("{action:?}"));
@@ -334,8 +339,8 @@ impl Agent {
                 self.log_new_wait(&action);
                 // A stopped node about to start gets the rules of a non-leader before it opens.
                 self.hba_checks
-                    .sync(&obs, self.clock.leading(), self.node.down);
-                let outcome = self.act(&action, view.as_ref().ok(), &obs);
+                    .sync(obs, self.clock.leading(), self.node.down);
+                let outcome = self.act(&action, view.as_ref().ok(), obs);
                 let changed = !matches!(action, Action::Wait { .. } | Action::RenewLeader);
                 (action, outcome, changed)
             }

@@ -37,6 +37,8 @@ pub trait Store {
     fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error>;
     fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error>;
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error>;
+    /// Deletes this node's reinit request at `revision` (see `records::Reinit`).
+    fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error>;
 }
 
 impl Store for Dcs {
@@ -80,6 +82,9 @@ impl Store for Dcs {
     }
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
         Dcs::record_history(self, view, entry)
+    }
+    fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        Dcs::end_reinit(self, node, revision)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::dcs::{HistoryEntry, MemberRecord, View};
 use crate::decide::{Action, Leader};
 use crate::etcd;
 use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
-use crate::records::{unix_now, Outcome, Request, RequestKind, SyncState};
+use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, SyncState};
 use crate::state::{NodeState, Role};
 
 // ---- etcd ----------------------------------------------------------------------------
@@ -35,6 +35,7 @@ struct Etcd {
     sync: Option<SyncState>,
     down: BTreeSet<String>,
     seen: BTreeMap<String, u64>,
+    reinit: BTreeMap<String, (Reinit, i64)>,
     /// Every member record published, in order.
     published: Vec<MemberRecord>,
     /// The next leader write finds an earlier one of the same writer applied first (its
@@ -67,6 +68,7 @@ impl Store for FakeStore {
             paused: false,
             down: e.down.clone(),
             seen: e.seen.clone(),
+            reinit: e.reinit.clone(),
         })
     }
     fn keepalive(&self, _: i64) -> Result<bool, etcd::Error> {
@@ -150,6 +152,15 @@ impl Store for FakeStore {
     }
     fn record_history(&self, _: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
         self.with(|e| e.history.push(entry))
+    }
+    fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        self.with(|e| {
+            let ours = e.reinit.get(node).is_some_and(|(_, r)| *r == revision);
+            if ours {
+                e.reinit.remove(node);
+            }
+            ours
+        })
     }
 }
 
@@ -724,6 +735,44 @@ fn a_standby_that_fails_in_recovery_at_every_start_is_rebuilt() {
 }
 
 #[test]
+fn a_reinit_request_marks_the_directory_and_the_rejoin_rebuilds_it() {
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    assert!(matches!(b.step(), Action::Wait { .. }));
+    let asked = Reinit {
+        requested_at: 1_800_000_000,
+        by: "db3".into(),
+    };
+    b.etcd(|e| {
+        e.reinit.insert("db2".into(), (asked.clone(), 41));
+    });
+    // The same loop: marked, the request gone, and a rejoin (which rebuilds, as marked).
+    assert_eq!(
+        b.step(),
+        Action::Rejoin {
+            leader: "db1".into()
+        }
+    );
+    assert!(b.etcd(|e| e.reinit.is_empty()));
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"mark_rebuild reinit requested through db3 at 1800000000".to_string()),
+        "{calls:?}"
+    );
+    // On the leader the request is dropped, nothing marked.
+    let mut l = Bench::new("db1", primary(), "");
+    l.agent.cycle();
+    l.etcd(|e| {
+        e.reinit.insert("db1".into(), (asked, 7));
+    });
+    l.advance(500);
+    assert_eq!(l.agent.cycle(), Action::RenewLeader);
+    assert!(l.etcd(|e| e.reinit.is_empty()));
+    assert!(!l.calls().iter().any(|c| c.starts_with("mark_rebuild")));
+}
+
+#[test]
 fn start_primary_and_promote_while_holding_the_key() {
     let mut b = Bench::new("db1", primary(), "");
     b.agent.cycle();
@@ -929,6 +978,9 @@ fn renewal_that_finds_the_key_changed_stops_leading() {
         }
         fn record_history(&self, v: &View, e: HistoryEntry) -> Result<(), etcd::Error> {
             self.0.record_history(v, e)
+        }
+        fn end_reinit(&self, n: &str, r: i64) -> Result<bool, etcd::Error> {
+            self.0.end_reinit(n, r)
         }
     }
     b.agent.store = Box::new(Racing(b.etcd.clone()));

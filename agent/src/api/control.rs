@@ -1,4 +1,4 @@
-//! Mutating requests (POST): switchover, failover, down/up, pause/resume. Each is checked
+//! Mutating requests (POST): switchover, failover, down/up, pause/resume, reinit. Each is checked
 //! against a fresh read of etcd and written there; the agents carry them out. Credentials
 //! are a client certificate verified during the TLS handshake (api.tls_client_ca) or the
 //! bearer token in api.token_file.
@@ -14,7 +14,8 @@ use subtle::ConstantTimeEq;
 use super::Snapshot;
 use crate::config::Config;
 use crate::dcs::{Dcs, View};
-use crate::records::{unix_now, Outcome, Request, RequestKind};
+use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind};
+use crate::state::{NodeState, Role};
 
 pub struct Control {
     dcs: Mutex<Dcs>,
@@ -23,6 +24,9 @@ pub struct Control {
     me: String,
     token_file: Option<PathBuf>,
     client_ca: bool,
+    /// (synchronous_node_count, strict) in synchronous mode: what a reinit of a synchronous
+    /// standby would cost.
+    sync: Option<(usize, bool)>,
 }
 
 type Answer = (u16, Value);
@@ -69,6 +73,10 @@ impl Control {
             me: cfg.name.clone(),
             token_file: cfg.api.token_file.clone(),
             client_ca: cfg.api.tls_client_ca.is_some(),
+            sync: cfg.replication.synchronous_mode.then_some((
+                cfg.replication.synchronous_node_count,
+                cfg.replication.synchronous_mode_strict,
+            )),
         })
     }
 
@@ -147,6 +155,10 @@ impl Control {
                 let n = node("node").unwrap_or_else(|| self.me.clone());
                 self.maintenance(&dcs, &view, &n, target == "/down")
             }
+            "/reinit" => match node("node") {
+                Some(n) => self.reinit(&dcs, &view, &n, args["force"].as_bool() == Some(true)),
+                None => error(400, "reinit names the node to rebuild: {\"node\": NAME}"),
+            },
             "/pause" | "/resume" => {
                 let paused = target == "/pause";
                 match dcs.set_paused(paused, &self.me) {
@@ -253,6 +265,88 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Asks `node`'s agent to rebuild its data directory (see `records::Reinit`). Refused
+    /// on the leader, on a node in maintenance or without a running agent, and (unless
+    /// `force`) on a synchronous standby whose absence would block writes in strict mode.
+    fn reinit(&self, dcs: &Dcs, v: &View, node: &str, force: bool) -> Answer {
+        let Some(m) = v.member(node) else {
+            let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
+            return error(
+                409,
+                format!(
+                    "no running agent on {node} (members: {}): its own agent carries a reinit out",
+                    names.join(", ")
+                ),
+            );
+        };
+        if v.leader.as_ref().is_some_and(|l| l.name == node) {
+            return error(
+                409,
+                format!(
+                    "{node} is the leader: switch over first (pgshift switchover), then reinit it"
+                ),
+            );
+        }
+        if v.down.contains(node) {
+            return error(
+                409,
+                format!("{node} is down (maintenance), which holds rebuilds back: pgshift up {node} first"),
+            );
+        }
+        if matches!(
+            m.state,
+            NodeState::Rejoining | NodeState::Rewinding | NodeState::Rebuilding
+        ) {
+            return error(409, format!("{node} is already {}", m.state));
+        }
+        if let (Some((k, true)), false) = (self.sync, force) {
+            if let Some(why) = blocks_writes(v, node, k) {
+                return error(409, format!("{why}; --force to do it anyway"));
+            }
+        }
+        let r = Reinit {
+            requested_at: unix_now(),
+            by: self.me.clone(),
+        };
+        match dcs.file_reinit(node, &r) {
+            Ok(true) => (
+                202,
+                json!({"node": node, "reinit": r, "rebuilds": m.rebuilds}),
+            ),
+            Ok(false) => error(409, format!("a reinit of {node} is already pending")),
+            Err(e) => error(503, e.to_string()),
+        }
+    }
+}
+
+/// Why rebuilding `node` would block writes in strict synchronous mode with `k` synchronous
+/// standbys: it is one of them and fewer than `k` other healthy standbys could stand in.
+fn blocks_writes(v: &View, node: &str, k: usize) -> Option<String> {
+    let leader = v.leader.as_ref()?.name.as_str();
+    let sync = v.sync.as_ref().filter(|s| s.leader == leader)?;
+    if !sync.names().contains(&node) {
+        return None;
+    }
+    let others = v
+        .members
+        .iter()
+        .filter(|m| {
+            m.name != node
+                && m.role == Role::Replica
+                && m.state == NodeState::Streaming
+                && m.upstream.as_deref() == Some(leader)
+                && !m.nosync
+                && !v.down.contains(&m.name)
+        })
+        .count();
+    (others < k).then(|| {
+        format!(
+            "{node} is a synchronous standby and synchronous_mode_strict is on: with {others} other healthy standby(s) for synchronous_node_count = {k}, writes on {leader} would block until its rebuild ends"
+        )
+    })
+}
+
 /// Whether `name` can be promoted: a replica, not in maintenance, not nofailover.
 fn candidate(v: &View, name: &str) -> Result<(), String> {
     let m = v.member(name).ok_or_else(|| {
@@ -316,5 +410,56 @@ fn cancel(dcs: &Dcs, v: &View) -> Answer {
         }
         Some(_) => error(409, "the handover is already under way"),
         None => error(409, "no request is pending"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcs::MemberRecord;
+    use crate::decide::Leader;
+    use crate::records::SyncState;
+
+    fn standby(name: &str, nosync: bool) -> MemberRecord {
+        MemberRecord {
+            name: name.into(),
+            role: Role::Replica,
+            state: NodeState::Streaming,
+            upstream: Some("db1".into()),
+            nosync,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_reinit_blocks_writes_only_of_a_synchronous_standby_nobody_can_replace() {
+        let mut v = View {
+            leader: Some(Leader {
+                name: "db1".into(),
+                revision: 1,
+            }),
+            members: vec![standby("db2", false), standby("db3", true)],
+            sync: Some(SyncState::new("db1", vec!["db2".into()])),
+            ..Default::default()
+        };
+        // db3 is nosync: nobody stands in for db2.
+        let why = blocks_writes(&v, "db2", 1).expect("blocks");
+        assert!(
+            why.contains("with 0 other healthy standby(s) for synchronous_node_count = 1"),
+            "{why}"
+        );
+        assert_eq!(blocks_writes(&v, "db3", 1), None);
+        // A standby that can be synchronous stands in, unless it is down or not streaming.
+        v.members[1].nosync = false;
+        assert_eq!(blocks_writes(&v, "db2", 1), None);
+        assert!(blocks_writes(&v, "db2", 2).is_some());
+        v.down.insert("db3".into());
+        assert!(blocks_writes(&v, "db2", 1).is_some());
+        v.down.clear();
+        v.members[1].state = NodeState::Rebuilding;
+        assert!(blocks_writes(&v, "db2", 1).is_some());
+        // A record of an earlier leader is not this leader's synchronous set.
+        v.sync = Some(SyncState::new("db0", vec!["db2".into()]));
+        assert_eq!(blocks_writes(&v, "db2", 1), None);
     }
 }

@@ -82,10 +82,11 @@ pub struct Observed {
     pub rebuild_pending: bool,
 }
 
-/// Left in the data directory when pg_rewind reached the leader and failed: it may have
-/// copied part of the leader's files already, so the directory is not to be started again,
-/// only replaced. A rebuild that does not finish (called off, out of time, failed) puts that
-/// directory back with this file in it, and the next rejoin rebuilds at once.
+/// Left in the data directory when pg_rewind reached the leader and failed (it may have
+/// copied part of the leader's files already), when starts keep failing in recovery, and by
+/// `pgshift reinit`: the directory is not to be started again, only replaced. Its text says
+/// why. A rebuild that does not finish (called off, out of time, failed) puts that directory
+/// back with this file in it, and the next rejoin rebuilds at once.
 pub const REBUILD_PENDING: &str = "pgshift-rebuild-pending";
 
 /// How an old primary or a stuck standby was made a copy of the leader's history.
@@ -733,7 +734,12 @@ impl Rejoiner {
         let left = || deadline.saturating_duration_since(Instant::now());
         let marker = self.data.join(REBUILD_PENDING);
         let why = if marker.exists() {
-            format!("an earlier pg_rewind stopped half-way ({REBUILD_PENDING})")
+            // It says why (a reinit, a pg_rewind that stopped half-way, failed starts).
+            fs::read_to_string(&marker)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| format!("the data directory is marked ({REBUILD_PENDING})"))
         } else {
             phase(Phase::Rewinding);
             let rewound = Rewind {
