@@ -98,7 +98,7 @@ delivery-test: install-collection
 # and TLS after switchovers both ways); lab-test-full runs every one (fault sequences, floods,
 # backups, rebuilds, multi-home, and tests/members on three database hosts: its own cluster
 # build costs two minutes that `make test`'s 20-minute budget does not have).
-LAB_TESTS := tests/lab tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py tests/stress \
+LAB_TESTS := tests/lab tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py tests/agent/test_day2.py tests/stress \
 	tests/agent/test_pgsql_check.py tests/agent/test_rejoin.py tests/agent/test_standby.py tests/members tests/backup \
 	tests/multihome
 lab-test: install-collection

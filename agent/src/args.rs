@@ -78,10 +78,14 @@ pub enum Command {
         wait: Wait,
     },
     /// Rebuild NODE's data directory: its agent stops PostgreSQL, moves the directory aside,
-    /// copies a fresh one (from a member tagged clonefrom, else the leader) and streams again.
+    /// copies a fresh one (--from pgbackrest: restored from the repository; leader: a base
+    /// backup from a member tagged clonefrom, else the leader) and streams again.
     Reinit {
         /// The standby to rebuild (never the leader).
         node: String,
+        /// Where the copy comes from (default: the node's [rebuild] method).
+        #[arg(long, value_enum, value_name = "SOURCE")]
+        from: Option<crate::config::RebuildMethod>,
         /// Even when it is a synchronous standby whose rebuild blocks writes (strict mode).
         #[arg(long)]
         force: bool,
@@ -171,6 +175,7 @@ mod tests {
         assert!(parse(&["switchover", "--to", "db2", "--at", "+5m"]).is_ok());
         assert!(parse(&["down", "db2", "-c", "/x.toml"]).is_ok());
         assert!(parse(&["reinit", "db2", "--force", "--timeout", "60"]).is_ok());
+        assert!(parse(&["reinit", "db2", "--from", "pgbackrest"]).is_ok());
         for bad in [
             &["status", "--to", "db2"][..],
             &["switchover", "--cancel", "--to", "db2"],
@@ -180,6 +185,7 @@ mod tests {
             &["logical", "down"],
             &["reinit"],
             &["reinit", "db2", "--to", "db1"],
+            &["reinit", "db2", "--from", "s3"],
             &["nonsense"],
         ] {
             let e = parse(bad).unwrap_err();

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::decide::Timing;
 
@@ -44,6 +44,51 @@ pub struct Config {
     /// Programs run when PostgreSQL starts, stops or changes role (see `callbacks`).
     #[serde(default)]
     pub callbacks: crate::callbacks::Config,
+    /// Where a rebuild (a rejoin pg_rewind cannot do, `pgshift reinit`) copies from.
+    #[serde(default)]
+    pub rebuild: Rebuild,
+}
+
+/// `[rebuild]`: a base backup over replication (from a member tagged clonefrom, else the
+/// leader), or a restore from the pgBackRest repository, which spares the leader the copy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rebuild {
+    #[serde(default)]
+    pub method: RebuildMethod,
+    /// The pgBackRest stanza holding this cluster's backups (its configuration, e.g. the
+    /// repository host, in pgBackRest's own file); needed by `method = "pgbackrest"` and by
+    /// `pgshift reinit --from pgbackrest`.
+    pub stanza: Option<String>,
+    #[serde(default = "default_pgbackrest")]
+    pub pgbackrest: PathBuf,
+}
+
+impl Default for Rebuild {
+    fn default() -> Self {
+        Rebuild {
+            method: RebuildMethod::default(),
+            stanza: None,
+            pgbackrest: default_pgbackrest(),
+        }
+    }
+}
+
+fn default_pgbackrest() -> PathBuf {
+    "/usr/bin/pgbackrest".into()
+}
+
+/// Where a rebuild copies from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RebuildMethod {
+    /// pg_basebackup over replication: from a member tagged clonefrom, else the leader.
+    #[default]
+    #[serde(alias = "basebackup")]
+    Leader,
+    /// `pgbackrest restore --type=standby` of the latest backup, then streaming; the leader
+    /// if that fails.
+    Pgbackrest,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -448,6 +493,20 @@ impl Config {
                 "replication.rebuild_timeout = {rt}: give seconds, at least 1"
             ));
         }
+        if self.rebuild.method == RebuildMethod::Pgbackrest && self.rebuild.stanza.is_none() {
+            return Err("rebuild.method = \"pgbackrest\" needs rebuild.stanza".into());
+        }
+        if let Some(st) = &self.rebuild.stanza {
+            let ok = !st.is_empty()
+                && st
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "rebuild.stanza = {st:?}: a pgBackRest stanza name (letters, digits, - _ .)"
+                ));
+            }
+        }
         if self.replication.synchronous_mode_strict && !self.replication.synchronous_mode {
             return Err("replication.synchronous_mode_strict needs synchronous_mode = true".into());
         }
@@ -611,6 +670,18 @@ passfile = "/var/lib/postgresql/.pgpass"
             (
                 GOOD.replace("[replication]", "[replication]\nbogus = 1"),
                 "unknown field `bogus`",
+            ),
+            (
+                format!("{GOOD}[rebuild]\nmethod = \"pgbackrest\"\n"),
+                "rebuild.method = \"pgbackrest\" needs rebuild.stanza",
+            ),
+            (
+                format!("{GOOD}[rebuild]\nstanza = \"main; rm\"\n"),
+                "rebuild.stanza = \"main; rm\": a pgBackRest stanza name",
+            ),
+            (
+                format!("{GOOD}[rebuild]\nmethod = \"s3\"\n"),
+                "unknown variant `s3`",
             ),
             (
                 GOOD.replace(

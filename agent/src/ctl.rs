@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::control::read_token;
-use crate::config::Config;
+use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, View};
 use crate::records::unix_now;
 use crate::state::NodeState;
@@ -262,9 +262,16 @@ impl<'a> Ctl<'a> {
 
     /// Files the reinit and waits until `node` rebuilt (its rebuild counter moved) and
     /// streams again.
-    pub fn reinit(&self, node: &str, force: bool, timeout: Duration) -> Result<String, String> {
+    pub fn reinit(
+        &self,
+        node: &str,
+        from: Option<RebuildMethod>,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let started = Instant::now();
-        let answer = post(self.cfg, "/reinit", json!({"node": node, "force": force}))?;
+        let body = json!({"node": node, "from": from, "force": force});
+        let answer = post(self.cfg, "/reinit", body)?;
         let before = answer["rebuilds"].as_u64().unwrap_or(0);
         let done = wait_until(timeout, || {
             Ok(self.read()?.and_then(|v| {

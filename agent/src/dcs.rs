@@ -48,6 +48,9 @@ pub struct MemberRecord {
     pub nosync: bool,
     #[serde(default)]
     pub clonefrom: bool,
+    /// Its agent can rebuild it from the pgBackRest repository ([rebuild] stanza).
+    #[serde(default)]
+    pub pgbackrest: bool,
     /// The settings a standby needs at least as high as its primary's (PostgreSQL pauses
     /// recovery otherwise), so every node can compare itself with the leader.
     #[serde(default)]

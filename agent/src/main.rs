@@ -74,11 +74,12 @@ fn main() {
         }
         Command::Reinit {
             node,
+            from,
             force,
             timeout,
         } => {
             let cfg = load();
-            done(ctl(&cfg).reinit(&node, force, secs(timeout)))
+            done(ctl(&cfg).reinit(&node, from, force, secs(timeout)))
         }
         Command::Pause => done(ctl(&load()).pause(true)),
         Command::Resume => done(ctl(&load()).pause(false)),

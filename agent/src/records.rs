@@ -97,6 +97,9 @@ pub struct Reinit {
     pub requested_at: u64,
     /// The node whose API took the request.
     pub by: String,
+    /// Where the copy comes from (None: the node's [rebuild] method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<crate::config::RebuildMethod>,
 }
 
 /// `/pgshift/<cluster>/sync`: the standbys that confirm every commit of `leader`. A standby

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::{log, warn, ActError, Agent};
+use crate::config::RebuildMethod;
 use crate::dcs::View;
 use crate::decide::{Action, Leader, Millis};
 use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
@@ -308,9 +309,21 @@ impl Agent {
         self.release_leadership();
         self.node.state = NodeState::Rejoining;
         self.node.rejoins.attempted(self.now());
-        let job = self
-            .pg
-            .rejoin_job(&conn, clone.as_deref(), &self.cfg.replication.rewind_user);
+        let method = self
+            .node
+            .rebuild_from
+            .take()
+            .unwrap_or(self.cfg.rebuild.method);
+        let from_repository = method == RebuildMethod::Pgbackrest;
+        if from_repository && self.cfg.rebuild.stanza.is_none() {
+            warn("a rebuild from pgBackRest was asked, but [rebuild] names no stanza here: a rebuild copies from the leader");
+        }
+        let job = self.pg.rejoin_job(
+            &conn,
+            clone.as_deref(),
+            &self.cfg.replication.rewind_user,
+            from_repository,
+        );
         let deadline =
             Instant::now() + Duration::from_secs_f64(self.cfg.replication.rebuild_timeout);
         self.worker.start(job, leader, deadline);

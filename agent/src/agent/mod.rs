@@ -35,7 +35,7 @@ pub use ports::{Fence, GuardProcess, Phase, Postgres, RejoinJob, Store};
 
 use crate::api::{self, Counters, Shared, Snapshot};
 use crate::callbacks::{self, Callbacks};
-use crate::config::Config;
+use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, HistoryEntry, View};
 use crate::decide::{self, upstream_for, Action, Cluster, Facts, Local, Member, Millis};
 use crate::etcd;
@@ -83,6 +83,9 @@ struct NodeStatus {
     waiting: Option<String>,
     /// Starts as a standby in a row that failed in recovery (see `start_standby`).
     failed_recoveries: u32,
+    /// Where the next rebuild copies from, as a `pgshift reinit --from` asked (else
+    /// [rebuild] method).
+    rebuild_from: Option<RebuildMethod>,
 }
 
 /// The API's side: the snapshot its GET endpoints answer from, its handle (for SIGHUP), what

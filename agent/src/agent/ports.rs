@@ -113,11 +113,13 @@ pub trait Postgres {
     fn advance_slots(&mut self, targets: &[(String, u64)]) -> PgResult<Vec<String>>;
     /// A long rejoin, meant to run on the worker: what it needs, detached from this handle
     /// (which the loop keeps using meanwhile).
+    /// `from_repository`: a rebuild restores from the pgBackRest repository first.
     fn rejoin_job(
         &self,
         leader_conn: &str,
         clone_conn: Option<&str>,
         rewind_user: &str,
+        from_repository: bool,
     ) -> Box<dyn RejoinJob>;
     /// The data directory, for the fence guard.
     fn data_directory(&self) -> PathBuf;
@@ -199,12 +201,14 @@ impl Postgres for LocalPg {
         leader_conn: &str,
         clone_conn: Option<&str>,
         rewind_user: &str,
+        from_repository: bool,
     ) -> Box<dyn RejoinJob> {
         Box::new(LocalPg::rejoiner(
             self,
             leader_conn,
             clone_conn,
             rewind_user,
+            from_repository,
         ))
     }
     fn data_directory(&self) -> PathBuf {

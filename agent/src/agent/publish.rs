@@ -40,6 +40,7 @@ impl Agent {
             noloadbalance: self.cfg.tags.noloadbalance,
             nosync: self.cfg.tags.nosync,
             clonefrom: self.cfg.tags.clonefrom,
+            pgbackrest: self.cfg.rebuild.stanza.is_some(),
             settings: obs.settings.clone(),
             warnings: self.warnings(obs, view),
             down: self.node.down,

@@ -26,6 +26,7 @@ impl Agent {
             return false;
         }
         let why = format!("reinit requested through {} at {}", r.by, r.requested_at);
+        self.node.rebuild_from = r.from;
         let marked = match self.pg.mark_rebuild(&why) {
             Ok(()) => {
                 log(format!("{why}: the data directory is marked for a rebuild"));

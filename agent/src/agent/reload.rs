@@ -35,6 +35,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("state_dir", old.state_dir != new.state_dir),
         ("log", old.log != new.log),
         ("watchdog", old.watchdog != new.watchdog),
+        ("rebuild", old.rebuild != new.rebuild),
         (
             "replication (user, passfile, TLS files, rewind_user, rebuild settings)",
             fixed(&old.replication) != fixed(&new.replication),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::ports::{Fence, Phase, Postgres, RejoinJob, Store};
 use super::{Agent, Ports};
 use crate::api::{Shared, Snapshot};
-use crate::config::Config;
+use crate::config::{Config, RebuildMethod};
 use crate::dcs::{HistoryEntry, MemberRecord, View};
 use crate::decide::{Action, Leader};
 use crate::etcd;
@@ -313,11 +313,17 @@ impl Postgres for FakePg {
         leader_conn: &str,
         clone_conn: Option<&str>,
         rewind_user: &str,
+        from_repository: bool,
     ) -> Box<dyn RejoinJob> {
         let mut s = self.0.lock().unwrap();
+        let repo = if from_repository {
+            " (pgbackrest first)"
+        } else {
+            ""
+        };
         s.calls.push(match clone_conn {
-            None => format!("rejoin from {leader_conn} as {rewind_user}"),
-            Some(c) => format!("rejoin from {leader_conn} (clone {c}) as {rewind_user}"),
+            None => format!("rejoin from {leader_conn}{repo} as {rewind_user}"),
+            Some(c) => format!("rejoin from {leader_conn}{repo} (clone {c}) as {rewind_user}"),
         });
         Box::new(FakeJob {
             server: self.0.clone(),
@@ -743,6 +749,7 @@ fn a_reinit_request_marks_the_directory_and_the_rejoin_rebuilds_it() {
     let asked = Reinit {
         requested_at: 1_800_000_000,
         by: "db3".into(),
+        from: Some(RebuildMethod::Pgbackrest),
     };
     b.etcd(|e| {
         e.reinit.insert("db2".into(), (asked.clone(), 41));
@@ -760,6 +767,11 @@ fn a_reinit_request_marks_the_directory_and_the_rejoin_rebuilds_it() {
         calls.contains(&"mark_rebuild reinit requested through db3 at 1800000000".to_string()),
         "{calls:?}"
     );
+    // The rebuild restores from pgBackRest first, as asked (this once: [rebuild] says leader).
+    let rejoins: Vec<_> = calls.iter().filter(|c| c.starts_with("rejoin")).collect();
+    assert_eq!(rejoins.len(), 1, "{calls:?}");
+    assert!(rejoins[0].contains("(pgbackrest first)"), "{rejoins:?}");
+    assert_eq!(b.agent.node.rebuild_from, None);
     // On the leader the request is dropped, nothing marked.
     let mut l = Bench::new("db1", primary(), "");
     l.agent.cycle();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::Snapshot;
-use crate::config::Config;
+use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, View};
 use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind};
 use crate::state::{NodeState, Role};
@@ -155,10 +155,22 @@ impl Control {
                 let n = node("node").unwrap_or_else(|| self.me.clone());
                 self.maintenance(&dcs, &view, &n, target == "/down")
             }
-            "/reinit" => match node("node") {
-                Some(n) => self.reinit(&dcs, &view, &n, args["force"].as_bool() == Some(true)),
-                None => error(400, "reinit names the node to rebuild: {\"node\": NAME}"),
-            },
+            "/reinit" => {
+                let from = match args.get("from").filter(|f| !f.is_null()) {
+                    None => None,
+                    Some(f) => match serde_json::from_value(f.clone()) {
+                        Ok(m) => Some(m),
+                        Err(_) => return error(400, "from is \"leader\" or \"pgbackrest\""),
+                    },
+                };
+                match node("node") {
+                    Some(n) => {
+                        let force = args["force"].as_bool() == Some(true);
+                        self.reinit(&dcs, &view, &n, from, force)
+                    }
+                    None => error(400, "reinit names the node to rebuild: {\"node\": NAME}"),
+                }
+            }
             "/pause" | "/resume" => {
                 let paused = target == "/pause";
                 match dcs.set_paused(paused, &self.me) {
@@ -269,7 +281,14 @@ impl Control {
     /// Asks `node`'s agent to rebuild its data directory (see `records::Reinit`). Refused
     /// on the leader, on a node in maintenance or without a running agent, and (unless
     /// `force`) on a synchronous standby whose absence would block writes in strict mode.
-    fn reinit(&self, dcs: &Dcs, v: &View, node: &str, force: bool) -> Answer {
+    fn reinit(
+        &self,
+        dcs: &Dcs,
+        v: &View,
+        node: &str,
+        from: Option<RebuildMethod>,
+        force: bool,
+    ) -> Answer {
         let Some(m) = v.member(node) else {
             let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
             return error(
@@ -300,6 +319,12 @@ impl Control {
         ) {
             return error(409, format!("{node} is already {}", m.state));
         }
+        if from == Some(RebuildMethod::Pgbackrest) && !m.pgbackrest {
+            return error(
+                409,
+                format!("{node}'s agent.toml names no [rebuild] stanza: it cannot restore from the pgBackRest repository"),
+            );
+        }
         if let (Some((k, true)), false) = (self.sync, force) {
             if let Some(why) = blocks_writes(v, node, k) {
                 return error(409, format!("{why}; --force to do it anyway"));
@@ -308,6 +333,7 @@ impl Control {
         let r = Reinit {
             requested_at: unix_now(),
             by: self.me.clone(),
+            from,
         };
         match dcs.file_reinit(node, &r) {
             Ok(true) => (

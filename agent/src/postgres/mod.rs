@@ -14,7 +14,7 @@ use pgshift_core::pg::{Client, ConnectOptions, PgError, SqlState};
 use pgshift_core::pgconf::conninfo_get;
 use pgshift_core::process::{output_text, run_as, Owner};
 use pgshift_core::standby::{
-    self, move_aside, prepare_target, split_address, BaseBackup, ReplicationTls, Rewind,
+    self, move_aside, prepare_target, split_address, BaseBackup, ReplicationTls, Restore, Rewind,
     StandbyError, Upstream,
 };
 
@@ -93,12 +93,13 @@ pub const REBUILD_PENDING: &str = "pgshift-rebuild-pending";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejoined {
     Rewound,
-    /// pg_rewind could not work (`why`); a base backup replaced the data directory, the old
-    /// one kept at `aside`.
+    /// The directory had to be replaced (`why`: a failed pg_rewind, a reinit, ...); a fresh
+    /// copy from `source` did, the old one kept at `aside`.
     Rebuilt {
         why: String,
         aside: String,
-        /// host:port the base backup came from (the leader, or a member tagged clonefrom).
+        /// What the copy came from: "a base backup of host:port" (the leader, or a member
+        /// tagged clonefrom) or the pgBackRest restore.
         source: String,
     },
 }
@@ -107,10 +108,9 @@ impl std::fmt::Display for Rejoined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejoined::Rewound => f.write_str("rewound"),
-            Rejoined::Rebuilt { why, aside, source } => write!(
-                f,
-                "pg_rewind failed ({why}); rebuilt from a base backup of {source}, old data kept in {aside}"
-            ),
+            Rejoined::Rebuilt { why, aside, source } => {
+                write!(f, "{why}; rebuilt from {source}, old data kept in {aside}")
+            }
         }
     }
 }
@@ -136,6 +136,8 @@ pub struct LocalPg {
     passfile: PathBuf,
     tls: ReplicationTls,
     rebuild_max_rate: Option<String>,
+    /// The pgbackrest program and the stanza a rebuild may restore from ([rebuild]).
+    repository: Option<(PathBuf, String)>,
     client: Option<Client>,
 }
 
@@ -187,6 +189,11 @@ impl LocalPg {
                 sslkey: cfg.replication.sslkey.clone(),
             },
             rebuild_max_rate: cfg.replication.rebuild_max_rate.clone(),
+            repository: cfg
+                .rebuild
+                .stanza
+                .clone()
+                .map(|st| (cfg.rebuild.pgbackrest.clone(), st)),
             client: None,
         })
     }
@@ -648,12 +655,14 @@ impl LocalPg {
     /// What a rejoin from the leader at `leader_conn` needs, detached from this handle so a
     /// worker can run it while the loop goes on observing (see [`Rejoiner::run`]).
     /// `clone_conn`: a member to copy a rebuild from instead of the leader (tagged
-    /// clonefrom), the leader if that fails.
+    /// clonefrom), the leader if that fails. `from_repository`: a rebuild restores from the
+    /// pgBackRest repository first (when [rebuild] names a stanza).
     pub fn rejoiner(
         &self,
         leader_conn: &str,
         clone_conn: Option<&str>,
         rewind_user: &str,
+        from_repository: bool,
     ) -> Rejoiner {
         Rejoiner {
             me: self.me.clone(),
@@ -666,6 +675,7 @@ impl LocalPg {
             clone: clone_conn.map(|c| (c.to_string(), self.upstream(c))),
             rewind_user: rewind_user.to_string(),
             max_rate: self.rebuild_max_rate.clone(),
+            repository: self.repository.clone().filter(|_| from_repository),
             own: self.own(),
         }
     }
@@ -703,7 +713,15 @@ pub struct Rejoiner {
     clone: Option<(String, Upstream)>,
     rewind_user: String,
     max_rate: Option<String>,
+    /// Restore a rebuild from this pgbackrest program and stanza first.
+    repository: Option<(PathBuf, String)>,
     own: Ownership,
+}
+
+/// What a rebuild fills the emptied data directory with.
+enum Copy<'a> {
+    BaseBackup(&'a Upstream),
+    Restore { program: &'a Path, stanza: &'a str },
 }
 
 impl Rejoiner {
@@ -783,24 +801,36 @@ impl Rejoiner {
             )));
         }
         phase(Phase::Rebuilding);
-        // From the member tagged clonefrom first (it spares the leader the copy), from the
-        // leader if that fails (the directory is back as it was after a failed copy).
-        if let Some((source, from)) = self.clone.clone() {
-            if let Ok(aside) = self.rebuild(&from, left(), cancel) {
-                return Ok(Rejoined::Rebuilt { why, aside, source });
-            }
-            if cancel.load(Ordering::Relaxed) {
-                return Err(LocalPgError::Cancelled(format!(
-                    "{why}; the rebuild from {source} was called off"
-                )));
+        // From the pgBackRest repository or the member tagged clonefrom first (either spares
+        // the leader the copy), from the leader if that fails (the directory is back as it
+        // was after a failed copy).
+        let mut why = why;
+        let mut first = Vec::new();
+        if let Some((program, stanza)) = &self.repository {
+            first.push((
+                format!("a pgBackRest restore of stanza {stanza}"),
+                Copy::Restore { program, stanza },
+            ));
+        }
+        if let Some((source, from)) = &self.clone {
+            first.push((format!("a base backup of {source}"), Copy::BaseBackup(from)));
+        }
+        for (source, copy) in first {
+            match self.rebuild(copy, left(), cancel) {
+                Ok(aside) => return Ok(Rejoined::Rebuilt { why, aside, source }),
+                Err(_) if cancel.load(Ordering::Relaxed) => {
+                    return Err(LocalPgError::Cancelled(format!(
+                        "{why}; the rebuild from {source} was called off"
+                    )))
+                }
+                Err(e) => why = format!("{why}; {source} failed ({e})"),
             }
         }
-        let leader = self.upstream.clone();
-        match self.rebuild(&leader, left(), cancel) {
+        match self.rebuild(Copy::BaseBackup(&self.upstream), left(), cancel) {
             Ok(aside) => Ok(Rejoined::Rebuilt {
                 why,
                 aside,
-                source: self.leader_conn.clone(),
+                source: format!("a base backup of {}", self.leader_conn),
             }),
             Err(e) => Err(LocalPgError::Rebuild {
                 why,
@@ -819,17 +849,12 @@ impl Rejoiner {
         Ok(())
     }
 
-    /// A base backup of `from` in place of the data directory (the old one moved aside),
-    /// replication pointed at the leader.
-    fn rebuild(
-        &mut self,
-        from: &Upstream,
-        deadline: Duration,
-        cancel: &AtomicBool,
-    ) -> Result<String> {
+    /// `copy` in place of the data directory (the old one moved aside), replication pointed
+    /// at the leader.
+    fn rebuild(&self, copy: Copy<'_>, deadline: Duration, cancel: &AtomicBool) -> Result<String> {
         let aside = move_aside(&self.data)?;
-        let built = prepare_target(&self.data, &self.owner).and_then(|_| {
-            BaseBackup {
+        let built = prepare_target(&self.data, &self.owner).and_then(|_| match copy {
+            Copy::BaseBackup(from) => BaseBackup {
                 bin_dir: &self.bin,
                 target: &self.data,
                 upstream: from,
@@ -840,7 +865,17 @@ impl Rejoiner {
                 deadline,
                 cancel: Some(cancel),
             }
-            .run()
+            .run(),
+            Copy::Restore { program, stanza } => Restore {
+                program,
+                stanza,
+                target: &self.data,
+                delta: false,
+                owner: &self.owner,
+                deadline,
+                cancel: Some(cancel),
+            }
+            .run(),
         });
         if let Err(e) = built {
             // The old directory comes back: a half copy is worth nothing.

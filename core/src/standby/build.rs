@@ -1,5 +1,5 @@
-//! The long steps: a base backup into an empty directory, a data directory kept aside, and
-//! pg_rewind. Each child process runs as the cluster's owner under a deadline and can be
+//! The long steps: a base backup into an empty directory, a restore from the pgBackRest
+//! repository, a data directory kept aside, and pg_rewind. Each child process runs as the cluster's owner under a deadline and can be
 //! called off (`cancel`), so neither a module nor the agent waits on one forever.
 
 use std::fs;
@@ -78,6 +78,48 @@ impl BaseBackup<'_> {
         if !out.status.success() {
             return Err(StandbyError::BaseBackup {
                 from: self.upstream.describe(),
+                output: output_text(&out),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `pgbackrest restore --type=standby` of the stanza's latest backup into `target`: the
+/// repository carries the copy instead of the primary. pgBackRest writes standby.signal and
+/// a restore_command (archive-get), so the standby replays the archive up to where it can
+/// stream; the caller then writes primary_conninfo and the slot as after a base backup.
+pub struct Restore<'a> {
+    /// The pgbackrest program.
+    pub program: &'a Path,
+    pub stanza: &'a str,
+    pub target: &'a Path,
+    /// Restore over an existing directory, copying only files that differ (`--delta`).
+    pub delta: bool,
+    pub owner: &'a Owner,
+    pub deadline: Duration,
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl Restore<'_> {
+    pub fn run(&self) -> Result<(), StandbyError> {
+        let mut cmd = Command::new(self.program);
+        cmd.arg(format!("--stanza={}", self.stanza))
+            .arg(format!("--pg1-path={}", self.target.display()))
+            .args(["--type=standby", "--log-level-console=warn"]);
+        if self.delta {
+            cmd.arg("--delta");
+        }
+        cmd.arg("restore");
+        let out = run_cancellable(&mut cmd, Some(self.owner), self.deadline, self.cancel).map_err(
+            |source| StandbyError::Run {
+                program: "pgbackrest",
+                source,
+            },
+        )?;
+        if !out.status.success() {
+            return Err(StandbyError::Restore {
+                stanza: self.stanza.to_string(),
                 output: output_text(&out),
             });
         }

@@ -32,6 +32,8 @@ pub enum StandbyError {
     },
     #[error("pg_basebackup from {from} failed: {output}")]
     BaseBackup { from: String, output: String },
+    #[error("pgbackrest restore of stanza {stanza} failed: {output}")]
+    Restore { stanza: String, output: String },
     /// pg_rewind did not get as far as the source server: try again later, nothing changed.
     #[error("pg_rewind cannot reach {from}: {output}")]
     RewindUnreachable { from: String, output: String },

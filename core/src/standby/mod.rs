@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::atomic::{self, Ownership};
 use crate::pgconf::{conf_set, conninfo};
 
-pub use build::{move_aside, prepare_target, BaseBackup, NewDir, Rewind};
+pub use build::{move_aside, prepare_target, BaseBackup, NewDir, Restore, Rewind};
 pub use error::StandbyError;
 pub use slot::{check_unique, legacy_slot_names, slot_name, SlotCollision};
 
