@@ -257,3 +257,136 @@ fn the_default_slot_and_the_connection_are_the_agents() {
         "check mode made a slot"
     );
 }
+
+/// A pgBackRest repository in a directory of its own (posix, no TLS), archiving the primary.
+struct Repository {
+    dir: tempfile::TempDir,
+}
+
+impl Repository {
+    fn new() -> Repository {
+        let dir = tempfile::Builder::new()
+            .prefix("pgshift-brt-repo-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["repo", "log", "lock", "spool"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+            common::standby::chown_to_owner(&dir.path().join(d));
+        }
+        Repository { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("pgbackrest.conf")
+    }
+
+    fn archive_command(&self) -> String {
+        format!(
+            "archive_command = 'pgbackrest --config={} --stanza=t archive-push %p'",
+            self.config().display()
+        )
+    }
+
+    /// The configuration for the primary, stanza `t`.
+    fn write_config(&self, primary: &PgServer) {
+        let d = self.dir.path().display();
+        fs::write(
+            self.config(),
+            format!(
+                "[global]\nrepo1-path={d}/repo\nlog-path={d}/log\nlock-path={d}/lock\nspool-path={d}/spool\nstart-fast=y\nlog-level-file=off\n\n[t]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
+                primary.data_dir.display(),
+                primary.port,
+                primary.socket_dir.display()
+            ),
+        )
+        .unwrap();
+        common::standby::chown_to_owner(&self.config());
+    }
+
+    fn run(&self, primary: &PgServer, args: &[&str]) {
+        primary.run_checked(
+            std::process::Command::new("pgbackrest")
+                .arg(format!("--config={}", self.config().display()))
+                .arg("--stanza=t")
+                .args(args)
+                .current_dir("/"),
+        );
+    }
+}
+
+fn requested_checkpoints(primary: &PgServer) -> String {
+    primary.psql("SELECT checkpoints_req FROM pg_stat_bgwriter")
+}
+
+#[test]
+fn builds_a_standby_from_the_pgbackrest_repository_without_a_base_backup() {
+    let repo = Repository::new();
+    let archive = repo.archive_command();
+    let pair = Pair::with_conf(PW, &["archive_mode = on", &archive]);
+    repo.write_config(&pair.primary);
+    repo.run(&pair.primary, &["stanza-create"]);
+    repo.run(&pair.primary, &["--type=full", "backup"]);
+    pair.primary
+        .psql("CREATE TABLE after_backup (v text); INSERT INTO after_backup VALUES ('from the archive or the stream')");
+    let args = json!({"method": "pgbackrest", "stanza": "t", "pgbackrest_config": repo.config()});
+    let with = |extra: serde_json::Value| {
+        let mut a = args.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            a[k] = v.clone();
+        }
+        a
+    };
+
+    // Check mode: the restore is the plan, nothing is done.
+    let out = pair.run(with(json!({"_ansible_check_mode": true})));
+    assert_eq!(out["changed"], true, "{out}");
+    assert!(
+        out["actions"]
+            .to_string()
+            .contains("restore of stanza t from the pgBackRest repository"),
+        "{out}"
+    );
+    assert!(!pair.standby_dir().exists());
+
+    let checkpoints = requested_checkpoints(&pair.primary);
+    let out = pair.run(with(json!({"start": false})));
+    assert_eq!(out["changed"], true, "{out}");
+    let auto = fs::read_to_string(pair.standby_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("restore_command"), "{auto}");
+    assert!(auto.contains("archive-get"), "{auto}");
+    assert!(auto.contains("primary_slot_name = 'standby_one'"), "{auto}");
+    assert!(pair.standby_dir().join("standby.signal").exists());
+    let (port, sock) = pair.localize();
+    let out = pair.run(with(json!({})));
+    assert_eq!(out["changed"], true, "{out}");
+    assert_eq!(out["streaming"], true, "{out}");
+    wait_for("the row written after the backup", || {
+        pair.standby_psql(
+            port,
+            &sock,
+            "SELECT count(*) FROM pg_class WHERE relname = 'after_backup'",
+        ) == "1"
+    });
+    // The primary served no base backup (each asks its source for a checkpoint).
+    assert_eq!(requested_checkpoints(&pair.primary), checkpoints);
+    // A second run changes nothing.
+    let out = pair.run(with(json!({})));
+    assert_eq!(out["changed"], false, "{out}");
+
+    // Bad input: a stanza name that is no name, a missing pgbackrest; nothing touched.
+    for (bad, want) in [
+        (
+            json!({"stanza": "t; rm -rf /"}),
+            "is not a pgBackRest stanza name",
+        ),
+        (
+            json!({"pgbackrest_bin": "/nonexistent/pgbackrest"}),
+            "no pgbackrest at /nonexistent/pgbackrest",
+        ),
+    ] {
+        let out = pair.run(with(bad));
+        assert_eq!(out["failed"], true, "{out}");
+        assert!(out["msg"].as_str().unwrap().contains(want), "{out}");
+    }
+}

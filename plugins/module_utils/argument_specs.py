@@ -175,6 +175,12 @@ ARGUMENT_SPECS = {
                 'no_log': False,
                 'type': 'str',
             },
+            'method': {
+                'choices': ['basebackup', 'pgbackrest'],
+                'default': 'basebackup',
+                'no_log': False,
+                'type': 'str',
+            },
             'owner': {
                 'default': 'postgres',
                 'no_log': False,
@@ -185,6 +191,15 @@ ARGUMENT_SPECS = {
                 'type': 'path',
             },
             'pg_bin_dir': {
+                'no_log': False,
+                'type': 'path',
+            },
+            'pgbackrest_bin': {
+                'default': '/usr/bin/pgbackrest',
+                'no_log': False,
+                'type': 'path',
+            },
+            'pgbackrest_config': {
                 'no_log': False,
                 'type': 'path',
             },
@@ -222,6 +237,11 @@ ARGUMENT_SPECS = {
                 'aliases': ['sslmode'],
                 'choices': ['allow', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full'],
                 'default': 'prefer',
+                'no_log': False,
+                'type': 'str',
+            },
+            'stanza': {
+                'default': 'main',
                 'no_log': False,
                 'type': 'str',
             },

@@ -21,6 +21,12 @@ description:
     C(primary_conninfo) (with C(application_name) and C(passfile), never a password) and
     C(primary_slot_name) into C(postgresql.auto.conf), creates C(standby.signal), starts the
     server and waits until C(pg_stat_wal_receiver) reports C(streaming).
+  - With I(method=pgbackrest) the copy is C(pgbackrest restore --type=standby) of the latest
+    backup of I(stanza) from the pgBackRest repository (as C(pgshift.cluster.pgbackrest_repository)
+    sets it up) instead of a base backup, so the primary serves no copy; pgBackRest writes a
+    C(restore_command) (archive-get) that replays the archive until the standby streams
+    through its slot. A former primary of this cluster with I(force_rebuild=true) is restored
+    over in place with C(--delta) (only the files that differ are copied).
   - On a data directory that already is a standby of that primary (same system identifier)
     it only converges those settings, reloading a running server; C(changed=false) when
     nothing differs.
@@ -116,6 +122,22 @@ options:
   max_rate:
     description: C(pg_basebackup --max-rate), a number of kB/s with an optional C(k) or C(M), e.g. C(50M).
     type: str
+  method:
+    description: How an empty data directory is filled - C(basebackup) (C(pg_basebackup) from the primary) or C(pgbackrest) (a restore from the pgBackRest repository).
+    type: str
+    choices: [basebackup, pgbackrest]
+    default: basebackup
+  stanza:
+    description: The pgBackRest stanza to restore with I(method=pgbackrest).
+    type: str
+    default: main
+  pgbackrest_bin:
+    description: The pgbackrest program.
+    type: path
+    default: /usr/bin/pgbackrest
+  pgbackrest_config:
+    description: pgBackRest's configuration file, when not its default (C(/etc/pgbackrest/pgbackrest.conf)).
+    type: path
   start:
     description: Start the standby after building it.
     type: bool
@@ -125,7 +147,7 @@ options:
     type: int
     default: 60
   force_rebuild:
-    description: Move a data directory of another cluster (or a former primary) aside and rebuild. Never applies to a running primary.
+    description: Move a data directory of another cluster (or a former primary) aside and rebuild; with I(method=pgbackrest) a former primary of this cluster is restored over with C(--delta) instead. Never applies to a running primary.
     type: bool
     default: false
   force:
@@ -160,6 +182,14 @@ EXAMPLES = r'''
     replication_password: "{{ replication_password }}"
     data_directory: /var/lib/postgresql/15/main
   no_log: true
+
+- name: db3 restored from the pgBackRest repository, then streaming from db1
+  pgshift.cluster.pg_basebackup_standby:
+    primary_host: db1
+    replication_user: replicator
+    data_directory: /var/lib/postgresql/15/main
+    method: pgbackrest
+    stanza: main
 
 - name: Retire db2's slot on the primary
   pgshift.cluster.pg_basebackup_standby:

@@ -1,7 +1,8 @@
 """Day-2 operations on the session's shared cluster (tests/labkit.py: site.yml's defaults with
 the pgBackRest repository on aux, agents on db1/db2, synchronous mode on): `pgshift reinit`
 of the standby from the repository and from the leader while a probe writes through both
-hosts. A restore from the repository must leave the leader without any base backup to serve
+hosts; a standby whose data directory is gone built again by replication.yml with
+pg_standby_method: pgbackrest (the module's restore from the repository). A restore from the repository must leave the leader without any base backup to serve
 (none of the checkpoint requests every base backup makes on its source, which the leader
 path shows); both paths are timed for the closing note (target/agent-day2.json).
 """
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from labkit import (
-    ROOT, Probe, collect_logs, log_mark, log_since, needs, on, out, roles, sql, wait_for, write_results,
+    ROOT, Probe, collect_logs, log_mark, log_since, needs, on, out, playbook, roles, sql, wait_for, write_results,
 )
 
 RESULTS = ROOT / "target" / "agent-day2.json"
@@ -92,3 +93,38 @@ def test_reinit_from_the_repository_spares_the_leader_then_from_the_leader(clust
         "from_pgbackrest_seconds": round(seconds, 1), "from_leader_seconds": round(from_leader, 1),
         "checkpoints_requested_on_leader": {"pgbackrest": checkpoints, "leader": checkpoints_leader},
     }
+
+
+PGDATA = "/var/lib/postgresql/15/main"
+
+
+@pytest.mark.smoke
+def test_the_replication_playbook_restores_a_lost_standby_from_the_repository(cluster):
+    """The standby host loses its data directory (its agent stopped first, as an operator
+    would): discover.yml + replication.yml with pg_standby_method: pgbackrest restore it from
+    the repository (no checkpoint requested on the leader: no base backup), it streams, a
+    second run changes nothing on it, and its agent, started again, keeps it as it is."""
+    leader, standby = roles()
+    info = out("aux", "cd / && runuser -u postgres -- pgbackrest --stanza=main --output=json info")
+    if not json.loads(info)[0]["backup"]:
+        out("aux", "cd / && runuser -u postgres -- pgbackrest --stanza=main --type=full backup", timeout=600)
+    aside = f"{PGDATA}.day2-test"
+    out(standby, "systemctl stop pgshift-agent")
+    try:
+        out(standby, f"cd / && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {PGDATA} -m fast -w stop"
+                     f" && mv {PGDATA} {aside}")
+        checkpoints = requested_checkpoints(leader)
+        seconds, first, res = playbook("discover.yml", "replication.yml",
+                                       extra_vars={"pg_standby_method": "pgbackrest"})
+        assert first[standby]["changed"] >= 1, first
+        assert "restore of stanza main from the pgBackRest repository" in res.stdout, res.stdout[-4000:]
+        assert requested_checkpoints(leader) == checkpoints, "the leader served a base backup"
+        assert "archive-get" in sql(standby, "SHOW restore_command")
+        assert sql(standby, "SELECT status FROM pg_stat_wal_receiver") == "streaming"
+        _, second, _ = playbook("discover.yml", "replication.yml", extra_vars={"pg_standby_method": "pgbackrest"})
+        assert second[standby]["changed"] == 0, second
+    finally:
+        out(standby, "systemctl start pgshift-agent")
+        on(standby, f"test -d {PGDATA} && rm -rf {aside}")
+    assert roles() == (leader, standby)
+    cluster["results"]["playbook_restore_seconds"] = seconds

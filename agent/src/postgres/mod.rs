@@ -868,6 +868,7 @@ impl Rejoiner {
             .run(),
             Copy::Restore { program, stanza } => Restore {
                 program,
+                config: None,
                 stanza,
                 target: &self.data,
                 delta: false,

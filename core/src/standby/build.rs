@@ -92,6 +92,8 @@ impl BaseBackup<'_> {
 pub struct Restore<'a> {
     /// The pgbackrest program.
     pub program: &'a Path,
+    /// pgBackRest's configuration, when not its default file.
+    pub config: Option<&'a Path>,
     pub stanza: &'a str,
     pub target: &'a Path,
     /// Restore over an existing directory, copying only files that differ (`--delta`).
@@ -104,6 +106,9 @@ pub struct Restore<'a> {
 impl Restore<'_> {
     pub fn run(&self) -> Result<(), StandbyError> {
         let mut cmd = Command::new(self.program);
+        if let Some(c) = self.config {
+            cmd.arg(format!("--config={}", c.display()));
+        }
         cmd.arg(format!("--stanza={}", self.stanza))
             .arg(format!("--pg1-path={}", self.target.display()))
             .args(["--type=standby", "--log-level-console=warn"]);

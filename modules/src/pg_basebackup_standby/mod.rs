@@ -1,7 +1,8 @@
 //! `pgshift.cluster.pg_basebackup_standby`: turns an empty host into a streaming standby of a
-//! primary (slot, pg_basebackup, passfile, primary_conninfo, standby.signal, start, wait until
-//! streaming), converges an existing standby of the same primary, and never touches a live
-//! primary: after a failover the inventory may be stale, and a re-run must not destroy it.
+//! primary (slot, pg_basebackup or a restore from the pgBackRest repository, passfile,
+//! primary_conninfo, standby.signal, start, wait until streaming), converges an existing
+//! standby of the same primary, and never touches a live primary: after a failover the
+//! inventory may be stale, and a re-run must not destroy it.
 
 mod undo;
 
@@ -19,7 +20,7 @@ use pgshift_core::pgconf::{check_value, conf_get, pgpass_lookup, pgpass_merge};
 use pgshift_core::process::{output_text, run_as, Owner};
 use pgshift_core::standby::{
     self, move_aside, prepare_target, slot::is_valid_slot_name, BaseBackup, NewDir, ReplicationTls,
-    Upstream,
+    Restore, Upstream,
 };
 use pgshift_core::userfile::UserFile;
 use serde::Deserialize;
@@ -55,6 +56,12 @@ const SPEC: &[Arg] = &[
     Arg::new("pg_bin_dir", Kind::Path),
     Arg::new("owner", Kind::Str).default(Default::Str("postgres")),
     Arg::new("max_rate", Kind::Str),
+    Arg::new("method", Kind::Str)
+        .choices(&["basebackup", "pgbackrest"])
+        .default(Default::Str("basebackup")),
+    Arg::new("stanza", Kind::Str).default(Default::Str("main")),
+    Arg::new("pgbackrest_bin", Kind::Path).default(Default::Str("/usr/bin/pgbackrest")),
+    Arg::new("pgbackrest_config", Kind::Path),
     Arg::new("start", Kind::Bool).default(Default::Bool(true)),
     Arg::new("wait_streaming", Kind::Int).default(Default::Int(60)),
     Arg::new("force_rebuild", Kind::Bool).default(Default::Bool(false)),
@@ -83,6 +90,10 @@ pub struct Params {
     pg_bin_dir: Option<PathBuf>,
     owner: String,
     max_rate: Option<String>,
+    method: String,
+    stanza: String,
+    pgbackrest_bin: PathBuf,
+    pgbackrest_config: Option<PathBuf>,
     start: bool,
     wait_streaming: i64,
     force_rebuild: bool,
@@ -99,6 +110,9 @@ enum Plan {
     Converge,
     /// Holds something else; `force_rebuild` moves it aside, then Build.
     MoveAsideAndBuild(String),
+    /// A former primary of this cluster, with `method: pgbackrest` and `force_rebuild`: a
+    /// delta restore in place copies only the files that differ.
+    DeltaRestore(String),
 }
 
 /// Everything resolved from the params before anything is touched.
@@ -194,6 +208,35 @@ impl Setup {
             {
                 return Err(format!(
                     "max_rate {rate:?} is not a transfer rate: a number of kB/s, optionally with k or M (e.g. 100M)"
+                )
+                .into());
+            }
+        }
+        if p.method == "pgbackrest" {
+            let ok = !p.stanza.is_empty()
+                && p.stanza
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "stanza {:?} is not a pgBackRest stanza name (letters, digits, - _ .)",
+                    p.stanza
+                )
+                .into());
+            }
+            if let Some(c) = &p.pgbackrest_config {
+                UserFile::existing("pgbackrest_config", c)?;
+                check_value(
+                    "pgbackrest_config",
+                    &c.display().to_string(),
+                    "restore_command",
+                    false,
+                )?;
+            }
+            if UserFile::existing("pgbackrest_bin", &p.pgbackrest_bin).is_err() {
+                return Err(format!(
+                    "no pgbackrest at {} (install pgBackRest or set pgbackrest_bin)",
+                    p.pgbackrest_bin.display()
                 )
                 .into());
             }
@@ -437,12 +480,21 @@ fn present(
     if p.create_slot && !slot_exists {
         actions.push(format!("create slot {} on {}", s.slot, s.host));
     }
+    let copy = if p.method == "pgbackrest" {
+        format!(
+            "restore of stanza {} from the pgBackRest repository",
+            p.stanza
+        )
+    } else {
+        format!("base backup from {}:{}", s.host, s.port)
+    };
     match &plan {
         Plan::MoveAsideAndBuild(why) => {
             actions.push(format!("move {} aside ({why})", s.dd.path.display()));
-            actions.push(format!("base backup from {}:{}", s.host, s.port));
+            actions.push(copy);
         }
-        Plan::Build => actions.push(format!("base backup from {}:{}", s.host, s.port)),
+        Plan::DeltaRestore(why) => actions.push(format!("delta {copy} over {why}")),
+        Plan::Build => actions.push(copy),
         Plan::Converge => {}
     }
 
@@ -550,8 +602,11 @@ fn present(
                 .map_err(|e| format!("cannot create slot {} on the primary: {e}", s.slot))?;
             undo.push(Step::Slot);
         }
-        if plan != Plan::Converge {
-            base_backup(p, s, use_slot, &mut undo).map_err(|e| e.msg)?;
+        match &plan {
+            Plan::Converge => {}
+            Plan::DeltaRestore(_) => restore(p, s, true, &mut undo).map_err(|e| e.msg)?,
+            _ if p.method == "pgbackrest" => restore(p, s, false, &mut undo).map_err(|e| e.msg)?,
+            _ => base_backup(p, s, use_slot, &mut undo).map_err(|e| e.msg)?,
         }
         if write_passfile {
             undo.push(Step::File {
@@ -665,10 +720,19 @@ fn decide(
             "{dir} belongs to the primary's cluster but is not a standby (no standby.signal, state {:?}): a former primary needs pg_rewind",
             local.state
         );
-        return if p.force_rebuild {
-            Ok(Plan::MoveAsideAndBuild(why))
-        } else {
-            Err(format!("{why}, or set force_rebuild: true to move it aside and rebuild").into())
+        return match (p.force_rebuild, p.method == "pgbackrest") {
+            (true, true) => Ok(Plan::DeltaRestore(format!(
+                "{dir}, a former primary of this cluster"
+            ))),
+            (true, false) => Ok(Plan::MoveAsideAndBuild(why)),
+            (false, true) => Err(format!(
+                "{why}, or set force_rebuild: true to restore over it with --delta"
+            )
+            .into()),
+            (false, false) => Err(format!(
+                "{why}, or set force_rebuild: true to move it aside and rebuild"
+            )
+            .into()),
         };
     }
     Ok(Plan::Converge)
@@ -694,6 +758,38 @@ fn base_backup(p: &Params, s: &Setup, use_slot: bool, undo: &mut Undo) -> Result
     }
     .run()
     .map_err(|e| e.to_string().into())
+}
+
+/// `pgbackrest restore --type=standby` of the latest backup: into the empty (or new)
+/// directory, which a failure empties or removes again; or, `delta`, over a stopped former
+/// primary of this cluster, which a failure cannot give back (a re-run finishes it).
+fn restore(p: &Params, s: &Setup, delta: bool, undo: &mut Undo) -> Result<(), Failure> {
+    if !delta {
+        match prepare_target(&s.dd.path, &s.owner) {
+            Ok(NewDir::Created { top }) => undo.push(Step::CreatedDir(top)),
+            Ok(NewDir::Existing) => undo.push(Step::FilledDir(s.dd.path.clone())),
+            Err(e) => return Err(e.to_string().into()),
+        }
+    }
+    Restore {
+        program: &p.pgbackrest_bin,
+        config: p.pgbackrest_config.as_deref(),
+        stanza: &p.stanza,
+        target: &s.dd.path,
+        delta,
+        owner: &s.owner,
+        deadline: BASEBACKUP_DEADLINE,
+        cancel: None,
+    }
+    .run()
+    .map_err(|e| {
+        let left = if delta {
+            " (the data directory is partly restored: run again to finish)"
+        } else {
+            ""
+        };
+        format!("{e}{left}").into()
+    })
 }
 
 fn wait_streaming(s: &Setup, pm: &PostmasterPid, timeout: i64) -> Result<(), Failure> {

@@ -18,9 +18,15 @@ pub struct Pair {
 impl Pair {
     /// A primary with a `replicator` role whose password is `password`.
     pub fn new(password: &'static str) -> Pair {
+        Pair::with_conf(password, &[])
+    }
+
+    /// [`Pair::new`] with more postgresql.conf lines on the primary.
+    pub fn with_conf(password: &'static str, extra: &[&str]) -> Pair {
         // The standby's copy of postgresql.conf includes host.conf for its own port/socket.
-        let primary =
-            PgServer::start(&["include_if_exists = 'host.conf'", "wal_keep_size = '64MB'"]);
+        let mut conf = vec!["include_if_exists = 'host.conf'", "wal_keep_size = '64MB'"];
+        conf.extend_from_slice(extra);
+        let primary = PgServer::start(&conf);
         primary.psql(&format!(
             "CREATE ROLE replicator LOGIN REPLICATION PASSWORD '{}'",
             password.replace('\'', "''")
