@@ -114,7 +114,8 @@ def test_the_replication_playbook_restores_a_lost_standby_from_the_repository(cl
         out(standby, f"cd / && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D {PGDATA} -m fast -w stop"
                      f" && mv {PGDATA} {aside}")
         checkpoints = requested_checkpoints(leader)
-        seconds, first, res = playbook("discover.yml", "replication.yml",
+        # -v: the module's result (its actions) in the output.
+        seconds, first, res = playbook("discover.yml", "replication.yml", args=("-v",),
                                        extra_vars={"pg_standby_method": "pgbackrest"})
         assert first[standby]["changed"] >= 1, first
         assert "restore of stanza main from the pgBackRest repository" in res.stdout, res.stdout[-4000:]
