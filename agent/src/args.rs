@@ -93,6 +93,22 @@ pub enum Command {
         #[arg(long, default_value_t = 1800, value_name = "SECS")]
         timeout: u64,
     },
+    /// Restart PostgreSQL on NODE or on every member: standbys first, then the leader by a
+    /// switchover (no write outage beyond the switchover's).
+    Restart {
+        /// The member (default: every member).
+        node: Option<String>,
+        /// Only members with a setting waiting for a restart (pg_settings.pending_restart).
+        #[arg(long)]
+        pending: bool,
+        /// When: RFC 3339 (2026-12-01T02:00:00Z), +30s/+5m/+1h, or Unix seconds; the command
+        /// returns once scheduled.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Seconds to wait for the restarts.
+        #[arg(long, default_value_t = 600, value_name = "SECS")]
+        timeout: u64,
+    },
     /// Stop automatic failover cluster-wide.
     Pause,
     /// Restart automatic failover.
@@ -176,6 +192,8 @@ mod tests {
         assert!(parse(&["down", "db2", "-c", "/x.toml"]).is_ok());
         assert!(parse(&["reinit", "db2", "--force", "--timeout", "60"]).is_ok());
         assert!(parse(&["reinit", "db2", "--from", "pgbackrest"]).is_ok());
+        assert!(parse(&["restart", "--pending", "--at", "+5m"]).is_ok());
+        assert!(parse(&["restart", "db2"]).is_ok());
         for bad in [
             &["status", "--to", "db2"][..],
             &["switchover", "--cancel", "--to", "db2"],
@@ -186,6 +204,8 @@ mod tests {
             &["reinit"],
             &["reinit", "db2", "--to", "db1"],
             &["reinit", "db2", "--from", "s3"],
+            &["restart", "db1", "db2"],
+            &["restart", "--force"],
             &["nonsense"],
         ] {
             let e = parse(bad).unwrap_err();

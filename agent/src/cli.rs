@@ -100,6 +100,8 @@ pub fn status_json(view: &View) -> Value {
                 "slots": m.slots,
                 "rewinds": m.rewinds,
                 "rebuilds": m.rebuilds,
+                "pending_restart": m.pending_restart,
+                "restart_requested": view.restart.get(&m.name).map(|(r, _)| r),
             })
         })
         .collect();
@@ -151,6 +153,13 @@ fn table(cluster: &str, doc: &Value) -> String {
             },
             [
                 (m["down"] == json!(true)).then_some("down (maintenance)".to_string()),
+                (m["pending_restart"] == json!(true)).then_some("pending restart".to_string()),
+                m["restart_requested"]
+                    .as_object()
+                    .map(|r| match r["at"].as_u64() {
+                        Some(at) => format!("restart at {at}"),
+                        None => "restarting".to_string(),
+                    }),
                 doc["sync_standbys"]
                     .as_array()
                     .is_some_and(|s| s.contains(&m["name"]))

@@ -1,4 +1,5 @@
-//! The CLI's requests: `pgshift switchover | failover | down | up | reinit | pause | resume`. Each
+//! The CLI's requests: `pgshift switchover | failover | down | up | reinit | restart | pause |
+//! resume`. Each
 //! goes to the local agent's API with this host's credentials (the bearer token in
 //! api.token_file, or its certificate when the API asks for one), then waits in etcd until
 //! the cluster shows the result. Nothing here ever prompts.
@@ -287,6 +288,81 @@ impl<'a> Ctl<'a> {
             )),
             None => Err(format!(
                 "{node} is not streaming from a rebuilt directory after {} s; `pgshift status` and its agent's log show where it stands",
+                timeout.as_secs()
+            )),
+        }
+    }
+
+    /// Files restarts of `node` or of every member (with `pending`, only those with a
+    /// setting waiting for one), standbys first, the leader last (its agent hands over
+    /// first); waits until every one is done, unless scheduled `at` a later time.
+    pub fn restart(
+        &self,
+        node: Option<&str>,
+        pending: bool,
+        at: Option<u64>,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let started = Instant::now();
+        let v = self
+            .read()?
+            .ok_or("etcd does not answer: nothing was restarted")?;
+        let leader = v.leader.as_ref().map(|l| l.name.clone());
+        let mut targets: Vec<&str> = match node {
+            Some(n) => vec![v
+                .member(n)
+                .map(|m| m.name.as_str())
+                .ok_or_else(|| format!("no running member named {n}"))?],
+            None => v.members.iter().map(|m| m.name.as_str()).collect(),
+        };
+        if pending {
+            targets.retain(|n| v.member(n).is_some_and(|m| m.pending_restart));
+        }
+        if targets.is_empty() {
+            return Ok(if pending {
+                "no member has a setting waiting for a restart: nothing to do".into()
+            } else {
+                "no member to restart".into()
+            });
+        }
+        // Standbys first: the leader's agent also waits for them before it hands over.
+        targets.sort_by_key(|n| leader.as_deref() == Some(*n));
+        for n in &targets {
+            post(self.cfg, "/restart", json!({"node": n, "at": at}))?;
+        }
+        let list = targets.join(", ");
+        if let Some(at) = at.filter(|t| *t > unix_now()) {
+            return Ok(format!(
+                "restart of {list} scheduled at {at} (in {} s): standbys first, the leader last by a switchover",
+                at - unix_now()
+            ));
+        }
+        let done = wait_until(timeout, || {
+            Ok(self.read()?.and_then(|v| {
+                let settled = targets.iter().all(|n| {
+                    !v.restart.contains_key(*n)
+                        && v.member(n).is_some_and(|m| {
+                            m.state == NodeState::Streaming
+                                || (m.role == "primary"
+                                    && v.leader.as_ref().is_some_and(|l| l.name == *n))
+                        })
+                });
+                settled.then(|| v.leader.as_ref().map(|l| l.name.clone()))
+            }))
+        })?;
+        match done {
+            Some(now) => {
+                let moved = match (&leader, &now) {
+                    (Some(a), Some(b)) if a != b => format!("; {a} handed over to {b} first"),
+                    _ => String::new(),
+                };
+                Ok(format!(
+                    "restarted {list} in {:.1} s{moved}",
+                    started.elapsed().as_secs_f64()
+                ))
+            }
+            None => Err(format!(
+                "the restarts of {list} are not all done after {} s; `pgshift status` shows where they stand",
                 timeout.as_secs()
             )),
         }

@@ -9,7 +9,9 @@
 //! - `pause`: present while automatic failover is paused;
 //! - `down/<name>`: present while that node is in maintenance;
 //! - `reinit/<name>`: an operator's request that that node rebuild its data directory
-//!   (`records::Reinit`), until its agent takes it.
+//!   (`records::Reinit`), until its agent takes it;
+//! - `restart/<name>`: an operator's request that that node restart PostgreSQL
+//!   (`records::Restart`), until it has.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::{Leader, Member};
 use crate::etcd::{self, Client};
-use crate::records::{Outcome, Reinit, Request, SyncState};
+use crate::records::{Outcome, Reinit, Request, Restart, SyncState};
 use crate::state::{NodeState, Role};
 
 /// What a node publishes about itself; also what `/cluster` and `pgshift status` show.
@@ -74,6 +76,12 @@ pub struct MemberRecord {
     pub rewinds: u64,
     #[serde(default)]
     pub rebuilds: u64,
+    /// A changed PostgreSQL setting waits for a restart.
+    #[serde(default)]
+    pub pending_restart: bool,
+    /// When its running PostgreSQL started (Unix seconds; 0 when stopped).
+    #[serde(default)]
+    pub started_at: u64,
 }
 
 /// Settings that must be at least the primary's on every standby.
@@ -144,6 +152,8 @@ pub struct View {
     pub seen: BTreeMap<String, u64>,
     /// Pending reinit requests by node, with their keys' mod_revision.
     pub reinit: BTreeMap<String, (Reinit, i64)>,
+    /// Pending restart requests by node, with their keys' mod_revision.
+    pub restart: BTreeMap<String, (Restart, i64)>,
 }
 
 impl View {
@@ -209,6 +219,10 @@ impl Dcs {
             } else if let Some(name) = rest.strip_prefix("reinit/") {
                 if let Ok(r) = serde_json::from_str(&kv.value) {
                     view.reinit.insert(name.to_string(), (r, kv.mod_revision));
+                }
+            } else if let Some(name) = rest.strip_prefix("restart/") {
+                if let Ok(r) = serde_json::from_str(&kv.value) {
+                    view.restart.insert(name.to_string(), (r, kv.mod_revision));
                 }
             }
         }
@@ -306,6 +320,21 @@ impl Dcs {
             .etcd
             .put_if(&self.key(&format!("reinit/{node}")), &value, 0, None)?
             .is_some())
+    }
+
+    /// Files a restart request for `node` unless one is pending; false when one is.
+    pub fn file_restart(&self, node: &str, r: &Restart) -> Result<bool, etcd::Error> {
+        let value = serde_json::to_string(r).expect("serializable");
+        Ok(self
+            .etcd
+            .put_if(&self.key(&format!("restart/{node}")), &value, 0, None)?
+            .is_some())
+    }
+
+    /// Deletes `node`'s restart request at `revision` (it restarted).
+    pub fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        self.etcd
+            .delete_if(&self.key(&format!("restart/{node}")), revision)
     }
 
     /// Deletes `node`'s reinit request at `revision` (its agent took it).

@@ -81,6 +81,17 @@ fn main() {
             let cfg = load();
             done(ctl(&cfg).reinit(&node, from, force, secs(timeout)))
         }
+        Command::Restart {
+            node,
+            pending,
+            at,
+            timeout,
+        } => {
+            let cfg = load();
+            let now = pgshift_agent::records::unix_now();
+            let at = at.map(|t| parse_at(&t, now).unwrap_or_else(|e| fail(&e)));
+            done(ctl(&cfg).restart(node.as_deref(), pending, at, secs(timeout)))
+        }
         Command::Pause => done(ctl(&load()).pause(true)),
         Command::Resume => done(ctl(&load()).pause(false)),
         Command::Logical { command } => {

@@ -102,6 +102,29 @@ pub struct Reinit {
     pub from: Option<crate::config::RebuildMethod>,
 }
 
+/// `/pgshift/<cluster>/restart/<node>`: an operator asked that node to restart PostgreSQL
+/// (`pgshift restart`), e.g. for a setting that is `pending_restart`. A standby restarts when
+/// it is due; a leader waits until no other member has a restart pending (standbys first),
+/// then hands over by a switchover, which restarts it as a standby. The key goes once the
+/// node's server started after the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    /// Unix seconds when it was asked for.
+    pub requested_at: u64,
+    /// The node whose API took the request.
+    pub by: String,
+    /// Not before this time (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+}
+
+impl Restart {
+    /// The moment it may run (Unix seconds).
+    pub fn due(&self) -> u64 {
+        self.at.unwrap_or(self.requested_at)
+    }
+}
+
 /// `/pgshift/<cluster>/sync`: the standbys that confirm every commit of `leader`. A standby
 /// is added by the leader only after it is synchronous (and caught up), and removed before
 /// the leader stops waiting for it, so every one it names holds every acknowledged commit.

@@ -2,7 +2,9 @@
 the pgBackRest repository on aux, agents on db1/db2, synchronous mode on): `pgshift reinit`
 of the standby from the repository and from the leader while a probe writes through both
 hosts; a standby whose data directory is gone built again by replication.yml with
-pg_standby_method: pgbackrest (the module's restore from the repository). A restore from the repository must leave the leader without any base backup to serve
+pg_standby_method: pgbackrest (the module's restore from the repository); `pgshift restart
+--pending` after a setting that needs a restart, standbys first and the leader by a
+switchover, timed through HAProxy. A restore from the repository must leave the leader without any base backup to serve
 (none of the checkpoint requests every base backup makes on its source, which the leader
 path shows); both paths are timed for the closing note (target/agent-day2.json).
 """
@@ -13,7 +15,8 @@ import time
 import pytest
 
 from labkit import (
-    ROOT, Probe, collect_logs, log_mark, log_since, needs, on, out, playbook, roles, sql, wait_for, write_results,
+    ROOT, Probe, Writer, cluster_status, collect_logs, log_mark, log_since, member, needs, on, out, playbook, roles,
+    sql, wait_for, write_results,
 )
 
 RESULTS = ROOT / "target" / "agent-day2.json"
@@ -129,3 +132,71 @@ def test_the_replication_playbook_restores_a_lost_standby_from_the_repository(cl
         on(standby, f"test -d {PGDATA} && rm -rf {aside}")
     assert roles() == (leader, standby)
     cluster["results"]["playbook_restore_seconds"] = seconds
+
+
+CONF_D = "/etc/postgresql/15/main/conf.d/zz-day2-test.conf"
+
+
+def longest_gap(acks, since):
+    """The longest time between two acknowledged writes after `since` (seconds)."""
+    times = [t for t, _ in acks if t >= since]
+    return max((b - a for a, b in zip(times, times[1:])), default=float("inf"))
+
+
+def restart_pending(leader, standby, writer_id):
+    """`pgshift restart --pending` on the leader's host while a writer goes through HAProxy:
+    (the command's result, its seconds, the longest write gap)."""
+    with Writer(first_id=writer_id) as w:
+        wait_for("writes through HAProxy", lambda: len(w.acks) >= 5, 30)
+        started = time.monotonic()
+        res = on(leader, "pgshift restart --pending --timeout 300", timeout=330)
+        seconds = time.monotonic() - started
+        time.sleep(1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    problems = w.check(roles()[0])
+    assert not problems, problems
+    return res.stdout, seconds, longest_gap(w.acks, started)
+
+
+@pytest.mark.smoke
+def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cluster):
+    """A setting that needs a restart (shared_buffers in conf.d, reloaded) shows as `pending
+    restart` on every member; `pgshift restart --pending` restarts the standby first, then the
+    leader by a switchover, while writes go through HAProxy: the setting is in force
+    everywhere, nothing pending, the longest write gap at most 2 s. Then the file goes and a
+    second round puts the old value back."""
+    leader, standby = roles()
+    none = on(leader, "pgshift restart --pending")
+    assert none.returncode == 0 and "nothing to do" in none.stdout, none
+    gaps = []
+    try:
+        for h in (leader, standby):
+            out(h, f"echo \"shared_buffers = '40MB'\" > {CONF_D} && chown postgres:postgres {CONF_D}")
+            sql(h, "SELECT pg_reload_conf()")
+        wait_for("pending restarts", lambda: all(
+            (member(cluster_status(leader) or {"members": []}, h) or {}).get("pending_restart") for h in (leader, standby)),
+            30, 0.5)
+        assert "pending restart" in out(leader, "pgshift status")
+        text, seconds, gap = restart_pending(leader, standby, 7 * 10**7)
+        assert f"restarted {standby}, {leader}" in text and f"{leader} handed over to {standby} first" in text, text
+        gaps.append(gap)
+        assert roles() == (standby, leader)
+        for h in (leader, standby):
+            assert sql(h, "SHOW shared_buffers") == "40MB"
+        doc = cluster_status(leader)
+        assert not any(m["pending_restart"] for m in doc["members"]), doc
+        cluster["results"]["restart_pending"] = {"seconds": round(seconds, 1), "longest_write_gap": round(gap, 2)}
+    finally:
+        for h in (leader, standby):
+            on(h, f"rm -f {CONF_D}")
+            sql(h, "SELECT pg_reload_conf()")
+    # Back to the old value the same way (the leader is now the other host).
+    new_leader, new_standby = roles()
+    wait_for("pending restarts again", lambda: all(
+        (member(cluster_status(new_leader) or {"members": []}, h) or {}).get("pending_restart")
+        for h in (new_leader, new_standby)), 30, 0.5)
+    text, _, gap = restart_pending(new_leader, new_standby, 7 * 10**7 + 10**6)
+    gaps.append(gap)
+    assert sql(leader, "SHOW shared_buffers") == "128MB"
+    cluster["results"]["restart_pending"]["longest_write_gap_second_round"] = round(gap, 2)
+    assert max(gaps) <= 2.0, gaps

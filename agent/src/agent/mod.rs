@@ -16,6 +16,7 @@ mod ports;
 mod publish;
 mod reinit;
 mod reload;
+mod restart;
 mod slots;
 mod sync;
 mod worker;
@@ -86,6 +87,9 @@ struct NodeStatus {
     /// Where the next rebuild copies from, as a `pgshift reinit --from` asked (else
     /// [rebuild] method).
     rebuild_from: Option<RebuildMethod>,
+    /// The restart request being carried out (its key's revision) and when the server had
+    /// started when this agent first saw it (Unix seconds, 0: it was stopped).
+    restart_baseline: Option<(i64, u64)>,
 }
 
 /// The API's side: the snapshot its GET endpoints answer from, its handle (for SIGHUP), what
@@ -330,9 +334,12 @@ impl Agent {
         };
         let (action, outcome, changed) = match self.worker.poll() {
             Poll::Idle => {
-                // A directory just marked for a reinit must not be started or kept running.
-                let fresh =
-                    (view.as_ref().is_ok_and(|v| self.take_reinit(v))).then(|| self.pg.observe());
+                // A directory just marked for a reinit must not be started or kept running;
+                // a server just restarted is looked at again.
+                let acted = view
+                    .as_ref()
+                    .is_ok_and(|v| self.take_reinit(v) || self.take_restart(v, &obs));
+                let fresh = acted.then(|| self.pg.observe());
                 let obs = fresh.as_ref().unwrap_or(&obs);
                 let facts = self.facts(obs, view.as_ref().ok(), now);
                 let action = decide::decide(&facts);

@@ -39,6 +39,8 @@ pub trait Store {
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error>;
     /// Deletes this node's reinit request at `revision` (see `records::Reinit`).
     fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error>;
+    /// Deletes this node's restart request at `revision` (see `records::Restart`).
+    fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error>;
 }
 
 impl Store for Dcs {
@@ -85,6 +87,9 @@ impl Store for Dcs {
     }
     fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
         Dcs::end_reinit(self, node, revision)
+    }
+    fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        Dcs::end_restart(self, node, revision)
     }
 }
 

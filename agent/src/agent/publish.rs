@@ -54,6 +54,8 @@ impl Agent {
             },
             rewinds: self.api.counters.rewinds,
             rebuilds: self.api.counters.rebuilds,
+            pending_restart: obs.running && obs.pending_restart,
+            started_at: if obs.running { obs.started_at } else { 0 },
         }
     }
 

@@ -18,7 +18,7 @@ use crate::dcs::{HistoryEntry, MemberRecord, View};
 use crate::decide::{Action, Leader};
 use crate::etcd;
 use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
-use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, SyncState};
+use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, Restart, SyncState};
 use crate::state::{NodeState, Role};
 
 // ---- etcd ----------------------------------------------------------------------------
@@ -36,6 +36,7 @@ struct Etcd {
     down: BTreeSet<String>,
     seen: BTreeMap<String, u64>,
     reinit: BTreeMap<String, (Reinit, i64)>,
+    restart: BTreeMap<String, (Restart, i64)>,
     /// Every member record published, in order.
     published: Vec<MemberRecord>,
     /// The next leader write finds an earlier one of the same writer applied first (its
@@ -69,6 +70,7 @@ impl Store for FakeStore {
             down: e.down.clone(),
             seen: e.seen.clone(),
             reinit: e.reinit.clone(),
+            restart: e.restart.clone(),
         })
     }
     fn keepalive(&self, _: i64) -> Result<bool, etcd::Error> {
@@ -162,6 +164,15 @@ impl Store for FakeStore {
             ours
         })
     }
+    fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        self.with(|e| {
+            let ours = e.restart.get(node).is_some_and(|(_, r)| *r == revision);
+            if ours {
+                e.restart.remove(node);
+            }
+            ours
+        })
+    }
 }
 
 // ---- PostgreSQL -------------------------------------------------------------------------
@@ -222,6 +233,7 @@ impl Postgres for FakePg {
         s.obs.running = true;
         s.obs.in_recovery = s.standby_signal;
         s.obs.stopped_state = None;
+        s.obs.started_at += 10;
         Ok(())
     }
     fn stop(&mut self, mode: &str) -> Result<Stopped, LocalPgError> {
@@ -785,6 +797,67 @@ fn a_reinit_request_marks_the_directory_and_the_rejoin_rebuilds_it() {
 }
 
 #[test]
+fn a_restart_request_restarts_a_standby_in_place_and_the_leader_by_a_switchover_last() {
+    let asked = Restart {
+        requested_at: unix_now(),
+        by: "db1".into(),
+        at: None,
+    };
+    // A standby: stopped (fast) and started again at once, the request gone, counted.
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    b.step();
+    b.etcd(|e| {
+        e.restart.insert("db2".into(), (asked.clone(), 5));
+    });
+    b.step();
+    let calls = b.calls();
+    assert!(
+        calls.ends_with(&["stop fast".into(), "start".into()]),
+        "{calls:?}"
+    );
+    assert!(b.etcd(|e| e.restart.is_empty()));
+    assert_eq!(b.agent.api.counters.restarts, 1);
+    // Scheduled later: not yet.
+    let later = Restart {
+        at: Some(unix_now() + 3600),
+        ..asked.clone()
+    };
+    b.etcd(|e| {
+        e.restart.insert("db2".into(), (later, 6));
+    });
+    b.step();
+    assert!(!b.calls().iter().any(|c| c == "stop fast"));
+
+    // The leader: not while a standby's restart is pending; then by a switchover, and done
+    // once its server started again (the handover's restart as a standby).
+    let mut l = Bench::new("db1", primary(), "");
+    l.agent.cycle();
+    l.etcd(|e| {
+        e.restart.insert("db1".into(), (asked.clone(), 7));
+        e.restart.insert("db2".into(), (asked.clone(), 8));
+    });
+    l.advance(500);
+    assert_eq!(l.agent.cycle(), Action::RenewLeader);
+    assert!(l.etcd(|e| e.request.is_none()));
+    l.etcd(|e| {
+        e.restart.remove("db2");
+    });
+    l.advance(500);
+    l.agent.cycle();
+    let filed = l.etcd(|e| e.request.clone()).expect("a switchover filed");
+    assert_eq!(filed.0.kind, RequestKind::Switchover);
+    assert_eq!(filed.0.from.as_deref(), Some("db1"));
+    assert!(!l.calls().iter().any(|c| c == "stop fast"));
+    assert!(l.etcd(|e| e.restart.contains_key("db1")));
+    l.server(|s| s.obs.started_at += 30);
+    l.advance(500);
+    l.agent.cycle();
+    assert!(l.etcd(|e| e.restart.is_empty()));
+}
+
+#[test]
 fn start_primary_and_promote_while_holding_the_key() {
     let mut b = Bench::new("db1", primary(), "");
     b.agent.cycle();
@@ -993,6 +1066,9 @@ fn renewal_that_finds_the_key_changed_stops_leading() {
         }
         fn end_reinit(&self, n: &str, r: i64) -> Result<bool, etcd::Error> {
             self.0.end_reinit(n, r)
+        }
+        fn end_restart(&self, n: &str, r: i64) -> Result<bool, etcd::Error> {
+            self.0.end_restart(n, r)
         }
     }
     b.agent.store = Box::new(Racing(b.etcd.clone()));

@@ -1,4 +1,4 @@
-//! Mutating requests (POST): switchover, failover, down/up, pause/resume, reinit. Each is checked
+//! Mutating requests (POST): switchover, failover, down/up, pause/resume, reinit, restart. Each is checked
 //! against a fresh read of etcd and written there; the agents carry them out. Credentials
 //! are a client certificate verified during the TLS handshake (api.tls_client_ca) or the
 //! bearer token in api.token_file.
@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use super::Snapshot;
 use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, View};
-use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind};
+use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, Restart};
 use crate::state::{NodeState, Role};
 
 pub struct Control {
@@ -171,6 +171,10 @@ impl Control {
                     None => error(400, "reinit names the node to rebuild: {\"node\": NAME}"),
                 }
             }
+            "/restart" => match node("node") {
+                Some(n) => self.restart(&dcs, &view, &n, args["at"].as_u64()),
+                None => error(400, "restart names the node: {\"node\": NAME}"),
+            },
             "/pause" | "/resume" => {
                 let paused = target == "/pause";
                 match dcs.set_paused(paused, &self.me) {
@@ -341,6 +345,53 @@ impl Control {
                 json!({"node": node, "reinit": r, "rebuilds": m.rebuilds}),
             ),
             Ok(false) => error(409, format!("a reinit of {node} is already pending")),
+            Err(e) => error(503, e.to_string()),
+        }
+    }
+}
+
+impl Control {
+    /// Asks `node`'s agent to restart PostgreSQL (see `records::Restart`); a leader needs a
+    /// standby to hand over to.
+    fn restart(&self, dcs: &Dcs, v: &View, node: &str, at: Option<u64>) -> Answer {
+        if v.member(node).is_none() {
+            let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
+            return error(
+                409,
+                format!(
+                    "no running agent on {node} (members: {}): its own agent carries a restart out",
+                    names.join(", ")
+                ),
+            );
+        }
+        let now = unix_now();
+        if at.is_some_and(|t| t + 1 < now) {
+            return error(400, "the restart time is in the past");
+        }
+        let leader = v.leader.as_ref().is_some_and(|l| l.name == node);
+        if leader {
+            let standby = v.members.iter().any(|m| {
+                m.name != node
+                    && m.role == Role::Replica
+                    && m.state == NodeState::Streaming
+                    && !m.nofailover
+                    && !v.down.contains(&m.name)
+            });
+            if !standby {
+                return error(
+                    409,
+                    format!("{node} leads and no healthy standby could take over: a leader restarts by a switchover, never in place"),
+                );
+            }
+        }
+        let r = Restart {
+            requested_at: now,
+            by: self.me.clone(),
+            at,
+        };
+        match dcs.file_restart(node, &r) {
+            Ok(true) => (202, json!({"node": node, "restart": r, "leader": leader})),
+            Ok(false) => error(409, format!("a restart of {node} is already pending")),
             Err(e) => error(503, e.to_string()),
         }
     }

@@ -19,6 +19,8 @@ pub struct Counters {
     /// Rejoins of this node by pg_rewind, and by a rebuild from a base backup.
     pub rewinds: u64,
     pub rebuilds: u64,
+    /// Restarts of this node's PostgreSQL asked for by `pgshift restart`.
+    pub restarts: u64,
     /// Callbacks that ended, by result.
     pub callbacks: crate::callbacks::Totals,
 }
@@ -132,8 +134,14 @@ pub fn render(snap: &Snapshot) -> String {
     metric(
         "rebuilds_total",
         "counter",
-        "Rejoins of this node by a rebuild from a base backup (pg_rewind could not work).",
+        "Rebuilds of this node's data directory (pg_rewind could not work, or pgshift reinit).",
         c.rebuilds.to_string(),
+    );
+    metric(
+        "restarts_total",
+        "counter",
+        "Restarts of this node's PostgreSQL in place, asked for by pgshift restart.",
+        c.restarts.to_string(),
     );
     metric(
         "lease_renew_seconds",

@@ -78,6 +78,10 @@ pub struct Observed {
     /// primary_conninfo and primary_slot_name as the server runs with them.
     pub primary_conninfo: String,
     pub primary_slot_name: String,
+    /// A changed setting waits for a restart (pg_settings.pending_restart).
+    pub pending_restart: bool,
+    /// When the running server started (Unix seconds): a restart asked earlier is done.
+    pub started_at: u64,
     /// The data directory holds [`REBUILD_PENDING`]: only a rebuild may use it.
     pub rebuild_pending: bool,
 }
@@ -264,7 +268,9 @@ impl LocalPg {
                                WHERE slot_type = 'physical' AND NOT active ORDER BY 1),
                         current_setting('primary_slot_name'),
                         ARRAY(SELECT COALESCE(restart_lsn::text, '') FROM pg_replication_slots
-                               WHERE slot_type = 'physical' ORDER BY slot_name)"),
+                               WHERE slot_type = 'physical' ORDER BY slot_name),
+                        EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart),
+                        extract(epoch FROM pg_postmaster_start_time())::bigint"),
                 &[],
             )
         });
@@ -309,6 +315,8 @@ impl LocalPg {
                     primary_conninfo: conninfo,
                     primary_slot_name: r.get(9),
                     rebuild_pending: self.data.path.join(REBUILD_PENDING).exists(),
+                    pending_restart: r.get(11),
+                    started_at: u64::try_from(r.get::<_, i64>(12)).unwrap_or(0),
                 }
             }
             // Starting up or shutting down: running, but nothing to say yet.
