@@ -15,9 +15,10 @@ import time
 import pytest
 
 from labkit import (
-    ROOT, Probe, Writer, cluster_status, collect_logs, log_mark, log_since, member, needs, on, out, playbook, roles,
+    RW, ROOT, Probe, Writer, cluster_status, collect_logs, log_mark, log_since, member, needs, on, out, playbook, roles,
     sql, wait_for, write_results,
 )
+from labkit import psql as through_haproxy
 
 RESULTS = ROOT / "target" / "agent-day2.json"
 
@@ -146,6 +147,9 @@ def longest_gap(acks, since):
 def restart_pending(leader, standby, writer_id):
     """`pgshift restart --pending` on the leader's host while a writer goes through HAProxy:
     (the command's result, its seconds, the longest write gap)."""
+    ok, res = through_haproxy(RW, "CREATE TABLE IF NOT EXISTS through_haproxy"
+                                  " (id int PRIMARY KEY, at timestamptz DEFAULT now())", 10)
+    assert ok, res
     with Writer(first_id=writer_id) as w:
         wait_for("writes through HAProxy", lambda: len(w.acks) >= 5, 30)
         started = time.monotonic()
