@@ -109,6 +109,12 @@ pub enum Command {
         #[arg(long, default_value_t = 600, value_name = "SECS")]
         timeout: u64,
     },
+    /// The cluster-wide configuration in etcd: timing, synchronous settings, PostgreSQL
+    /// parameters (over each node's agent.toml).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Stop automatic failover cluster-wide.
     Pause,
     /// Restart automatic failover.
@@ -134,6 +140,27 @@ pub struct Wait {
     /// Seconds to wait for the result.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print it (TOML) with its revision.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change keys: ttl, loop_wait, retry_timeout, maximum_lag_on_failover,
+    /// synchronous_mode, synchronous_mode_strict, synchronous_node_count, or a PostgreSQL
+    /// parameter (NAME or postgresql.NAME); an empty value removes the key.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+        /// Refuse unless it is still at this revision (as `config show` printed it).
+        #[arg(long, value_name = "N")]
+        revision: Option<i64>,
+    },
+    /// Edit it in $VISUAL / $EDITOR; refused if someone changed it meanwhile.
+    Edit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +221,16 @@ mod tests {
         assert!(parse(&["reinit", "db2", "--from", "pgbackrest"]).is_ok());
         assert!(parse(&["restart", "--pending", "--at", "+5m"]).is_ok());
         assert!(parse(&["restart", "db2"]).is_ok());
+        assert!(parse(&[
+            "config",
+            "set",
+            "ttl=5",
+            "shared_buffers=1GB",
+            "--revision",
+            "7"
+        ])
+        .is_ok());
+        assert!(parse(&["config", "show", "--json"]).is_ok());
         for bad in [
             &["status", "--to", "db2"][..],
             &["switchover", "--cancel", "--to", "db2"],
@@ -206,6 +243,8 @@ mod tests {
             &["reinit", "db2", "--from", "s3"],
             &["restart", "db1", "db2"],
             &["restart", "--force"],
+            &["config", "set"],
+            &["config"],
             &["nonsense"],
         ] {
             let e = parse(bad).unwrap_err();

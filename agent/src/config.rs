@@ -416,7 +416,7 @@ impl Config {
         Ok(c)
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.chars()

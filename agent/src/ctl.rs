@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::control::read_token;
+use crate::cluster_config::ClusterConfig;
 use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, View};
 use crate::records::unix_now;
@@ -366,6 +367,128 @@ impl<'a> Ctl<'a> {
                 timeout.as_secs()
             )),
         }
+    }
+
+    /// The stored document and its revision (None: none yet).
+    fn config_now(&self) -> Result<(ClusterConfig, Option<i64>), String> {
+        let v = self
+            .read()?
+            .ok_or("etcd does not answer: the configuration cannot be read")?;
+        match v.config {
+            None => Ok((ClusterConfig::default(), None)),
+            Some((Ok(doc), rev)) => Ok((doc, Some(rev))),
+            Some((Err(e), rev)) => Err(format!(
+                "the stored configuration (revision {rev}) cannot be read: {e}"
+            )),
+        }
+    }
+
+    pub fn config_show(&self, json: bool) -> Result<String, String> {
+        let (doc, rev) = self.config_now()?;
+        if json {
+            return Ok(json!({"revision": rev, "config": doc}).to_string());
+        }
+        let head = match rev {
+            Some(r) => format!("# revision {r}"),
+            None => "# none yet: every node runs with its agent.toml".into(),
+        };
+        Ok(format!(
+            "{head}
+{}",
+            doc.to_toml()
+        )
+        .trim_end()
+        .to_string())
+    }
+
+    /// Writes `doc` through the local agent's API, which checks it over its agent.toml and
+    /// refuses it if the stored one is no longer at `base`.
+    fn config_write(&self, doc: &ClusterConfig, base: Option<i64>) -> Result<String, String> {
+        let answer = post(
+            self.cfg,
+            "/config",
+            json!({"config": doc, "revision": base}),
+        )?;
+        Ok(format!(
+            "written as revision {}; every agent applies it within a loop (parameters needing a restart show as pending restart: pgshift restart --pending)",
+            answer["revision"]
+        ))
+    }
+
+    pub fn config_set(
+        &self,
+        assignments: &[String],
+        revision: Option<i64>,
+    ) -> Result<String, String> {
+        let (mut doc, rev) = self.config_now()?;
+        if let Some(seen) = revision.filter(|r| Some(*r) != rev) {
+            return Err(format!(
+                "the configuration is at {} now, not revision {seen}: nothing was written; look at it again (pgshift config show)",
+                rev.map_or("none".into(), |r| format!("revision {r}"))
+            ));
+        }
+        for a in assignments {
+            doc.set(a)?;
+        }
+        // Checked here too, so a mistake is told before anything is sent.
+        doc.over(self.cfg)
+            .map_err(|e| format!("{e}: nothing was written"))?;
+        self.config_write(&doc, rev)
+    }
+
+    /// $VISUAL or $EDITOR (vi) on the document as TOML; written if it changed and is valid,
+    /// against the revision it was read at.
+    pub fn config_edit(&self) -> Result<String, String> {
+        let (doc, rev) = self.config_now()?;
+        // A directory only this user can enter: the document is nobody else's to read.
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "pgshift-config-{}-{}",
+            std::process::id(),
+            unix_now()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let result = self.edit_in(&dir, &doc, rev);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    fn edit_in(
+        &self,
+        dir: &std::path::Path,
+        doc: &ClusterConfig,
+        rev: Option<i64>,
+    ) -> Result<String, String> {
+        let path = dir.join("pgshift-config.toml");
+        fs_err::write(&path, doc.to_toml()).map_err(|e| e.to_string())?;
+        let editor = std::env::var("VISUAL")
+            .or_else(|_| std::env::var("EDITOR"))
+            .unwrap_or_else(|_| "vi".into());
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&path)
+            .status()
+            .map_err(|e| format!("cannot run {editor}: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "{editor} exited with {status}: nothing was written"
+            ));
+        }
+        let text = fs_err::read_to_string(&path).map_err(|e| e.to_string())?;
+        let edited: ClusterConfig =
+            toml::from_str(&text).map_err(|e| format!("{e}nothing was written"))?;
+        if edited == *doc {
+            return Ok("no change".into());
+        }
+        edited
+            .over(self.cfg)
+            .map_err(|e| format!("{e}: nothing was written"))?;
+        self.config_write(&edited, rev)
     }
 
     pub fn pause(&self, paused: bool) -> Result<String, String> {

@@ -11,12 +11,15 @@
 //! - `reinit/<name>`: an operator's request that that node rebuild its data directory
 //!   (`records::Reinit`), until its agent takes it;
 //! - `restart/<name>`: an operator's request that that node restart PostgreSQL
-//!   (`records::Restart`), until it has.
+//!   (`records::Restart`), until it has;
+//! - `config`: the cluster-wide configuration (`cluster_config::ClusterConfig`), versioned by
+//!   its mod_revision.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster_config::ClusterConfig;
 use crate::decide::{Leader, Member};
 use crate::etcd::{self, Client};
 use crate::records::{Outcome, Reinit, Request, Restart, SyncState};
@@ -154,6 +157,9 @@ pub struct View {
     pub reinit: BTreeMap<String, (Reinit, i64)>,
     /// Pending restart requests by node, with their keys' mod_revision.
     pub restart: BTreeMap<String, (Restart, i64)>,
+    /// The cluster-wide configuration and its revision; a document no agent can read is
+    /// kept as its error (`Err`), so nobody mistakes it for none.
+    pub config: Option<(Result<ClusterConfig, String>, i64)>,
 }
 
 impl View {
@@ -220,6 +226,9 @@ impl Dcs {
                 if let Ok(r) = serde_json::from_str(&kv.value) {
                     view.reinit.insert(name.to_string(), (r, kv.mod_revision));
                 }
+            } else if rest == "config" {
+                let doc = serde_json::from_str(&kv.value).map_err(|e| e.to_string());
+                view.config = Some((doc, kv.mod_revision));
             } else if let Some(name) = rest.strip_prefix("restart/") {
                 if let Ok(r) = serde_json::from_str(&kv.value) {
                     view.restart.insert(name.to_string(), (r, kv.mod_revision));
@@ -320,6 +329,17 @@ impl Dcs {
             .etcd
             .put_if(&self.key(&format!("reinit/{node}")), &value, 0, None)?
             .is_some())
+    }
+
+    /// Writes the cluster-wide configuration if it is still at `expected` (None: only if there
+    /// is none); its new revision, or None when it changed meanwhile.
+    pub fn write_config(
+        &self,
+        doc: &ClusterConfig,
+        expected: Option<i64>,
+    ) -> Result<Option<i64>, etcd::Error> {
+        let value = serde_json::to_string(doc).expect("serializable");
+        self.etcd.put_if(&self.key("config"), &value, 0, expected)
     }
 
     /// Files a restart request for `node` unless one is pending; false when one is.

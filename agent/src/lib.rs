@@ -6,6 +6,7 @@ pub mod api;
 pub mod args;
 pub mod callbacks;
 pub mod cli;
+pub mod cluster_config;
 pub mod config;
 pub mod ctl;
 pub mod dcs;

@@ -5,7 +5,7 @@ use std::process::exit;
 use std::time::Duration;
 
 use clap::Parser;
-use pgshift_agent::args::{Cli, Command, Logical};
+use pgshift_agent::args::{Cli, Command, ConfigCommand, Logical};
 use pgshift_agent::config::{Config, DEFAULT_PATH};
 use pgshift_agent::ctl::{parse_at, Ctl};
 use pgshift_agent::logical::{self, LogicalConfig};
@@ -91,6 +91,18 @@ fn main() {
             let now = pgshift_agent::records::unix_now();
             let at = at.map(|t| parse_at(&t, now).unwrap_or_else(|e| fail(&e)));
             done(ctl(&cfg).restart(node.as_deref(), pending, at, secs(timeout)))
+        }
+        Command::Config { command } => {
+            let cfg = load();
+            let ctl = ctl(&cfg);
+            done(match command {
+                ConfigCommand::Show { json } => ctl.config_show(json),
+                ConfigCommand::Set {
+                    assignments,
+                    revision,
+                } => ctl.config_set(&assignments, revision),
+                ConfigCommand::Edit => ctl.config_edit(),
+            })
         }
         Command::Pause => done(ctl(&load()).pause(true)),
         Command::Resume => done(ctl(&load()).pause(false)),

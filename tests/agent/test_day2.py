@@ -2,9 +2,9 @@
 the pgBackRest repository on aux, agents on db1/db2, synchronous mode on): `pgshift reinit`
 of the standby from the repository and from the leader while a probe writes through both
 hosts; a standby whose data directory is gone built again by replication.yml with
-pg_standby_method: pgbackrest (the module's restore from the repository); `pgshift restart
---pending` after a setting that needs a restart, standbys first and the leader by a
-switchover, timed through HAProxy. A restore from the repository must leave the leader without any base backup to serve
+pg_standby_method: pgbackrest (the module's restore from the repository); `pgshift config`
+(checked, versioned, adopted by every agent); `pgshift restart --pending` after `pgshift config
+set shared_buffers=...`, standbys first and the leader by a switchover, timed through HAProxy. A restore from the repository must leave the leader without any base backup to serve
 (none of the checkpoint requests every base backup makes on its source, which the leader
 path shows); both paths are timed for the closing note (target/agent-day2.json).
 """
@@ -135,9 +135,6 @@ def test_the_replication_playbook_restores_a_lost_standby_from_the_repository(cl
     cluster["results"]["playbook_restore_seconds"] = seconds
 
 
-CONF_D = "/etc/postgresql/15/main/conf.d/zz-day2-test.conf"
-
-
 def longest_gap(acks, since):
     """The longest time between two acknowledged writes after `since` (seconds)."""
     times = [t for t, _ in acks if t >= since]
@@ -162,24 +159,55 @@ def restart_pending(leader, standby, writer_id):
     return res.stdout, seconds, longest_gap(w.acks, started)
 
 
+def pending_everywhere(leader, hosts):
+    wait_for("pending restarts", lambda: all(
+        (member(cluster_status(leader) or {"members": []}, h) or {}).get("pending_restart") for h in hosts), 30, 0.5)
+
+
+def revision(host):
+    return json.loads(out(host, "pgshift config show --json"))["revision"]
+
+
+@pytest.mark.smoke
+def test_cluster_configuration_checked_versioned_and_applied_by_every_agent(cluster):
+    """`pgshift config`: a combination agent.toml would refuse is refused with nothing
+    written; a stale revision and a stale edit are refused; a timing change (by `edit`, with
+    an editor that is a sed command) is adopted by every agent; then back."""
+    leader, standby = roles()
+    before = revision(leader)
+    bad = on(leader, "pgshift config set retry_timeout=3")
+    assert bad.returncode == 1 and "must be less than ttl" in bad.stderr and "nothing was written" in bad.stderr, bad
+    assert revision(leader) == before
+    marks = {h: log_mark(h) for h in (leader, standby)}
+    res = on(standby, "EDITOR='sed -i -e \"$ a ttl = 4.0\"' pgshift config edit")
+    assert res.returncode == 0 and "written as revision" in res.stdout, res
+    now = revision(leader)
+    assert now != before
+    for h in (leader, standby):
+        wait_for(f"{h} adopting revision {now}",
+                 lambda h=h: f"cluster configuration revision {now} adopted (ttl 4000 ms" in log_since(h, marks[h]), 10)
+    stale = on(leader, f"pgshift config set --revision {before if before is not None else 0} ttl=5")
+    assert stale.returncode == 1 and "nothing was written" in stale.stderr, stale
+    assert "ttl = 4.0" in out(leader, "pgshift config show")
+    out(leader, "pgshift config set ttl=")
+    assert "ttl" not in out(leader, "pgshift config show").split("\n", 1)[1]
+    assert roles() == (leader, standby)
+
+
 @pytest.mark.smoke
 def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cluster):
-    """A setting that needs a restart (shared_buffers in conf.d, reloaded) shows as `pending
-    restart` on every member; `pgshift restart --pending` restarts the standby first, then the
-    leader by a switchover, while writes go through HAProxy: the setting is in force
-    everywhere, nothing pending, the longest write gap at most 2 s. Then the file goes and a
-    second round puts the old value back."""
+    """`pgshift config set shared_buffers=40MB` reaches every server (ALTER SYSTEM, reload)
+    and shows as `pending restart` on every member; `pgshift restart --pending` restarts the
+    standby first, then the leader by a switchover, while writes go through HAProxy: the
+    setting is in force everywhere, nothing pending, the longest write gap at most 2 s. Then
+    the key goes (RESET everywhere) and a second round puts the old value back."""
     leader, standby = roles()
     none = on(leader, "pgshift restart --pending")
     assert none.returncode == 0 and "nothing to do" in none.stdout, none
     gaps = []
     try:
-        for h in (leader, standby):
-            out(h, f"echo \"shared_buffers = '40MB'\" > {CONF_D} && chown postgres:postgres {CONF_D}")
-            sql(h, "SELECT pg_reload_conf()")
-        wait_for("pending restarts", lambda: all(
-            (member(cluster_status(leader) or {"members": []}, h) or {}).get("pending_restart") for h in (leader, standby)),
-            30, 0.5)
+        out(leader, "pgshift config set shared_buffers=40MB")
+        pending_everywhere(leader, (leader, standby))
         assert "pending restart" in out(leader, "pgshift status")
         text, seconds, gap = restart_pending(leader, standby, 7 * 10**7)
         assert f"restarted {standby}, {leader}" in text and f"{leader} handed over to {standby} first" in text, text
@@ -191,14 +219,10 @@ def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cl
         assert not any(m["pending_restart"] for m in doc["members"]), doc
         cluster["results"]["restart_pending"] = {"seconds": round(seconds, 1), "longest_write_gap": round(gap, 2)}
     finally:
-        for h in (leader, standby):
-            on(h, f"rm -f {CONF_D}")
-            sql(h, "SELECT pg_reload_conf()")
+        on(leader, "pgshift config set shared_buffers=")
     # Back to the old value the same way (the leader is now the other host).
     new_leader, new_standby = roles()
-    wait_for("pending restarts again", lambda: all(
-        (member(cluster_status(new_leader) or {"members": []}, h) or {}).get("pending_restart")
-        for h in (new_leader, new_standby)), 30, 0.5)
+    pending_everywhere(new_leader, (new_leader, new_standby))
     text, _, gap = restart_pending(new_leader, new_standby, 7 * 10**7 + 10**6)
     gaps.append(gap)
     assert sql(leader, "SHOW shared_buffers") == "128MB"

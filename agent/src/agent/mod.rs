@@ -17,12 +17,13 @@ mod publish;
 mod reinit;
 mod reload;
 mod restart;
+mod settings;
 mod slots;
 mod sync;
 mod worker;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,6 +130,8 @@ pub struct Agent {
     hba_checks: HbaChecks,
     /// Programs run on a start, stop or role change of PostgreSQL.
     callbacks: Callbacks,
+    /// The cluster-wide configuration as this node applies it.
+    settings: settings::Settings,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -218,6 +221,7 @@ impl Agent {
                 until: None,
             },
             config_path,
+            settings: settings::Settings::new(&cfg),
             cfg,
             store: ports.store,
             pg: ports.pg,
@@ -300,6 +304,7 @@ impl Agent {
         let view = self.read_cluster().or_else(|e| self.without_etcd(&obs, e));
         let now = self.now();
         if let Ok(v) = &view {
+            self.follow_cluster_config(v);
             if self.clock.observe(v.leader.as_ref(), now) {
                 self.api.counters.leader_changes += 1;
             }
@@ -351,6 +356,7 @@ impl Agent {
                 self.hba_checks
                     .sync(obs, self.clock.leading(), self.node.down);
                 let outcome = self.act(&action, view.as_ref().ok(), obs);
+                self.apply_parameters(obs);
                 let changed = !matches!(action, Action::Wait { .. } | Action::RenewLeader);
                 (action, outcome, changed)
             }

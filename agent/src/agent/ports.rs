@@ -132,6 +132,10 @@ pub trait Postgres {
     fn recovery_failure(&self) -> Option<String>;
     /// Marks the data directory so that the next rejoin rebuilds it.
     fn mark_rebuild(&self, why: &str) -> PgResult<()>;
+    /// ALTER SYSTEM SET `name` to `value` (None: RESET).
+    fn set_parameter(&mut self, name: &str, value: Option<&str>) -> PgResult<()>;
+    /// pg_reload_conf().
+    fn reload_config(&mut self) -> PgResult<()>;
 }
 
 /// A rejoin that runs off the loop: stop, pg_rewind, and a rebuild if the rewind cannot work.
@@ -224,6 +228,12 @@ impl Postgres for LocalPg {
     }
     fn mark_rebuild(&self, why: &str) -> PgResult<()> {
         LocalPg::mark_rebuild(self, why)
+    }
+    fn set_parameter(&mut self, name: &str, value: Option<&str>) -> PgResult<()> {
+        LocalPg::set_parameter(self, name, value)
+    }
+    fn reload_config(&mut self) -> PgResult<()> {
+        LocalPg::reload_config(self)
     }
 }
 

@@ -65,6 +65,7 @@ impl Agent {
         w.extend(self.node.stall.as_ref().map(|s| s.reason().to_string()));
         w.extend(self.node.rejoins.warning(self.now()));
         w.extend(self.node.slot_error.clone());
+        w.extend(self.settings.problem.clone());
         let leading = view
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name == self.cfg.name);

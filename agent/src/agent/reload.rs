@@ -1,5 +1,5 @@
 //! SIGHUP: the configuration read again. Timing, tags and the synchronous-mode switches take
-//! effect at once; certificates and keys (the API's, etcd's client side) are read again; what
+//! effect at once (under the cluster-wide configuration, which `settings` lays over them); certificates and keys (the API's, etcd's client side) are read again; what
 //! the agent built at start from the rest (listener, data directory, replication identity)
 //! needs a restart, and the log says which sections changed. Sections compare by value
 //! (`PartialEq`), never by their printed form.
@@ -78,6 +78,29 @@ impl Agent {
             }
             Err(e) => warn(format!("SIGHUP: etcd client not reloaded: {e}")),
         }
+        self.cfg.etcd = etcd;
+        // The cluster-wide configuration stays laid over the new file.
+        self.settings.local = new.clone();
+        let effective = match self.settings.doc.over(&new) {
+            Ok(c) => c,
+            Err(e) => {
+                warn(format!(
+                    "SIGHUP: the cluster configuration no longer applies: {e}"
+                ));
+                new
+            }
+        };
+        self.adopt(effective);
+        let t = self.cfg.timing();
+        log(format!(
+            "SIGHUP: configuration reloaded (ttl {} ms, loop_wait {} ms, retry_timeout {} ms, synchronous_mode {})",
+            t.ttl, t.loop_wait, t.retry_timeout, self.cfg.replication.synchronous_mode
+        ));
+    }
+
+    /// Takes what reloads from `new` (timing, tags, callbacks, the synchronous-mode
+    /// switches, member_slots_ttl) and keeps the rest as the agent started with it.
+    pub(super) fn adopt(&mut self, new: Config) {
         let old = self.cfg.clone();
         let mut replication = old.replication.clone();
         replication.synchronous_mode = new.replication.synchronous_mode;
@@ -90,16 +113,10 @@ impl Agent {
             tags: new.tags,
             callbacks: new.callbacks,
             replication,
-            etcd,
             ..old
         };
         self.sync_names = None;
-        let t = self.cfg.timing();
-        self.guard.timing_changed(&t);
-        log(format!(
-            "SIGHUP: configuration reloaded (ttl {} ms, loop_wait {} ms, retry_timeout {} ms, synchronous_mode {})",
-            t.ttl, t.loop_wait, t.retry_timeout, self.cfg.replication.synchronous_mode
-        ));
+        self.guard.timing_changed(&self.cfg.timing());
     }
 }
 

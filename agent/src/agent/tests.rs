@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::ports::{Fence, Phase, Postgres, RejoinJob, Store};
 use super::{Agent, Ports};
 use crate::api::{Shared, Snapshot};
+use crate::cluster_config::ClusterConfig;
 use crate::config::{Config, RebuildMethod};
 use crate::dcs::{HistoryEntry, MemberRecord, View};
 use crate::decide::{Action, Leader};
@@ -37,6 +38,7 @@ struct Etcd {
     seen: BTreeMap<String, u64>,
     reinit: BTreeMap<String, (Reinit, i64)>,
     restart: BTreeMap<String, (Restart, i64)>,
+    config: Option<(Result<ClusterConfig, String>, i64)>,
     /// Every member record published, in order.
     published: Vec<MemberRecord>,
     /// The next leader write finds an earlier one of the same writer applied first (its
@@ -71,6 +73,7 @@ impl Store for FakeStore {
             seen: e.seen.clone(),
             reinit: e.reinit.clone(),
             restart: e.restart.clone(),
+            config: e.config.clone(),
         })
     }
     fn keepalive(&self, _: i64) -> Result<bool, etcd::Error> {
@@ -355,6 +358,18 @@ impl Postgres for FakePg {
         s.obs.rebuild_pending = true;
         Ok(())
     }
+    fn set_parameter(&mut self, name: &str, value: Option<&str>) -> Result<(), LocalPgError> {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(match value {
+            Some(v) => format!("set {name} = {v}"),
+            None => format!("reset {name}"),
+        });
+        Ok(())
+    }
+    fn reload_config(&mut self) -> Result<(), LocalPgError> {
+        self.0.lock().unwrap().calls.push("reload".into());
+        Ok(())
+    }
 }
 
 /// Stops the server, says it rewinds, then waits for the test's word (checking `cancel`).
@@ -437,7 +452,7 @@ struct Bench {
 const START: u64 = 1_000_000;
 
 /// A configuration of member `name` for tests (`extra`: top-level keys).
-pub(super) fn config(name: &str, state_dir: &std::path::Path, extra: &str) -> Config {
+pub(crate) fn config(name: &str, state_dir: &std::path::Path, extra: &str) -> Config {
     Config::parse(&format!(
         r#"
 cluster = "main"
@@ -855,6 +870,54 @@ fn a_restart_request_restarts_a_standby_in_place_and_the_leader_by_a_switchover_
     l.advance(500);
     l.agent.cycle();
     assert!(l.etcd(|e| e.restart.is_empty()));
+}
+
+#[test]
+fn the_cluster_configuration_is_laid_over_agent_toml_and_its_parameters_set() {
+    let mut b = Bench::new("db2", standby_of_db1(), "");
+    b.member("db1", Role::Primary, NodeState::Running, None);
+    b.leader("db1");
+    b.step();
+    let mut doc = ClusterConfig::default();
+    for a in ["ttl=5", "retry_timeout=2", "shared_buffers=256MB"] {
+        doc.set(a).unwrap();
+    }
+    b.etcd(|e| e.config = Some((Ok(doc.clone()), 3)));
+    b.step();
+    assert_eq!(b.agent.cfg.timing().ttl, 5000);
+    assert_eq!(b.agent.cfg.timing().retry_timeout, 2000);
+    let calls = b.calls();
+    assert!(
+        calls.ends_with(&["set shared_buffers = 256MB".into(), "reload".into()]),
+        "{calls:?}"
+    );
+    // The same revision again: nothing more.
+    b.step();
+    assert!(!b.calls().iter().any(|c| c.starts_with("set ")));
+    // The parameter dropped from the document is reset, the timing back to agent.toml's.
+    doc.set("shared_buffers=").unwrap();
+    doc.set("ttl=").unwrap();
+    doc.set("retry_timeout=").unwrap();
+    b.etcd(|e| e.config = Some((Ok(doc.clone()), 4)));
+    b.step();
+    assert_eq!(b.agent.cfg.timing().ttl, 3000);
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"reset shared_buffers".to_string()),
+        "{calls:?}"
+    );
+    // A document this node's agent.toml cannot take is not applied, and says so.
+    doc.set("retry_timeout=9").unwrap();
+    b.etcd(|e| e.config = Some((Ok(doc), 5)));
+    b.step();
+    assert_eq!(b.agent.cfg.timing().retry_timeout, 1500);
+    let warnings = b.etcd(|e| e.members["db2"].warnings.clone());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("revision 5 not applied here") && w.contains("less than ttl")),
+        "{warnings:?}"
+    );
 }
 
 #[test]

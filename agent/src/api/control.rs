@@ -1,4 +1,5 @@
-//! Mutating requests (POST): switchover, failover, down/up, pause/resume, reinit, restart. Each is checked
+//! Mutating requests (POST): switchover, failover, down/up, pause/resume, reinit, restart,
+//! config. Each is checked
 //! against a fresh read of etcd and written there; the agents carry them out. Credentials
 //! are a client certificate verified during the TLS handshake (api.tls_client_ca) or the
 //! bearer token in api.token_file.
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::Snapshot;
+use crate::cluster_config::ClusterConfig;
 use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, View};
 use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, Restart};
@@ -27,6 +29,8 @@ pub struct Control {
     /// (synchronous_node_count, strict) in synchronous mode: what a reinit of a synchronous
     /// standby would cost.
     sync: Option<(usize, bool)>,
+    /// This node's agent.toml: a cluster-wide configuration must make a valid one over it.
+    base: Mutex<Config>,
 }
 
 type Answer = (u16, Value);
@@ -58,6 +62,7 @@ impl Control {
     /// A new etcd client from `cfg` (SIGHUP: rotated client certificates, other endpoints);
     /// on error the one in use stays.
     pub fn reload_etcd(&self, cfg: &Config) -> Result<(), String> {
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = cfg.clone();
         let dcs = Dcs::new(cfg.etcd_client(Duration::from_secs(2))?, &cfg.cluster);
         *self.dcs.lock().unwrap_or_else(|e| e.into_inner()) = dcs;
         Ok(())
@@ -77,6 +82,7 @@ impl Control {
                 cfg.replication.synchronous_node_count,
                 cfg.replication.synchronous_mode_strict,
             )),
+            base: Mutex::new(cfg.clone()),
         })
     }
 
@@ -171,6 +177,7 @@ impl Control {
                     None => error(400, "reinit names the node to rebuild: {\"node\": NAME}"),
                 }
             }
+            "/config" => self.config(&dcs, &view, &args),
             "/restart" => match node("node") {
                 Some(n) => self.restart(&dcs, &view, &n, args["at"].as_u64()),
                 None => error(400, "restart names the node: {\"node\": NAME}"),
@@ -351,6 +358,39 @@ impl Control {
 }
 
 impl Control {
+    /// Writes the cluster-wide configuration `{"config": {...}, "revision": N}` if it is valid
+    /// over this node's agent.toml and still at revision N (null: there was none).
+    fn config(&self, dcs: &Dcs, v: &View, args: &Value) -> Answer {
+        let doc: ClusterConfig = match serde_json::from_value(args["config"].clone()) {
+            Ok(d) => d,
+            Err(e) => return error(400, format!("config: {e}")),
+        };
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = doc.over(&base) {
+            return error(400, format!("{e}: nothing was written"));
+        }
+        let expected = args["revision"].as_i64();
+        let now = v.config.as_ref().map(|(_, r)| *r);
+        if expected != now {
+            return error(
+                409,
+                format!(
+                    "the configuration changed since {} (now {}): nothing was written; read it again",
+                    expected.map_or("none".into(), |r| format!("revision {r}")),
+                    now.map_or("none".into(), |r| format!("revision {r}"))
+                ),
+            );
+        }
+        match dcs.write_config(&doc, expected) {
+            Ok(Some(rev)) => (200, json!({"revision": rev, "config": doc})),
+            Ok(None) => error(
+                409,
+                "the configuration changed at the same moment: nothing was written; read it again",
+            ),
+            Err(e) => error(503, e.to_string()),
+        }
+    }
+
     /// Asks `node`'s agent to restart PostgreSQL (see `records::Restart`); a leader needs a
     /// standby to hand over to.
     fn restart(&self, dcs: &Dcs, v: &View, node: &str, at: Option<u64>) -> Answer {

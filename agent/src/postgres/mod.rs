@@ -555,6 +555,27 @@ impl LocalPg {
 
     /// `synchronous_standby_names` through ALTER SYSTEM and a reload (also on a standby,
     /// ahead of its promotion).
+    /// ALTER SYSTEM SET `name` = `value`, or RESET `name` (PostgreSQL checks the name and
+    /// the value, and writes nothing when either is wrong).
+    pub fn set_parameter(&mut self, name: &str, value: Option<&str>) -> Result<()> {
+        use pgshift_core::pg::sql::{quote_ident, quote_literal};
+        let statement = match value {
+            Some(v) => format!(
+                "ALTER SYSTEM SET {} = {}",
+                quote_ident(name),
+                quote_literal(v)
+            ),
+            None => format!("ALTER SYSTEM RESET {}", quote_ident(name)),
+        };
+        self.with(|c| c.batch_execute(&statement))?;
+        Ok(())
+    }
+
+    pub fn reload_config(&mut self) -> Result<()> {
+        self.with(|c| c.batch_execute("SELECT pg_reload_conf()"))?;
+        Ok(())
+    }
+
     pub fn set_sync_names(&mut self, value: &str) -> Result<()> {
         let q = pgshift_core::pg::sql::quote_literal(value);
         self.with(|c| {
