@@ -179,7 +179,10 @@ def test_cluster_configuration_checked_versioned_and_applied_by_every_agent(clus
     assert bad.returncode == 1 and "must be less than ttl" in bad.stderr and "nothing was written" in bad.stderr, bad
     assert revision(leader) == before
     marks = {h: log_mark(h) for h in (leader, standby)}
-    res = on(standby, "EDITOR='sed -i -e \"$ a ttl = 4.0\"' pgshift config edit")
+    # The "editor" puts ttl first (top-level keys come before [postgresql]).
+    out(standby, "printf '#!/bin/sh\\n{ echo \"ttl = 4.0\"; cat \"$1\"; } > \"$1.new\" && mv \"$1.new\" \"$1\"\\n'"
+                 " > /tmp/pgshift-test-editor && chmod 755 /tmp/pgshift-test-editor")
+    res = on(standby, "EDITOR=/tmp/pgshift-test-editor pgshift config edit")
     assert res.returncode == 0 and "written as revision" in res.stdout, res
     now = revision(leader)
     assert now != before
