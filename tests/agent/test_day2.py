@@ -171,7 +171,7 @@ def revision(host):
 @pytest.mark.smoke
 def test_cluster_configuration_checked_versioned_and_applied_by_every_agent(cluster):
     """`pgshift config`: a combination agent.toml would refuse is refused with nothing
-    written; a stale revision and a stale edit are refused; a timing change (by `edit`, with
+    written; a stale revision and an edit raced by another writer are refused; a timing change (by `edit`, with
     an editor that is a sed command) is adopted by every agent; then back."""
     leader, standby = roles()
     before = revision(leader)
@@ -191,6 +191,14 @@ def test_cluster_configuration_checked_versioned_and_applied_by_every_agent(clus
                  lambda h=h: f"cluster configuration revision {now} adopted (ttl 4000 ms" in log_since(h, marks[h]), 10)
     stale = on(leader, f"pgshift config set --revision {before if before is not None else 0} ttl=5")
     assert stale.returncode == 1 and "nothing was written" in stale.stderr, stale
+    # An edit during which someone else changed the document is refused.
+    out(standby, "printf '#!/bin/sh\\npgshift config set work_mem=8MB >/dev/null && sed -i s/4.0/5.0/ \"$1\"\\n'"
+                 " > /tmp/pgshift-test-editor")
+    raced = on(standby, "EDITOR=/tmp/pgshift-test-editor pgshift config edit")
+    assert raced.returncode == 1 and "changed since revision" in raced.stderr, raced
+    shown = out(leader, "pgshift config show")
+    assert "work_mem" in shown and "ttl = 5.0" not in shown, shown
+    out(leader, "pgshift config set work_mem=")
     assert "ttl = 4.0" in out(leader, "pgshift config show")
     out(leader, "pgshift config set ttl=")
     assert "ttl" not in out(leader, "pgshift config show").split("\n", 1)[1]
