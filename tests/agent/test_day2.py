@@ -72,6 +72,8 @@ def reinit(cluster, leader, standby, source):
 @pytest.mark.smoke
 def test_reinit_from_the_repository_spares_the_leader_then_from_the_leader(cluster):
     leader, standby = roles()
+    refused = on(standby, f"pgshift reinit {leader}")
+    assert refused.returncode == 1 and f"{leader} is the leader: switch over first" in refused.stderr, refused
     started = time.monotonic()
     # A full backup in the repository, as the timers would have taken one.
     out("aux", "cd / && runuser -u postgres -- pgbackrest --stanza=main --type=full backup", timeout=600)
@@ -211,7 +213,7 @@ def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cl
     and shows as `pending restart` on every member; `pgshift restart --pending` restarts the
     standby first, then the leader by a switchover, while writes go through HAProxy: the
     setting is in force everywhere, nothing pending, the longest write gap at most 2 s. Then
-    the key goes (RESET everywhere) and a second round puts the old value back."""
+    the key goes: RESET everywhere, pending again."""
     leader, standby = roles()
     none = on(leader, "pgshift restart --pending")
     assert none.returncode == 0 and "nothing to do" in none.stdout, none
@@ -231,11 +233,7 @@ def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cl
         cluster["results"]["restart_pending"] = {"seconds": round(seconds, 1), "longest_write_gap": round(gap, 2)}
     finally:
         on(leader, "pgshift config set shared_buffers=")
-    # Back to the old value the same way (the leader is now the other host).
-    new_leader, new_standby = roles()
-    pending_everywhere(new_leader, (new_leader, new_standby))
-    text, _, gap = restart_pending(new_leader, new_standby, 7 * 10**7 + 10**6)
-    gaps.append(gap)
-    assert sql(leader, "SHOW shared_buffers") == "128MB"
-    cluster["results"]["restart_pending"]["longest_write_gap_second_round"] = round(gap, 2)
+    # The key gone, every member RESET it: the old value waits for the next restart (left to
+    # the suites after this one, which restart servers anyway: make test's time is short).
+    pending_everywhere(leader, (leader, standby))
     assert max(gaps) <= 2.0, gaps

@@ -205,7 +205,6 @@ def fault(cluster, name, inject, recover):
     return old, new
 
 
-@pytest.mark.smoke
 def test_reinit_rebuilds_a_standby_while_writes_go_on_and_is_refused_on_the_leader(cluster):
     """`pgshift reinit` (issue 21): refused on the leader with the reason and nothing done;
     on the standby, run from the leader's host, its agent stops PostgreSQL, moves the data
