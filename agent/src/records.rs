@@ -118,6 +118,10 @@ pub struct Restart {
     pub at: Option<u64>,
 }
 
+/// How long a due restart may stay undone before its node drops it (seconds): a leader with
+/// no standby able to take over would otherwise keep asking for switchovers for ever.
+pub const RESTART_TIMEOUT_SECS: u64 = 600;
+
 impl Restart {
     /// The moment it may run (Unix seconds).
     pub fn due(&self) -> u64 {

@@ -123,7 +123,9 @@ options:
     description: C(pg_basebackup --max-rate), a number of kB/s with an optional C(k) or C(M), e.g. C(50M).
     type: str
   method:
-    description: How an empty data directory is filled - C(basebackup) (C(pg_basebackup) from the primary) or C(pgbackrest) (a restore from the pgBackRest repository).
+    description:
+      - How an empty data directory is filled - C(basebackup) (C(pg_basebackup) from the primary)
+        or C(pgbackrest) (a restore from the pgBackRest repository).
     type: str
     choices: [basebackup, pgbackrest]
     default: basebackup
@@ -147,7 +149,10 @@ options:
     type: int
     default: 60
   force_rebuild:
-    description: Move a data directory of another cluster (or a former primary) aside and rebuild; with I(method=pgbackrest) a former primary of this cluster is restored over with C(--delta) instead. Never applies to a running primary.
+    description:
+      - Move a data directory of another cluster (or a former primary) aside and rebuild; with
+        I(method=pgbackrest) a former primary of this cluster is restored over with C(--delta)
+        instead. Never applies to a running primary.
     type: bool
     default: false
   force:

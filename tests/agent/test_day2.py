@@ -15,7 +15,7 @@ import time
 import pytest
 
 from labkit import (
-    RW, ROOT, Probe, Writer, cluster_status, collect_logs, log_mark, log_since, member, needs, on, out, playbook, roles,
+    AGENT_LOG, AGENT_PID, RW, ROOT, Probe, Writer, cluster_status, collect_logs, log_mark, log_since, member, needs, on, out, playbook, roles,
     sql, wait_for, write_results,
 )
 from labkit import psql as through_haproxy
@@ -161,6 +161,29 @@ def restart_pending(leader, standby, writer_id):
     return res.stdout, seconds, longest_gap(w.acks, started)
 
 
+CALLBACK = "/var/lib/pgshift/day2-callback"
+CALLBACK_LOG = "/var/lib/pgshift/day2-callbacks.log"
+AGENT_TOML = "/etc/pgshift/agent.toml"
+
+
+def sleeping_callbacks(hosts):
+    """An on_role_change callback on each host's agent (by SIGHUP) that logs its arguments,
+    then sleeps 30 s; agent.toml is kept at agent.toml.day2 (see `no_callbacks`)."""
+    for h in hosts:
+        mark = log_mark(h)
+        out(h, f"printf '#!/bin/sh\\necho \"$*\" >> {CALLBACK_LOG}\\nsleep 30\\n' > {CALLBACK}"
+               f" && chmod 755 {CALLBACK} && : > {CALLBACK_LOG} && chown postgres: {CALLBACK_LOG}"
+               f" && cp -p {AGENT_TOML} {AGENT_TOML}.day2"
+               f" && printf '\\n[callbacks]\\non_role_change = \"{CALLBACK}\"\\ntimeout = 60\\n' >> {AGENT_TOML}"
+               f" && kill -HUP $({AGENT_PID})")
+        wait_for(f"{h} reloading", lambda h=h, mark=mark: "configuration reloaded" in log_since(h, mark), 10)
+
+
+def no_callbacks(hosts):
+    for h in hosts:
+        on(h, f"test -f {AGENT_TOML}.day2 && mv {AGENT_TOML}.day2 {AGENT_TOML} && kill -HUP $({AGENT_PID})")
+
+
 def pending_everywhere(leader, hosts):
     wait_for("pending restarts", lambda: all(
         (member(cluster_status(leader) or {"members": []}, h) or {}).get("pending_restart") for h in hosts), 30, 0.5)
@@ -212,13 +235,16 @@ def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cl
     """`pgshift config set shared_buffers=40MB` reaches every server (ALTER SYSTEM, reload)
     and shows as `pending restart` on every member; `pgshift restart --pending` restarts the
     standby first, then the leader by a switchover, while writes go through HAProxy: the
-    setting is in force everywhere, nothing pending, the longest write gap at most 2 s. Then
-    the key goes: RESET everywhere, pending again."""
+    setting is in force everywhere, nothing pending, the longest write gap at most 2 s — with
+    an on_role_change callback on both agents that sleeps 30 s (the switchover does not wait
+    for it; the crash-failover version of that is tests/agent/test_rejoin.py's). Then the key
+    goes: RESET everywhere, pending again."""
     leader, standby = roles()
     none = on(leader, "pgshift restart --pending")
     assert none.returncode == 0 and "nothing to do" in none.stdout, none
     gaps = []
     try:
+        sleeping_callbacks((leader, standby))
         out(leader, "pgshift config set shared_buffers=40MB")
         pending_everywhere(leader, (leader, standby))
         assert "pending restart" in out(leader, "pgshift status")
@@ -226,6 +252,9 @@ def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cl
         assert f"restarted {standby}, {leader}" in text and f"{leader} handed over to {standby} first" in text, text
         gaps.append(gap)
         assert roles() == (standby, leader)
+        # The new leader's role change ran its callback, which still sleeps: nobody waited.
+        assert "on_role_change primary main" in out(standby, f"cat {CALLBACK_LOG}")
+        assert on(standby, f"pgrep -f {CALLBACK}").returncode == 0
         for h in (leader, standby):
             assert sql(h, "SHOW shared_buffers") == "40MB"
         doc = cluster_status(leader)
@@ -233,6 +262,7 @@ def test_restart_pending_restarts_the_standby_then_the_leader_by_a_switchover(cl
         cluster["results"]["restart_pending"] = {"seconds": round(seconds, 1), "longest_write_gap": round(gap, 2)}
     finally:
         on(leader, "pgshift config set shared_buffers=")
+        no_callbacks((leader, standby))
     # The key gone, every member RESET it: the old value waits for the next restart (left to
     # the suites after this one, which restart servers anyway: make test's time is short).
     pending_everywhere(leader, (leader, standby))

@@ -356,7 +356,10 @@ impl Agent {
                 self.hba_checks
                     .sync(obs, self.clock.leading(), self.node.down);
                 let outcome = self.act(&action, view.as_ref().ok(), obs);
-                self.apply_parameters(obs);
+                // Parameters only while nothing else changed the server this loop.
+                if matches!(action, Action::Wait { .. } | Action::RenewLeader) {
+                    self.apply_parameters(obs);
+                }
                 let changed = !matches!(action, Action::Wait { .. } | Action::RenewLeader);
                 (action, outcome, changed)
             }

@@ -9,7 +9,7 @@
 use super::{log, warn, Agent};
 use crate::dcs::View;
 use crate::postgres::Observed;
-use crate::records::{unix_now, Request, RequestKind};
+use crate::records::{unix_now, Request, RequestKind, RESTART_TIMEOUT_SECS};
 
 impl Agent {
     /// Carries out this node's restart request when due; true when PostgreSQL was restarted
@@ -36,6 +36,14 @@ impl Agent {
             log(format!(
                 "restart requested through {} done: PostgreSQL started at {}",
                 r.by, obs.started_at
+            ));
+            let _ = self.store.end_restart(&me, *revision);
+            return false;
+        }
+        if now > r.due() + RESTART_TIMEOUT_SECS {
+            warn(format!(
+                "restart requested through {} not done {RESTART_TIMEOUT_SECS} s after it was due: dropped",
+                r.by
             ));
             let _ = self.store.end_restart(&me, *revision);
             return false;

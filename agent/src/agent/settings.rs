@@ -107,7 +107,16 @@ impl Agent {
                 Ok(()) => {
                     names.insert(name.clone());
                 }
-                Err(e) => problems.push(format!("{name} = {value:?}: {e}")),
+                // The server refused this value: the same value will be refused again.
+                Err(e) if e.code().is_some() => problems.push(format!("{name} = {value:?}: {e}")),
+                // No answer (a restart, a lost connection): all of it again next loop.
+                Err(e) => {
+                    warn(format!(
+                        "cluster configuration: PostgreSQL parameters not set yet: {e}"
+                    ));
+                    self.settings.pending = Some(params);
+                    return;
+                }
             }
         }
         for name in before.iter().filter(|n| !params.contains_key(*n)) {

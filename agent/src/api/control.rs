@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use super::Snapshot;
 use crate::cluster_config::ClusterConfig;
 use crate::config::{Config, RebuildMethod};
-use crate::dcs::{Dcs, View};
+use crate::dcs::{Dcs, MemberRecord, View};
 use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, Restart};
 use crate::state::{NodeState, Role};
 
@@ -300,15 +300,9 @@ impl Control {
         from: Option<RebuildMethod>,
         force: bool,
     ) -> Answer {
-        let Some(m) = v.member(node) else {
-            let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
-            return error(
-                409,
-                format!(
-                    "no running agent on {node} (members: {}): its own agent carries a reinit out",
-                    names.join(", ")
-                ),
-            );
+        let m = match running_member(v, node, "reinit") {
+            Ok(m) => m,
+            Err(answer) => return answer,
         };
         if v.leader.as_ref().is_some_and(|l| l.name == node) {
             return error(
@@ -394,15 +388,8 @@ impl Control {
     /// Asks `node`'s agent to restart PostgreSQL (see `records::Restart`); a leader needs a
     /// standby to hand over to.
     fn restart(&self, dcs: &Dcs, v: &View, node: &str, at: Option<u64>) -> Answer {
-        if v.member(node).is_none() {
-            let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
-            return error(
-                409,
-                format!(
-                    "no running agent on {node} (members: {}): its own agent carries a restart out",
-                    names.join(", ")
-                ),
-            );
+        if let Err(answer) = running_member(v, node, "restart") {
+            return answer;
         }
         let now = unix_now();
         if at.is_some_and(|t| t + 1 < now) {
@@ -435,6 +422,21 @@ impl Control {
             Err(e) => error(503, e.to_string()),
         }
     }
+}
+
+/// `node`'s member record, or the refusal of a request (`what`) only its running agent can
+/// carry out.
+fn running_member<'a>(v: &'a View, node: &str, what: &str) -> Result<&'a MemberRecord, Answer> {
+    v.member(node).ok_or_else(|| {
+        let names: Vec<&str> = v.members.iter().map(|m| m.name.as_str()).collect();
+        error(
+            409,
+            format!(
+                "no running agent on {node} (members: {}): its own agent carries a {what} out",
+                names.join(", ")
+            ),
+        )
+    })
 }
 
 /// Why rebuilding `node` would block writes in strict synchronous mode with `k` synchronous
@@ -533,7 +535,6 @@ fn cancel(dcs: &Dcs, v: &View) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dcs::MemberRecord;
     use crate::decide::Leader;
     use crate::records::SyncState;
 
