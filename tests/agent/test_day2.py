@@ -104,7 +104,11 @@ def test_reinit_from_the_repository_spares_the_leader_then_from_the_leader(clust
 PGDATA = "/var/lib/postgresql/15/main"
 
 
-@pytest.mark.smoke
+# Not in make test's smoke set (its budget): the module's restore from a repository, its
+# idempotence and the primary serving no base backup are in make test through
+# modules/tests/pg_basebackup_standby.rs; this adds the playbook and the TLS repository.
+
+
 def test_the_replication_playbook_restores_a_lost_standby_from_the_repository(cluster):
     """The standby host loses its data directory (its agent stopped first, as an operator
     would): discover.yml + replication.yml with pg_standby_method: pgbackrest restore it from

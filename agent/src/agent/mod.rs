@@ -5,9 +5,11 @@
 //!
 //! Its parts, by concern: leadership timing ([`LeaderClock`]), synchronous replication
 //! (`sync.rs`), the slots other members need (`slots.rs`), configuration reload
-//! (`reload.rs`), long operations on a worker thread (`worker.rs`: a rejoin runs there while
-//! the loop goes on publishing), and what it needs from the world as traits ([`Store`],
-//! [`Postgres`], [`Fence`] in `ports.rs`), so the loop is unit-tested on fakes (`tests.rs`).
+//! (`reload.rs`) and the cluster-wide configuration (`settings.rs`), operators' requests to
+//! this node (`reinit.rs`, `restart.rs`), long operations on a worker thread (`worker.rs`: a
+//! rejoin runs there while the loop goes on publishing), and what it needs from the world as
+//! traits ([`Store`], [`Postgres`], [`Fence`] in `ports.rs`), so the loop is unit-tested on
+//! fakes (`tests.rs`).
 
 mod act;
 mod clock;
