@@ -497,11 +497,7 @@ impl Config {
             return Err("rebuild.method = \"pgbackrest\" needs rebuild.stanza".into());
         }
         if let Some(st) = &self.rebuild.stanza {
-            let ok = !st.is_empty()
-                && st
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
+            if !pgshift_core::pgbackrest::valid_name(st) {
                 return Err(format!(
                     "rebuild.stanza = {st:?}: a pgBackRest stanza name (letters, digits, - _ .)"
                 ));

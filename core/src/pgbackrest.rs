@@ -1,10 +1,19 @@
-//! pgBackRest facts shared by the modules: its TLS server's reload, and the default
-//! configuration path.
+//! pgBackRest facts shared by the modules and the agent: its TLS server's reload, the default
+//! configuration path, and what a stanza (or instance) name may hold.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::process;
+
+/// A stanza or instance name as these tools accept it: letters, digits, `_`, `-` and `.` (it
+/// lands in pgbackrest.conf section names and on pgbackrest's command line).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
 
 /// Where pgBackRest looks for its configuration (Debian falls back to /etc/pgbackrest.conf).
 pub const DEFAULT_CONFIG: &str = "/etc/pgbackrest/pgbackrest.conf";

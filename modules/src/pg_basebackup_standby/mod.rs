@@ -213,11 +213,7 @@ impl Setup {
             }
         }
         if p.method == "pgbackrest" {
-            let ok = !p.stanza.is_empty()
-                && p.stanza
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-            if !ok {
+            if !pgshift_core::pgbackrest::valid_name(&p.stanza) {
                 return Err(format!(
                     "stanza {:?} is not a pgBackRest stanza name (letters, digits, - _ .)",
                     p.stanza

@@ -254,11 +254,7 @@ fn require_host_name(what: &str, host: &str) -> Result<(), Failure> {
 }
 
 fn require_name(what: &str, name: &str) -> Result<(), Failure> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-    if ok {
+    if pgshift_core::pgbackrest::valid_name(name) {
         Ok(())
     } else {
         Err(format!("{what} {name:?} may only hold letters, digits, '_', '-' and '.'").into())
