@@ -222,14 +222,14 @@ impl Dcs {
                 view.paused = true;
             } else if let Some(name) = rest.strip_prefix("down/") {
                 view.down.insert(name.to_string());
-            } else if let Some(name) = rest.strip_prefix("reinit/") {
+            } else if let Some(name) = rest.strip_prefix(&format!("{}/", Reinit::KIND)) {
                 if let Ok(r) = serde_json::from_str(&kv.value) {
                     view.reinit.insert(name.to_string(), (r, kv.mod_revision));
                 }
             } else if rest == "config" {
                 let doc = serde_json::from_str(&kv.value).map_err(|e| e.to_string());
                 view.config = Some((doc, kv.mod_revision));
-            } else if let Some(name) = rest.strip_prefix("restart/") {
+            } else if let Some(name) = rest.strip_prefix(&format!("{}/", Restart::KIND)) {
                 if let Ok(r) = serde_json::from_str(&kv.value) {
                     view.restart.insert(name.to_string(), (r, kv.mod_revision));
                 }
@@ -322,13 +322,30 @@ impl Dcs {
         }
     }
 
-    /// Files a reinit request for `node` unless one is pending; false when one is.
-    pub fn file_reinit(&self, node: &str, r: &Reinit) -> Result<bool, etcd::Error> {
+    /// Files `r` at `<kind>/<node>` (`Reinit::KIND`, `Restart::KIND`: a request only that
+    /// node's agent carries out) unless one is pending there; false when one is.
+    pub fn file_node_request<T: Serialize>(
+        &self,
+        kind: &str,
+        node: &str,
+        r: &T,
+    ) -> Result<bool, etcd::Error> {
         let value = serde_json::to_string(r).expect("serializable");
         Ok(self
             .etcd
-            .put_if(&self.key(&format!("reinit/{node}")), &value, 0, None)?
+            .put_if(&self.key(&format!("{kind}/{node}")), &value, 0, None)?
             .is_some())
+    }
+
+    /// Deletes `<kind>/<node>` at `revision` (its agent carried it out).
+    pub fn end_node_request(
+        &self,
+        kind: &str,
+        node: &str,
+        revision: i64,
+    ) -> Result<bool, etcd::Error> {
+        self.etcd
+            .delete_if(&self.key(&format!("{kind}/{node}")), revision)
     }
 
     /// Writes the cluster-wide configuration if it is still at `expected` (None: only if there
@@ -340,27 +357,6 @@ impl Dcs {
     ) -> Result<Option<i64>, etcd::Error> {
         let value = serde_json::to_string(doc).expect("serializable");
         self.etcd.put_if(&self.key("config"), &value, 0, expected)
-    }
-
-    /// Files a restart request for `node` unless one is pending; false when one is.
-    pub fn file_restart(&self, node: &str, r: &Restart) -> Result<bool, etcd::Error> {
-        let value = serde_json::to_string(r).expect("serializable");
-        Ok(self
-            .etcd
-            .put_if(&self.key(&format!("restart/{node}")), &value, 0, None)?
-            .is_some())
-    }
-
-    /// Deletes `node`'s restart request at `revision` (it restarted).
-    pub fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
-        self.etcd
-            .delete_if(&self.key(&format!("restart/{node}")), revision)
-    }
-
-    /// Deletes `node`'s reinit request at `revision` (its agent took it).
-    pub fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
-        self.etcd
-            .delete_if(&self.key(&format!("reinit/{node}")), revision)
     }
 
     pub fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {

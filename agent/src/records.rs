@@ -102,6 +102,11 @@ pub struct Reinit {
     pub from: Option<crate::config::RebuildMethod>,
 }
 
+impl Reinit {
+    /// Its keys' prefix: `reinit/<node>`.
+    pub const KIND: &'static str = "reinit";
+}
+
 /// `/pgshift/<cluster>/restart/<node>`: an operator asked that node to restart PostgreSQL
 /// (`pgshift restart`), e.g. for a setting that is `pending_restart`. A standby restarts when
 /// it is due; a leader waits until no other member has a restart pending (standbys first),
@@ -123,6 +128,9 @@ pub struct Restart {
 pub const RESTART_TIMEOUT_SECS: u64 = 600;
 
 impl Restart {
+    /// Its keys' prefix: `restart/<node>`.
+    pub const KIND: &'static str = "restart";
+
     /// The moment it may run (Unix seconds).
     pub fn due(&self) -> u64 {
         self.at.unwrap_or(self.requested_at)

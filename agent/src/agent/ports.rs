@@ -37,10 +37,9 @@ pub trait Store {
     fn write_sync(&self, s: &SyncState) -> Result<(), etcd::Error>;
     fn write_seen(&self, seen: &BTreeMap<String, u64>) -> Result<(), etcd::Error>;
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error>;
-    /// Deletes this node's reinit request at `revision` (see `records::Reinit`).
-    fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error>;
-    /// Deletes this node's restart request at `revision` (see `records::Restart`).
-    fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error>;
+    /// Deletes this node's request of `kind` at `revision` (`records::Reinit::KIND`,
+    /// `records::Restart::KIND`).
+    fn end_node_request(&self, kind: &str, node: &str, revision: i64) -> Result<bool, etcd::Error>;
 }
 
 impl Store for Dcs {
@@ -85,11 +84,8 @@ impl Store for Dcs {
     fn record_history(&self, view: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
         Dcs::record_history(self, view, entry)
     }
-    fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
-        Dcs::end_reinit(self, node, revision)
-    }
-    fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
-        Dcs::end_restart(self, node, revision)
+    fn end_node_request(&self, kind: &str, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        Dcs::end_node_request(self, kind, node, revision)
     }
 }
 

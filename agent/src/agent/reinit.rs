@@ -7,6 +7,7 @@
 
 use super::{log, warn, Agent};
 use crate::dcs::View;
+use crate::records::Reinit;
 
 impl Agent {
     /// Takes a reinit request for this node, if one is pending; true when the data directory
@@ -22,7 +23,7 @@ impl Agent {
                 "reinit requested by {} refused: this node leads (switch over first)",
                 r.by
             ));
-            let _ = self.store.end_reinit(&me, *revision);
+            let _ = self.store.end_node_request(Reinit::KIND, &me, *revision);
             return false;
         }
         let why = format!("reinit requested through {} at {}", r.by, r.requested_at);
@@ -39,7 +40,7 @@ impl Agent {
                 false
             }
         };
-        if let Err(e) = self.store.end_reinit(&me, *revision) {
+        if let Err(e) = self.store.end_node_request(Reinit::KIND, &me, *revision) {
             // Taken again next loop: marking twice is harmless.
             warn(format!("cannot delete the reinit request in etcd: {e}"));
         }

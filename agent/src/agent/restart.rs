@@ -9,7 +9,7 @@
 use super::{log, warn, Agent};
 use crate::dcs::View;
 use crate::postgres::Observed;
-use crate::records::{unix_now, Request, RequestKind, RESTART_TIMEOUT_SECS};
+use crate::records::{unix_now, Request, RequestKind, Restart, RESTART_TIMEOUT_SECS};
 
 impl Agent {
     /// Carries out this node's restart request when due; true when PostgreSQL was restarted
@@ -37,7 +37,7 @@ impl Agent {
                 "restart requested through {} done: PostgreSQL started at {}",
                 r.by, obs.started_at
             ));
-            let _ = self.store.end_restart(&me, *revision);
+            let _ = self.store.end_node_request(Restart::KIND, &me, *revision);
             return false;
         }
         if now > r.due() + RESTART_TIMEOUT_SECS {
@@ -45,7 +45,7 @@ impl Agent {
                 "restart requested through {} not done {RESTART_TIMEOUT_SECS} s after it was due: dropped",
                 r.by
             ));
-            let _ = self.store.end_restart(&me, *revision);
+            let _ = self.store.end_node_request(Restart::KIND, &me, *revision);
             return false;
         }
         let leading = v.leader.as_ref().is_some_and(|l| l.name == me);
@@ -63,7 +63,7 @@ impl Agent {
             match restarted {
                 Ok(()) => {
                     self.api.counters.restarts += 1;
-                    let _ = self.store.end_restart(&me, *revision);
+                    let _ = self.store.end_node_request(Restart::KIND, &me, *revision);
                 }
                 // The next loops start it as a standby again; the request stays until then.
                 Err(e) => warn(format!("restart of PostgreSQL failed: {e}")),

@@ -158,22 +158,18 @@ impl Store for FakeStore {
     fn record_history(&self, _: &View, entry: HistoryEntry) -> Result<(), etcd::Error> {
         self.with(|e| e.history.push(entry))
     }
-    fn end_reinit(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
-        self.with(|e| {
-            let ours = e.reinit.get(node).is_some_and(|(_, r)| *r == revision);
+    fn end_node_request(&self, kind: &str, node: &str, revision: i64) -> Result<bool, etcd::Error> {
+        /// Removes `node`'s entry if it is at `revision`, as etcd's compare-and-delete.
+        fn take<T>(m: &mut BTreeMap<String, (T, i64)>, node: &str, revision: i64) -> bool {
+            let ours = m.get(node).is_some_and(|(_, r)| *r == revision);
             if ours {
-                e.reinit.remove(node);
+                m.remove(node);
             }
             ours
-        })
-    }
-    fn end_restart(&self, node: &str, revision: i64) -> Result<bool, etcd::Error> {
-        self.with(|e| {
-            let ours = e.restart.get(node).is_some_and(|(_, r)| *r == revision);
-            if ours {
-                e.restart.remove(node);
-            }
-            ours
+        }
+        self.with(|e| match kind {
+            Reinit::KIND => take(&mut e.reinit, node, revision),
+            _ => take(&mut e.restart, node, revision),
         })
     }
 }
@@ -1127,11 +1123,8 @@ fn renewal_that_finds_the_key_changed_stops_leading() {
         fn record_history(&self, v: &View, e: HistoryEntry) -> Result<(), etcd::Error> {
             self.0.record_history(v, e)
         }
-        fn end_reinit(&self, n: &str, r: i64) -> Result<bool, etcd::Error> {
-            self.0.end_reinit(n, r)
-        }
-        fn end_restart(&self, n: &str, r: i64) -> Result<bool, etcd::Error> {
-            self.0.end_restart(n, r)
+        fn end_node_request(&self, k: &str, n: &str, r: i64) -> Result<bool, etcd::Error> {
+            self.0.end_node_request(k, n, r)
         }
     }
     b.agent.store = Box::new(Racing(b.etcd.clone()));

@@ -340,7 +340,7 @@ impl Control {
             by: self.me.clone(),
             from,
         };
-        match dcs.file_reinit(node, &r) {
+        match dcs.file_node_request(Reinit::KIND, node, &r) {
             Ok(true) => (
                 202,
                 json!({"node": node, "reinit": r, "rebuilds": m.rebuilds}),
@@ -416,7 +416,7 @@ impl Control {
             by: self.me.clone(),
             at,
         };
-        match dcs.file_restart(node, &r) {
+        match dcs.file_node_request(Restart::KIND, node, &r) {
             Ok(true) => (202, json!({"node": node, "restart": r, "leader": leader})),
             Ok(false) => error(409, format!("a restart of {node} is already pending")),
             Err(e) => error(503, e.to_string()),
