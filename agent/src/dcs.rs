@@ -166,6 +166,20 @@ impl View {
     pub fn member(&self, name: &str) -> Option<&MemberRecord> {
         self.members.iter().find(|m| m.name == name)
     }
+
+    /// Whether `m` may be one of `leader`'s synchronous standbys: a replica streaming from
+    /// it, not in maintenance, neither nofailover (a synchronous standby is one a failover
+    /// may promote) nor nosync.
+    pub fn can_be_synchronous(&self, m: &MemberRecord, leader: &str) -> bool {
+        m.name != leader
+            && m.role == Role::Replica
+            && m.state == NodeState::Streaming
+            && m.upstream.as_deref() == Some(leader)
+            && !m.down
+            && !self.down.contains(&m.name)
+            && !m.nofailover
+            && !m.nosync
+    }
 }
 
 pub struct Dcs {

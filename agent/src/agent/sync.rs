@@ -7,7 +7,6 @@ use pgshift_core::pg::sql::quote_ident;
 use super::{log, ActError, Agent};
 use crate::dcs::{MemberRecord, View};
 use crate::records::SyncState;
-use crate::state::{NodeState, Role};
 
 impl Agent {
     /// In synchronous mode, nobody is synchronous for this node yet: the sync record says
@@ -53,16 +52,7 @@ impl Agent {
         let recorded: Vec<String> = ours
             .map(|s| s.names().into_iter().map(String::from).collect())
             .unwrap_or_default();
-        let healthy = |m: &MemberRecord| {
-            m.name != me
-                && m.role == Role::Replica
-                && m.state == NodeState::Streaming
-                && m.upstream.as_deref() == Some(me.as_str())
-                && !m.down
-                && !v.down.contains(&m.name)
-                && !m.nofailover
-                && !m.nosync
-        };
+        let healthy = |m: &MemberRecord| v.can_be_synchronous(m, &me);
         // The recorded ones that are still healthy (a change costs a catch-up), then the
         // most advanced of the others.
         let mut desired: Vec<String> = recorded

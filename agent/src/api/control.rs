@@ -17,7 +17,7 @@ use crate::cluster_config::ClusterConfig;
 use crate::config::{Config, RebuildMethod};
 use crate::dcs::{Dcs, MemberRecord, View};
 use crate::records::{unix_now, Outcome, Reinit, Request, RequestKind, Restart};
-use crate::state::{NodeState, Role};
+use crate::state::NodeState;
 
 pub struct Control {
     dcs: Mutex<Dcs>,
@@ -398,11 +398,7 @@ impl Control {
         let leader = v.leader.as_ref().is_some_and(|l| l.name == node);
         if leader {
             let standby = v.members.iter().any(|m| {
-                m.name != node
-                    && m.role == Role::Replica
-                    && m.state == NodeState::Streaming
-                    && !m.nofailover
-                    && !v.down.contains(&m.name)
+                m.name != node && m.state == NodeState::Streaming && candidate(v, &m.name).is_ok()
             });
             if !standby {
                 return error(
@@ -450,14 +446,7 @@ fn blocks_writes(v: &View, node: &str, k: usize) -> Option<String> {
     let others = v
         .members
         .iter()
-        .filter(|m| {
-            m.name != node
-                && m.role == Role::Replica
-                && m.state == NodeState::Streaming
-                && m.upstream.as_deref() == Some(leader)
-                && !m.nosync
-                && !v.down.contains(&m.name)
-        })
+        .filter(|m| m.name != node && v.can_be_synchronous(m, leader))
         .count();
     (others < k).then(|| {
         format!(
@@ -537,6 +526,7 @@ mod tests {
     use super::*;
     use crate::decide::Leader;
     use crate::records::SyncState;
+    use crate::state::Role;
 
     fn standby(name: &str, nosync: bool) -> MemberRecord {
         MemberRecord {
