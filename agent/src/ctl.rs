@@ -392,18 +392,15 @@ impl<'a> Ctl<'a> {
             Some(r) => format!("# revision {r}"),
             None => "# none yet: every node runs with its agent.toml".into(),
         };
-        Ok(format!(
-            "{head}
-{}",
-            doc.to_toml()
-        )
-        .trim_end()
-        .to_string())
+        Ok(format!("{head}\n{}", doc.to_toml()).trim_end().to_string())
     }
 
     /// Writes `doc` through the local agent's API, which checks it over its agent.toml and
-    /// refuses it if the stored one is no longer at `base`.
+    /// refuses it if the stored one is no longer at `base`. Checked here first too, so a
+    /// mistake is told before anything is sent.
     fn config_write(&self, doc: &ClusterConfig, base: Option<i64>) -> Result<String, String> {
+        doc.over(self.cfg)
+            .map_err(|e| format!("{e}: nothing was written"))?;
         let answer = post(
             self.cfg,
             "/config",
@@ -430,9 +427,6 @@ impl<'a> Ctl<'a> {
         for a in assignments {
             doc.set(a)?;
         }
-        // Checked here too, so a mistake is told before anything is sent.
-        doc.over(self.cfg)
-            .map_err(|e| format!("{e}: nothing was written"))?;
         self.config_write(&doc, rev)
     }
 
@@ -485,9 +479,6 @@ impl<'a> Ctl<'a> {
         if edited == *doc {
             return Ok("no change".into());
         }
-        edited
-            .over(self.cfg)
-            .map_err(|e| format!("{e}: nothing was written"))?;
         self.config_write(&edited, rev)
     }
 
