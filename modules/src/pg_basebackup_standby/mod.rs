@@ -101,6 +101,13 @@ pub struct Params {
     state: String,
 }
 
+impl Params {
+    /// `method: pgbackrest`: copies come from the pgBackRest repository.
+    fn from_repository(&self) -> bool {
+        self.method == "pgbackrest"
+    }
+}
+
 /// What to do with the data directory.
 #[derive(Debug, PartialEq, Eq)]
 enum Plan {
@@ -212,7 +219,7 @@ impl Setup {
                 .into());
             }
         }
-        if p.method == "pgbackrest" {
+        if p.from_repository() {
             if !pgshift_core::pgbackrest::valid_name(&p.stanza) {
                 return Err(format!(
                     "stanza {:?} is not a pgBackRest stanza name (letters, digits, - _ .)",
@@ -476,7 +483,7 @@ fn present(
     if p.create_slot && !slot_exists {
         actions.push(format!("create slot {} on {}", s.slot, s.host));
     }
-    let copy = if p.method == "pgbackrest" {
+    let copy = if p.from_repository() {
         format!(
             "restore of stanza {} from the pgBackRest repository",
             p.stanza
@@ -601,7 +608,7 @@ fn present(
         match &plan {
             Plan::Converge => {}
             Plan::DeltaRestore(_) => restore(p, s, true, &mut undo).map_err(|e| e.msg)?,
-            _ if p.method == "pgbackrest" => restore(p, s, false, &mut undo).map_err(|e| e.msg)?,
+            _ if p.from_repository() => restore(p, s, false, &mut undo).map_err(|e| e.msg)?,
             _ => base_backup(p, s, use_slot, &mut undo).map_err(|e| e.msg)?,
         }
         if write_passfile {
@@ -716,7 +723,7 @@ fn decide(
             "{dir} belongs to the primary's cluster but is not a standby (no standby.signal, state {:?}): a former primary needs pg_rewind",
             local.state
         );
-        return match (p.force_rebuild, p.method == "pgbackrest") {
+        return match (p.force_rebuild, p.from_repository()) {
             (true, true) => Ok(Plan::DeltaRestore(format!(
                 "{dir}, a former primary of this cluster"
             ))),
@@ -734,13 +741,19 @@ fn decide(
     Ok(Plan::Converge)
 }
 
-fn base_backup(p: &Params, s: &Setup, use_slot: bool, undo: &mut Undo) -> Result<(), Failure> {
+/// The empty (or new) data directory ready for a copy, and what a failure removes (or
+/// empties again) recorded before anything is copied.
+fn prepare_empty_dir(s: &Setup, undo: &mut Undo) -> Result<(), Failure> {
     match prepare_target(&s.dd.path, &s.owner) {
-        // What a failure removes (or empties again), recorded before anything is copied.
         Ok(NewDir::Created { top }) => undo.push(Step::CreatedDir(top)),
         Ok(NewDir::Existing) => undo.push(Step::FilledDir(s.dd.path.clone())),
         Err(e) => return Err(e.to_string().into()),
     }
+    Ok(())
+}
+
+fn base_backup(p: &Params, s: &Setup, use_slot: bool, undo: &mut Undo) -> Result<(), Failure> {
+    prepare_empty_dir(s, undo)?;
     BaseBackup {
         bin_dir: &s.bin,
         target: &s.dd.path,
@@ -761,11 +774,7 @@ fn base_backup(p: &Params, s: &Setup, use_slot: bool, undo: &mut Undo) -> Result
 /// primary of this cluster, which a failure cannot give back (a re-run finishes it).
 fn restore(p: &Params, s: &Setup, delta: bool, undo: &mut Undo) -> Result<(), Failure> {
     if !delta {
-        match prepare_target(&s.dd.path, &s.owner) {
-            Ok(NewDir::Created { top }) => undo.push(Step::CreatedDir(top)),
-            Ok(NewDir::Existing) => undo.push(Step::FilledDir(s.dd.path.clone())),
-            Err(e) => return Err(e.to_string().into()),
-        }
+        prepare_empty_dir(s, undo)?;
     }
     Restore {
         program: &p.pgbackrest_bin,
