@@ -103,7 +103,7 @@ pub struct Params {
 
 impl Params {
     /// `method: pgbackrest`: copies come from the pgBackRest repository.
-    fn from_repository(&self) -> bool {
+    fn restores(&self) -> bool {
         self.method == "pgbackrest"
     }
 }
@@ -219,7 +219,7 @@ impl Setup {
                 .into());
             }
         }
-        if p.from_repository() {
+        if p.restores() {
             if !pgshift_core::pgbackrest::valid_name(&p.stanza) {
                 return Err(format!(
                     "stanza {:?} is not a pgBackRest stanza name (letters, digits, - _ .)",
@@ -483,7 +483,7 @@ fn present(
     if p.create_slot && !slot_exists {
         actions.push(format!("create slot {} on {}", s.slot, s.host));
     }
-    let copy = if p.from_repository() {
+    let copy = if p.restores() {
         format!(
             "restore of stanza {} from the pgBackRest repository",
             p.stanza
@@ -608,7 +608,7 @@ fn present(
         match &plan {
             Plan::Converge => {}
             Plan::DeltaRestore(_) => restore(p, s, true, &mut undo).map_err(|e| e.msg)?,
-            _ if p.from_repository() => restore(p, s, false, &mut undo).map_err(|e| e.msg)?,
+            _ if p.restores() => restore(p, s, false, &mut undo).map_err(|e| e.msg)?,
             _ => base_backup(p, s, use_slot, &mut undo).map_err(|e| e.msg)?,
         }
         if write_passfile {
@@ -723,7 +723,7 @@ fn decide(
             "{dir} belongs to the primary's cluster but is not a standby (no standby.signal, state {:?}): a former primary needs pg_rewind",
             local.state
         );
-        return match (p.force_rebuild, p.from_repository()) {
+        return match (p.force_rebuild, p.restores()) {
             (true, true) => Ok(Plan::DeltaRestore(format!(
                 "{dir}, a former primary of this cluster"
             ))),
