@@ -65,14 +65,17 @@ fn from_local_agent(local: &Value) -> Value {
     doc["paused"] = local["paused"].clone();
     doc["sync_standby"] = local["sync_standby"].clone();
     doc["sync_standbys"] = local["sync_standbys"].clone();
+    doc["quorum"] = local["quorum"].clone();
+    doc["quorum_voters"] = local["quorum_voters"].clone();
     doc
 }
 
 /// The contract other tools read: `leader` (a name or null) and `members`, each with
 /// `name`, `host`, `role`, `state`, `timeline`, `lag_bytes`, `down`, `warnings`, `slots`,
 /// `rewinds`, `rebuilds`; also `paused`,
-/// `sync_standby` (the first of `sync_standbys`), the pending `request` and the last
-/// request's `outcome`.
+/// `sync_standby` (the first of `sync_standbys`), with quorum commit `quorum` and
+/// `quorum_voters` (any `quorum` of them hold every commit), the pending `request` and the
+/// last request's `outcome`.
 pub fn status_json(view: &View) -> Value {
     let leader = view.leader.as_ref().map(|l| l.name.clone());
     let leader_lsn = leader.as_ref().and_then(|l| view.member(l)).map(|m| m.lsn);
@@ -111,12 +114,19 @@ pub fn status_json(view: &View) -> Value {
         .filter(|s| leader.as_deref() == Some(s.leader.as_str()))
         .map(|s| s.names())
         .unwrap_or_default();
+    let voting = view
+        .sync
+        .as_ref()
+        .filter(|s| leader.as_deref() == Some(s.leader.as_str()))
+        .and_then(|s| s.voting());
     json!({
         "leader": leader,
         "members": members,
         "paused": view.paused,
         "sync_standby": sync_standbys.first(),
         "sync_standbys": sync_standbys,
+        "quorum": voting.map(|(_, q)| q),
+        "quorum_voters": voting.map(|(v, _)| v),
         "request": view.request.as_ref().map(|(r, _)| r),
         "outcome": view.outcome,
     })
@@ -164,6 +174,10 @@ fn table(cluster: &str, doc: &Value) -> String {
                     .as_array()
                     .is_some_and(|s| s.contains(&m["name"]))
                     .then_some("synchronous".to_string()),
+                doc["quorum_voters"]
+                    .as_array()
+                    .is_some_and(|s| s.contains(&m["name"]))
+                    .then(|| format!("quorum voter (any {})", doc["quorum"])),
             ]
             .into_iter()
             .flatten()

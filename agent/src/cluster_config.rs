@@ -25,7 +25,7 @@ pub struct ClusterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maximum_lag_on_failover: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub synchronous_mode: Option<bool>,
+    pub synchronous_mode: Option<crate::config::SyncMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synchronous_mode_strict: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,15 +72,13 @@ impl ClusterConfig {
                 self.maximum_lag_on_failover =
                     (!clear).then(|| parse(key, value, "bytes")).transpose()?;
             }
-            "synchronous_mode" | "synchronous_mode_strict" => {
-                let v = (!clear)
+            "synchronous_mode" => {
+                self.synchronous_mode = (!clear).then(|| value.parse()).transpose()?;
+            }
+            "synchronous_mode_strict" => {
+                self.synchronous_mode_strict = (!clear)
                     .then(|| parse::<bool>(key, value, "true or false"))
                     .transpose()?;
-                if key == "synchronous_mode" {
-                    self.synchronous_mode = v;
-                } else {
-                    self.synchronous_mode_strict = v;
-                }
             }
             "synchronous_node_count" => {
                 self.synchronous_node_count = (!clear)
@@ -164,6 +162,7 @@ fn check_parameter(name: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SyncMode;
 
     fn base() -> Config {
         crate::agent::tests::config("db1", std::path::Path::new("/var/lib/pgshift"), "")
@@ -175,11 +174,13 @@ mod tests {
         c.set("ttl=5").unwrap();
         c.set("retry_timeout = 2").unwrap();
         c.set("synchronous_node_count=2").unwrap();
+        c.set("synchronous_mode=quorum").unwrap();
         c.set("shared_buffers=256MB").unwrap();
         c.set("postgresql.pg_stat_statements.max=5000").unwrap();
         let merged = c.over(&base()).unwrap();
         assert_eq!(merged.timing.ttl, 5.0);
         assert_eq!(merged.replication.synchronous_node_count, 2);
+        assert_eq!(merged.replication.synchronous_mode, SyncMode::Quorum);
         assert_eq!(c.postgresql["shared_buffers"], "256MB");
         assert_eq!(c.postgresql["pg_stat_statements.max"], "5000");
         // Back as TOML, and read again.
@@ -198,7 +199,8 @@ mod tests {
         assert!(e.contains("must be less than ttl"), "{e}");
         for (assignment, want) in [
             ("ttl=soon", "ttl = \"soon\": give seconds"),
-            ("synchronous_mode=yes", "give true or false"),
+            ("synchronous_mode=yes", "give true, false or \"quorum\""),
+            ("synchronous_mode_strict=quorum", "give true or false"),
             ("primary_conninfo=host=x", "set by each node's agent"),
             ("Shared-Buffers=1", "nor a PostgreSQL parameter name"),
             ("work_mem=4MB\n; x", "one line"),

@@ -257,6 +257,73 @@ fn default_port() -> u16 {
 fn default_socket_dir() -> PathBuf {
     "/var/run/postgresql".into()
 }
+/// `replication.synchronous_mode`: off, `FIRST k` (true) or quorum commit (`ANY k`).
+/// Written as agent.toml and the cluster configuration take it: false, true or "quorum".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    #[default]
+    Off,
+    First,
+    Quorum,
+}
+
+impl SyncMode {
+    pub fn enabled(self) -> bool {
+        self != SyncMode::Off
+    }
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SyncMode, String> {
+        match s {
+            "false" | "off" => Ok(SyncMode::Off),
+            "true" | "on" => Ok(SyncMode::First),
+            "quorum" => Ok(SyncMode::Quorum),
+            _ => Err(format!(
+                "synchronous_mode = {s:?}: give true, false or \"quorum\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Off => "false",
+            SyncMode::First => "true",
+            SyncMode::Quorum => "quorum",
+        })
+    }
+}
+
+impl Serialize for SyncMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SyncMode::Quorum => s.serialize_str("quorum"),
+            m => s.serialize_bool(*m == SyncMode::First),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SyncMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SyncMode, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(b) => Ok(if b { SyncMode::First } else { SyncMode::Off }),
+            Raw::Text(t) if t == "quorum" => Ok(SyncMode::Quorum),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "synchronous_mode = {t:?}: give true, false or \"quorum\""
+            ))),
+        }
+    }
+}
+
 fn default_user() -> String {
     "postgres".into()
 }
@@ -273,10 +340,12 @@ pub struct Replication {
     /// its password in the same passfile.
     #[serde(default = "default_rewind_user")]
     pub rewind_user: String,
-    /// The leader keeps one standby synchronous and only that one may be promoted: no
-    /// acknowledged commit is lost by a failover.
+    /// `true`: the leader keeps `synchronous_node_count` standbys synchronous (`FIRST k`)
+    /// and only they may be promoted; `"quorum"`: any k of all healthy standbys confirm a
+    /// commit (`ANY k`), and a failover first hears enough of them to find the most
+    /// advanced. Either way no acknowledged commit is lost by a failover.
     #[serde(default)]
-    pub synchronous_mode: bool,
+    pub synchronous_mode: SyncMode,
     /// With fewer healthy standbys than `synchronous_node_count`, block writes (true) rather
     /// than go on with those there are (none: asynchronously).
     #[serde(default)]
@@ -503,8 +572,12 @@ impl Config {
                 ));
             }
         }
-        if self.replication.synchronous_mode_strict && !self.replication.synchronous_mode {
-            return Err("replication.synchronous_mode_strict needs synchronous_mode = true".into());
+        if self.replication.synchronous_mode_strict && !self.replication.synchronous_mode.enabled()
+        {
+            return Err(
+                "replication.synchronous_mode_strict needs synchronous_mode = true or \"quorum\""
+                    .into(),
+            );
         }
         if self.replication.synchronous_node_count == 0 {
             return Err("replication.synchronous_node_count must be at least 1".into());
@@ -625,6 +698,15 @@ passfile = "/var/lib/postgresql/.pgpass"
         assert_eq!(c.watchdog.mode, WatchdogMode::Required);
         assert_eq!(c.watchdog.device, Path::new("/dev/watchdog"));
         assert_eq!(c.callbacks.timeout, 30.0);
+        assert_eq!(c.replication.synchronous_mode, SyncMode::Off);
+        for (written, mode) in [("true", SyncMode::First), ("\"quorum\"", SyncMode::Quorum)] {
+            let c = Config::parse(&GOOD.replace(
+                "[replication]",
+                &format!("[replication]\nsynchronous_mode = {written}"),
+            ))
+            .unwrap();
+            assert_eq!(c.replication.synchronous_mode, mode);
+        }
     }
 
     #[test]
@@ -685,6 +767,14 @@ passfile = "/var/lib/postgresql/.pgpass"
                     "[replication]\nsynchronous_node_count = 0",
                 ),
                 "replication.synchronous_node_count must be at least 1",
+            ),
+            (
+                GOOD.replace("[replication]", "[replication]\nsynchronous_mode = \"any\""),
+                "synchronous_mode = \"any\": give true, false or \"quorum\"",
+            ),
+            (
+                GOOD.replace("[replication]", "[replication]\nsynchronous_mode_strict = true"),
+                "synchronous_mode_strict needs synchronous_mode = true or \"quorum\"",
             ),
             (
                 GOOD.replace("[replication]", "[replication]\nsslcert = \"/tls/r.crt\""),

@@ -112,6 +112,9 @@ pub struct Facts {
     /// Synchronous mode: only the standby the sync record names may be promoted.
     pub synchronous_mode: bool,
     pub sync: Option<SyncState>,
+    /// Quorum commit, on a voter while there is no leader: the voters' positions (this
+    /// node's among them) each observed after this node saw the leader gone.
+    pub heard: Vec<Heard>,
     /// Failsafe mode, on the leader: every member confirmed it within retry_timeout of now
     /// (etcd unreachable), which keeps it writable like a fresh leader write.
     pub failsafe_confirmed: bool,
@@ -119,6 +122,14 @@ pub struct Facts {
     pub failsafe_leader: Option<String>,
     /// The member to stream from instead of the leader (the `replicatefrom` tag).
     pub replicatefrom: Option<String>,
+}
+
+/// A voter's position as it answered a quorum round (see `quorum_takeover`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    pub name: String,
+    pub timeline: u32,
+    pub lsn: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -488,9 +499,22 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         // synchronous left the cluster leaderless for good. It must still be the most
         // advanced node: were anyone on a newer timeline, that one was promoted after it.
         let sync = f.sync.as_ref();
-        let standbys = sync.map(|s| s.names()).unwrap_or_default();
+        let voting = sync.and_then(SyncState::voting);
+        // A quorum record's voters may be ahead of the last leader as synchronous
+        // standbys may: they take over themselves (below, `quorum_takeover`).
+        let standbys = match voting {
+            Some((voters, _)) => voters.iter().map(String::as_str).collect(),
+            None => sync.map(|s| s.names()).unwrap_or_default(),
+        };
         let former = sync.map(|s| s.leader.as_str());
         let me = f.me.as_str();
+        let take = Action::TakeLeader {
+            expected,
+            promote: true,
+        };
+        if let Some((voters, q)) = voting.filter(|(v, q)| *q > 0 && v.iter().any(|n| n == me)) {
+            return quorum_takeover(f, voters, q, members, take);
+        }
         // Ahead of the last leader, on its own timeline, is only a synchronous standby that
         // will take over itself: anyone else can be a few bytes ahead at most (the start of
         // a record the leader never completed before it stopped, see below), never by an
@@ -511,8 +535,12 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         // on, or the cluster stays leaderless: a standby can end up a few bytes ahead of the
         // old leader's replayed end, having received the start of a record the old leader
         // never completed before it was fenced.
+        let led_alone = match voting {
+            Some((_, q)) => q == 0,
+            None => standbys.is_empty(),
+        };
         let former_behind = former
-            .filter(|_| standbys.is_empty())
+            .filter(|_| led_alone)
             .and_then(|name| members.iter().find(|m| m.name == name))
             .is_some_and(|m| {
                 m.running && m.in_recovery && (f.local.timeline, f.local.lsn) > (m.timeline, m.lsn)
@@ -529,11 +557,8 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
                 && !m.nofailover
                 && rank(m, &me_ranked) == Ordering::Greater
         });
-        let take = Action::TakeLeader {
-            expected,
-            promote: true,
-        };
-        return match (standbys.contains(&me), former == Some(me), ahead) {
+        let is_sync = voting.is_none() && standbys.contains(&me);
+        return match (is_sync, former == Some(me), ahead) {
             (true, _, _) => match better_sync {
                 Some(b) => wait(format!(
                     "no leader; {} is the better synchronous standby",
@@ -583,6 +608,92 @@ fn no_leader(f: &Facts, leader: Option<&Leader>, members: &[Member], writable: b
         expected,
         promote: true,
     }
+}
+
+/// Quorum commit (`ANY q` of `voters`): every acknowledged commit is on at least q voters,
+/// so any |voters| - q + 1 of them include one that holds it, and the most advanced of
+/// those holds them all (they followed one leader on one timeline). A voter takes over once
+/// it heard that many, itself included, each observed after the leader was gone (its last
+/// acknowledged commit was flushed before it fenced, so before then), and none of them is
+/// ahead of it, or level and better placed (priority, then name). A voter ahead that cannot
+/// take over (down, stopped) is waited for: a less advanced one may lack a commit.
+fn quorum_takeover(
+    f: &Facts,
+    voters: &[String],
+    q: usize,
+    members: &[Member],
+    take: Action,
+) -> Action {
+    let need = (voters.len() + 1).saturating_sub(q).max(1);
+    let heard: Vec<&Heard> = f
+        .heard
+        .iter()
+        .filter(|h| voters.contains(&h.name))
+        .collect();
+    let names = || {
+        let n: Vec<&str> = heard.iter().map(|h| h.name.as_str()).collect();
+        if n.is_empty() {
+            "none".to_string()
+        } else {
+            n.join(", ")
+        }
+    };
+    if heard.len() < need {
+        return wait(format!(
+            "no leader; quorum commit (any {q} of {}): heard {} of the {need} voters needed to know the most advanced ({})",
+            voters.len(),
+            heard.len(),
+            names()
+        ));
+    }
+    let Some(mine) = heard.iter().find(|h| h.name == f.me) else {
+        return wait("no leader; quorum commit: this node's own position after the leader went is not known yet");
+    };
+    let top = heard
+        .iter()
+        .map(|h| (h.timeline, h.lsn))
+        .max()
+        .expect("heard holds this node");
+    if (mine.timeline, mine.lsn) < top {
+        let a = heard
+            .iter()
+            .find(|h| (h.timeline, h.lsn) == top)
+            .expect("top is heard");
+        return wait(format!(
+            "no leader; quorum commit: {} is more advanced (timeline {}, at {:X}), heard from {}",
+            a.name,
+            a.timeline,
+            a.lsn,
+            names()
+        ));
+    }
+    // Level voters hold the same WAL: the best placed of those that can take over goes.
+    let able = |h: &&&Heard| {
+        h.name == f.me
+            || members
+                .iter()
+                .any(|m| m.name == h.name && m.running && m.in_recovery && !m.down && !m.nofailover)
+    };
+    let placed = |name: &str| {
+        let priority = members
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(f.priority, |m| m.priority);
+        (priority, std::cmp::Reverse(name.to_string()))
+    };
+    let first = heard
+        .iter()
+        .filter(|h| (h.timeline, h.lsn) == top)
+        .filter(able)
+        .max_by(|a, b| placed(&a.name).cmp(&placed(&b.name)))
+        .expect("this node is level with the top and able");
+    if first.name != f.me {
+        return wait(format!(
+            "no leader; quorum commit: {} is as advanced and placed first",
+            first.name
+        ));
+    }
+    take
 }
 
 /// This node as a candidate, to rank against the others.
@@ -702,6 +813,7 @@ mod tests {
             request: None,
             synchronous_mode: false,
             sync: None,
+            heard: vec![],
             failsafe_confirmed: false,
             failsafe_leader: None,
             replicatefrom: None,
@@ -710,6 +822,14 @@ mod tests {
 
     fn read(leader: Option<Leader>, members: Vec<Member>) -> Cluster {
         Cluster::Read { leader, members }
+    }
+
+    fn heard(name: &str, lsn: u64) -> Heard {
+        Heard {
+            name: name.into(),
+            timeline: 1,
+            lsn,
+        }
     }
 
     fn take(expected: Option<i64>) -> Action {
@@ -1472,6 +1592,159 @@ mod tests {
                     )
                 },
                 is(take(Some(7))),
+            ),
+            (
+                "quorum, any 1 of two: I heard both and am the most advanced: take it",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 1)),
+                    heard: vec![heard("db2", 500), heard("db3", 400)],
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 400)]))
+                },
+                is(take(None)),
+            ),
+            (
+                "quorum, any 1 of two: only my own position is known: wait for the other",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 1)),
+                    heard: vec![heard("db2", 500)],
+                    // Its record in etcd shows it behind: that proves nothing about now.
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 400)]))
+                },
+                waits(),
+            ),
+            (
+                "quorum, any 1 of two: the other voter is more advanced: it goes first",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 1)),
+                    heard: vec![heard("db2", 500), heard("db3", 600)],
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 400)]))
+                },
+                waits(),
+            ),
+            (
+                "quorum, any 1 of two: the other voter is ahead but down: wait (I may lack a commit)",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 1)),
+                    heard: vec![heard("db2", 500), heard("db3", 600)],
+                    ..facts(
+                        standby("db1", 500),
+                        read(None, vec![Member { down: true, ..member("db3", true, 600) }]),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "quorum, any 1 of two: level with a voter placed first: it goes",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 1)),
+                    heard: vec![heard("db2", 500), heard("db3", 500)],
+                    ..facts(
+                        standby("db1", 500),
+                        read(None, vec![Member { priority: 5, ..member("db3", true, 500) }]),
+                    )
+                },
+                waits(),
+            ),
+            (
+                "quorum, any 1 of two: level with a voter placed first that is down: take it",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 1)),
+                    heard: vec![heard("db2", 500), heard("db3", 500)],
+                    ..facts(
+                        standby("db1", 500),
+                        read(
+                            None,
+                            vec![Member {
+                                priority: 5,
+                                down: true,
+                                ..member("db3", true, 500)
+                            }],
+                        ),
+                    )
+                },
+                is(take(None)),
+            ),
+            (
+                "quorum, any 2 of two: each holds every commit, my own position is enough",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 2)),
+                    heard: vec![heard("db2", 500)],
+                    ..facts(standby("db1", 500), read(None, vec![]))
+                },
+                is(take(None)),
+            ),
+            (
+                "quorum, any 2 of three: two heard, the third silent, I am ahead: take it",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum(
+                        "db1",
+                        vec!["db2".into(), "db3".into(), "db4".into()],
+                        2,
+                    )),
+                    heard: vec![heard("db2", 500), heard("db4", 450)],
+                    ..facts(standby("db1", 500), read(None, vec![member("db4", true, 450)]))
+                },
+                is(take(None)),
+            ),
+            (
+                "quorum, any 1 of three: two heard of the three needed: wait",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum(
+                        "db1",
+                        vec!["db2".into(), "db3".into(), "db4".into()],
+                        1,
+                    )),
+                    heard: vec![heard("db2", 500), heard("db4", 450)],
+                    ..facts(standby("db1", 500), read(None, vec![member("db4", true, 450)]))
+                },
+                waits(),
+            ),
+            (
+                "quorum, nothing proven yet (quorum 0): a voter is not promoted",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db2".into(), "db3".into()], 0)),
+                    heard: vec![heard("db2", 500), heard("db3", 400)],
+                    ..facts(standby("db1", 500), read(None, vec![member("db3", true, 400)]))
+                },
+                waits(),
+            ),
+            (
+                "quorum, not a voter: never promoted however advanced",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db1", vec!["db3".into(), "db4".into()], 1)),
+                    heard: vec![heard("db2", 900), heard("db3", 400), heard("db4", 400)],
+                    ..facts(standby("db1", 900), read(None, vec![member("db3", true, 400)]))
+                },
+                waits(),
+            ),
+            (
+                "quorum, I led last (fenced, a standby now) and no voter is ahead: take it back",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db2", vec!["db3".into(), "db4".into()], 1)),
+                    ..facts(standby("db3", 500), read(None, vec![member("db3", true, 500)]))
+                },
+                is(take(None)),
+            ),
+            (
+                "quorum, I led last and a voter is ahead: it goes first",
+                Facts {
+                    synchronous_mode: true,
+                    sync: Some(SyncState::quorum("db2", vec!["db3".into(), "db4".into()], 1)),
+                    ..facts(standby("db3", 500), read(None, vec![member("db3", true, 510)]))
+                },
+                waits(),
             ),
             (
                 "FIRST 2: I am one of two synchronous standbys and the more advanced: take it",

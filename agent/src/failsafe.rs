@@ -13,11 +13,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::api::Snapshot;
-use crate::config::Config;
 use crate::decide::Millis;
+use crate::peers::Peers;
 
 pub const PATH: &str = "/failsafe";
 
@@ -62,62 +62,25 @@ pub fn answer(me: &str, caller: &str, snap: &Snapshot) -> Result<(), String> {
     }
 }
 
-/// The leader's side: its credentials for the other agents' APIs.
-pub struct Caller {
-    client: crate::http::Client,
-    tls: bool,
-    token_file: Option<std::path::PathBuf>,
-}
-
-impl Caller {
-    pub fn new(cfg: &Config) -> Result<Caller, String> {
-        let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
-            (Some(cert), Some(ca)) => Some(crate::tls::client(
-                ca,
-                cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
-            )?),
-            _ => None,
-        };
-        Ok(Caller {
-            client: crate::http::Client::new(tls.as_ref(), 64 << 10),
-            tls: tls.is_some(),
-            token_file: cfg.api.token_file.clone(),
-        })
-    }
-
-    /// Asks every member (name, API host:port); Ok when each said yes within `timeout`.
-    pub fn round(
-        &self,
-        me: &str,
-        members: &[(String, String)],
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let token = match &self.token_file {
-            Some(p) => Some(crate::api::control::read_token(p)?),
-            None => None,
-        };
-        let body = json!({"leader": me}).to_string();
-        for (name, api) in members {
-            let (host, port) = api
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                .ok_or_else(|| format!("{name} published no usable API address ({api:?})"))?;
-            let url = format!("{}{PATH}", crate::http::base_url(self.tls, host, port));
-            let r = self
-                .client
-                .post_json(&url, token.as_deref(), body.as_bytes(), timeout)
-                .map_err(|e| format!("{name} does not answer: {e}"))?;
-            let doc: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-            if r.status != 200 || doc["ok"] != json!(true) {
-                return Err(format!(
-                    "{name} says no ({}): {}",
-                    r.status,
-                    doc["why"].as_str().or(doc["error"].as_str()).unwrap_or("")
-                ));
-            }
+/// The leader's side: asks every member (name, API host:port); Ok when each said yes
+/// within `timeout`.
+pub fn round(
+    peers: &Peers,
+    me: &str,
+    members: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let body = json!({"leader": me});
+    for (name, api) in members {
+        let (status, doc) = peers.post((name, api), PATH, &body, timeout)?;
+        if status != 200 || doc["ok"] != json!(true) {
+            return Err(format!(
+                "{name} says no ({status}): {}",
+                doc["why"].as_str().or(doc["error"].as_str()).unwrap_or("")
+            ));
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -149,6 +149,14 @@ pub struct SyncState {
     pub standby: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub standbys: Vec<String>,
+    /// Quorum commit (`synchronous_mode = "quorum"`, PostgreSQL's `ANY k`): every commit
+    /// the leader acknowledged is on at least `quorum` of `voters`. Kept apart from
+    /// `standbys`, each of which holds every commit: an agent that knows only those sees
+    /// nobody to promote but the last leader, which is safe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voters: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<usize>,
 }
 
 impl SyncState {
@@ -157,7 +165,23 @@ impl SyncState {
             leader: leader.into(),
             standby: standbys.first().cloned(),
             standbys,
+            ..SyncState::default()
         }
+    }
+
+    /// A quorum record: every acknowledged commit of `leader` is on `quorum` of `voters`.
+    pub fn quorum(leader: impl Into<String>, voters: Vec<String>, quorum: usize) -> SyncState {
+        SyncState {
+            leader: leader.into(),
+            voters,
+            quorum: Some(quorum),
+            ..SyncState::default()
+        }
+    }
+
+    /// The voters and their quorum, for a quorum record.
+    pub fn voting(&self) -> Option<(&[String], usize)> {
+        self.quorum.map(|q| (self.voters.as_slice(), q))
     }
 
     /// The synchronous standbys (a record of an older agent names one in `standby`).

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::{log, warn, ActError, Agent};
-use crate::config::RebuildMethod;
+use crate::config::{RebuildMethod, SyncMode};
 use crate::dcs::View;
 use crate::decide::{Action, Leader, Millis};
 use crate::postgres::{LocalPgError, Observed, Rejoined, Stopped};
@@ -110,9 +110,13 @@ impl Agent {
         self.node.state = NodeState::Running;
         if obs.running && !obs.in_recovery {
             self.ensure_slots(view, obs);
-            if self.cfg.replication.synchronous_mode {
+            if self.cfg.replication.synchronous_mode.enabled() {
                 if let Some(v) = view {
-                    if let Err(e) = self.manage_sync(v) {
+                    let managed = match self.cfg.replication.synchronous_mode {
+                        SyncMode::Quorum => self.manage_quorum(v),
+                        _ => self.manage_sync(v),
+                    };
+                    if let Err(e) = managed {
                         self.sync_names = None;
                         warn(format!("synchronous replication: {e}"));
                     }

@@ -47,7 +47,9 @@ use crate::failsafe;
 use crate::guard::{monotonic_ms, Guard};
 use crate::hba_checks::HbaChecks;
 use crate::maintenance;
+use crate::peers::Peers;
 use crate::postgres::{self, LocalPg, Observed};
+use crate::quorum;
 use crate::records::unix_now;
 use crate::state::NodeState;
 use crate::streaming::{self, Evidence, Rejoins, Verdict};
@@ -93,6 +95,10 @@ struct NodeStatus {
     /// The restart request being carried out (its key's revision) and when the server had
     /// started when this agent first saw it (Unix seconds, 0: it was stopped).
     restart_baseline: Option<(i64, u64)>,
+    /// When the observation behind the published record began (see `quorum`).
+    observed_at: Millis,
+    /// Quorum commit: the positions heard since this voter saw the leader gone.
+    quorum_round: Option<quorum::Round>,
 }
 
 /// The API's side: the snapshot its GET endpoints answer from, its handle (for SIGHUP), what
@@ -105,10 +111,9 @@ struct ApiSide {
 }
 
 /// Failsafe mode (see `failsafe`): the other members as etcd last showed them (name, API
-/// address), the caller of their APIs, until when they last all confirmed this leader.
+/// address), until when they last all confirmed this leader.
 struct Failsafe {
     members: Vec<(String, String)>,
-    caller: Arc<failsafe::Caller>,
     until: Option<Millis>,
 }
 
@@ -124,6 +129,8 @@ pub struct Agent {
     node: NodeStatus,
     api: ApiSide,
     failsafe: Failsafe,
+    /// The other agents' APIs (failsafe and quorum rounds).
+    peers: Arc<Peers>,
     /// synchronous_standby_names as last set or read (None: read it again).
     sync_names: Option<String>,
     /// Long operations (a rejoin) off the loop.
@@ -219,9 +226,9 @@ impl Agent {
             hba_checks: HbaChecks::new(&cfg),
             failsafe: Failsafe {
                 members: Vec::new(),
-                caller: Arc::new(failsafe::Caller::new(&cfg)?),
                 until: None,
             },
+            peers: Arc::new(Peers::new(&cfg)?),
             config_path,
             settings: settings::Settings::new(&cfg),
             cfg,
@@ -297,6 +304,7 @@ impl Agent {
         if let Err(e) = self.guard.ensure_alive() {
             warn(e);
         }
+        self.node.observed_at = self.now();
         let obs = self.pg.observe();
         self.callbacks.observe(callbacks::State::of(
             obs.running,
@@ -552,8 +560,9 @@ impl Agent {
             paused: view.is_some_and(|v| v.paused),
             down: self.node.down,
             request: view.and_then(|v| v.request.as_ref().map(|(r, _)| r.clone())),
-            synchronous_mode: self.cfg.replication.synchronous_mode,
+            synchronous_mode: self.cfg.replication.synchronous_mode.enabled(),
             sync: view.and_then(|v| v.sync.clone()),
+            heard: self.quorum_heard(obs, view, leader_alive, now),
             failsafe_confirmed: self.failsafe.until.is_some_and(|u| now < u),
             failsafe_leader: self.api.failsafe_seen.leader_within(now, t.ttl),
             replicatefrom,
@@ -578,13 +587,13 @@ impl Agent {
         let t = self.cfg.timing();
         let started = self.now();
         let per_call = Duration::from_millis((t.retry_timeout / 3).clamp(100, 1000));
-        let (caller, me) = (self.failsafe.caller.clone(), self.cfg.name.clone());
+        let (peers, me) = (self.peers.clone(), self.cfg.name.clone());
         let members = self.failsafe.members.clone();
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("failsafe".into())
             .spawn(move || {
-                let _ = tx.send(caller.round(&me, &members, per_call));
+                let _ = tx.send(failsafe::round(&peers, &me, &members, per_call));
             });
         if let Err(e) = spawned {
             warn(format!("failsafe: cannot start a round: {e}"));

@@ -109,6 +109,7 @@ pub trait Postgres {
     fn sync_names(&mut self) -> PgResult<String>;
     fn set_sync_names(&mut self, value: &str) -> PgResult<()>;
     fn is_sync_and_caught_up(&mut self, standby: &str) -> PgResult<bool>;
+    fn quorum_caught_up(&mut self, voters: &[String]) -> PgResult<usize>;
     fn create_slots(&mut self, slots: &[String]) -> PgResult<Vec<String>>;
     fn drop_unused_slots(&mut self, slots: &[String]) -> PgResult<Vec<String>>;
     fn advance_slots(&mut self, targets: &[(String, u64)]) -> PgResult<Vec<String>>;
@@ -191,6 +192,9 @@ impl Postgres for LocalPg {
     }
     fn is_sync_and_caught_up(&mut self, standby: &str) -> PgResult<bool> {
         LocalPg::is_sync_and_caught_up(self, standby)
+    }
+    fn quorum_caught_up(&mut self, voters: &[String]) -> PgResult<usize> {
+        LocalPg::quorum_caught_up(self, voters)
     }
     fn create_slots(&mut self, slots: &[String]) -> PgResult<Vec<String>> {
         LocalPg::create_slots(self, slots)

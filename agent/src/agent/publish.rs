@@ -69,11 +69,13 @@ impl Agent {
         let leading = view
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name == self.cfg.name);
-        if leading && obs.running && !obs.in_recovery && self.cfg.replication.synchronous_mode {
+        let mode = self.cfg.replication.synchronous_mode;
+        if leading && obs.running && !obs.in_recovery && mode.enabled() {
+            // With quorum commit, the voters proven to hold every commit.
             let synced = view
                 .and_then(|v| v.sync.as_ref())
                 .filter(|s| s.leader == self.cfg.name)
-                .map_or(0, |s| s.names().len());
+                .map_or(0, |s| s.voting().map_or(s.names().len(), |(_, q)| q));
             let k = self.cfg.replication.synchronous_node_count;
             let strict = self.cfg.replication.synchronous_mode_strict;
             if synced == 0 {
@@ -139,6 +141,7 @@ impl Agent {
         if let Ok(mut s) = self.api.shared.lock() {
             *s = Snapshot {
                 me: Some(me),
+                observed_at: self.node.observed_at,
                 leader: v.leader.as_ref().map(|l| l.name.clone()),
                 members,
                 writable_until,
@@ -153,6 +156,12 @@ impl Agent {
                     .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
                     .map(|s| s.names().into_iter().map(String::from).collect())
                     .unwrap_or_default(),
+                quorum: v
+                    .sync
+                    .as_ref()
+                    .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
+                    .and_then(|s| s.voting())
+                    .map(|(voters, q)| (voters.to_vec(), q)),
                 request: v.request.as_ref().map(|(r, _)| r.clone()),
                 counters: Counters {
                     callbacks: self.callbacks.counts.snapshot(),
@@ -167,6 +176,7 @@ impl Agent {
     /// The member record and the API snapshot as they are now, in the middle of an action.
     pub(super) fn publish_now(&mut self, view: Option<&View>, action: &Action) {
         let Some(v) = view else { return };
+        self.node.observed_at = self.now();
         let obs = self.pg.observe();
         let me = self.record(&obs, Some(v));
         self.update_snapshot(me.clone(), v, action);

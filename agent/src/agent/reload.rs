@@ -14,7 +14,7 @@ use crate::dcs::Dcs;
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     // The replication settings other than the synchronous-mode switches, which reload.
     let fixed = |r: &Replication| Replication {
-        synchronous_mode: false,
+        synchronous_mode: crate::config::SyncMode::Off,
         synchronous_mode_strict: false,
         synchronous_node_count: 1,
         member_slots_ttl: 0,
@@ -135,7 +135,10 @@ mod tests {
         assert!(needs_restart(&old, &old.clone()).is_empty());
         // The synchronous-mode switches and the timing reload; TLS files and the rest need
         // a restart.
-        assert!(changed(&|c| c.replication.synchronous_mode = true).is_empty());
+        assert!(
+            changed(&|c| c.replication.synchronous_mode = crate::config::SyncMode::First)
+                .is_empty()
+        );
         assert!(changed(&|c| c.timing.ttl = 5.0).is_empty());
         assert_eq!(
             changed(&|c| c.replication.sslrootcert = Some("/tls/ca.crt".into())),

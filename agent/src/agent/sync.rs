@@ -1,11 +1,18 @@
 //! Synchronous mode on the leader: `synchronous_node_count` healthy standbys synchronous,
-//! and the sync record in etcd naming them only while they are (see the architecture
-//! document).
+//! and the sync record in etcd naming them only while they are; with quorum commit, every
+//! healthy standby a voter, and the record's quorum only what is proven (see the
+//! architecture document). On a voter without a leader: the quorum round (`quorum`).
+
+use std::time::Duration;
 
 use pgshift_core::pg::sql::quote_ident;
 
 use super::{log, ActError, Agent};
+use crate::config::SyncMode;
 use crate::dcs::{MemberRecord, View};
+use crate::decide::{Heard, Millis};
+use crate::postgres::Observed;
+use crate::quorum::{self, Position};
 use crate::records::SyncState;
 
 impl Agent {
@@ -13,12 +20,13 @@ impl Agent {
     /// so before it accepts a write (it also names this node as the one that led last),
     /// then PostgreSQL waits for any standby (strict) or none (see manage_sync).
     pub(super) fn sync_before_promotion(&mut self) -> Result<(), ActError> {
-        if !self.cfg.replication.synchronous_mode {
-            return Ok(());
-        }
-        self.store
-            .write_sync(&SyncState::new(self.cfg.name.clone(), vec![]))?;
-        let names = self.sync_names_for(&[]);
+        let me = self.cfg.name.clone();
+        let (record, names) = match self.cfg.replication.synchronous_mode {
+            SyncMode::Off => return Ok(()),
+            SyncMode::First => (SyncState::new(me, vec![]), self.sync_names_for(&[])),
+            SyncMode::Quorum => (SyncState::quorum(me, vec![], 0), self.quorum_names_for(&[])),
+        };
+        self.store.write_sync(&record)?;
         self.pg.set_sync_names(&names)?;
         self.sync_names = Some(names);
         Ok(())
@@ -108,5 +116,151 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// synchronous_standby_names for quorum commit: any k of `voters` (k as
+    /// `sync_names_for` counts it: fewer than k voters wait for all of them, or in strict
+    /// mode for k, which blocks commits).
+    fn quorum_names_for(&self, voters: &[String]) -> String {
+        let k = self.quorum_k(voters.len());
+        let strict = self.cfg.replication.synchronous_mode_strict;
+        let quoted: Vec<String> = voters.iter().map(|n| quote_ident(n)).collect();
+        match quoted.len() {
+            0 if !strict => String::new(),
+            0 => format!("ANY {k} (*)"),
+            _ => format!("ANY {k} ({})", quoted.join(", ")),
+        }
+    }
+
+    /// How many voters confirm a commit: synchronous_node_count, or all there are when
+    /// fewer and not strict.
+    fn quorum_k(&self, voters: usize) -> usize {
+        let k = self.cfg.replication.synchronous_node_count;
+        if self.cfg.replication.synchronous_mode_strict {
+            k
+        } else {
+            k.min(voters)
+        }
+    }
+
+    /// Quorum commit on the leader. The record (voters V, quorum q) claims every commit
+    /// this leader acknowledged is on at least q of V; a voter without a leader promotes
+    /// after hearing |V| - q + 1 of them (see `decide::quorum_takeover`). Each change keeps
+    /// the claim true, so the record always changes before PostgreSQL does:
+    /// - a healthy standby joins V before synchronous_standby_names names it, q unchanged;
+    /// - one that is not leaves V, q lowered by one for each leaving (a commit it held is
+    ///   on one voter fewer), before PostgreSQL stops waiting for it;
+    /// - q rises to k only once PostgreSQL has waited for any k of V for a whole loop
+    ///   and k voters flushed past the current WAL position (older commits on k too).
+    pub(super) fn manage_quorum(&mut self, v: &View) -> Result<(), ActError> {
+        let me = self.cfg.name.clone();
+        let ours = v
+            .sync
+            .as_ref()
+            .filter(|s| s.leader == me)
+            .and_then(SyncState::voting);
+        let (recorded, q) = ours
+            .map(|(voters, q)| (voters.to_vec(), q))
+            .unwrap_or_default();
+        let mut healthy: Vec<String> = v
+            .members
+            .iter()
+            .filter(|m| v.can_be_synchronous(m, &me))
+            .map(|m| m.name.clone())
+            .collect();
+        healthy.sort();
+        let leaving = recorded.iter().filter(|r| !healthy.contains(r)).count();
+        let mut quorum = q.saturating_sub(leaving);
+        if ours.is_none() || recorded != healthy || quorum != q {
+            self.store
+                .write_sync(&SyncState::quorum(me.clone(), healthy.clone(), quorum))
+                .map_err(|e| format!("cannot write the sync record: {e}"))?;
+            for r in recorded.iter().filter(|r| !healthy.contains(r)) {
+                log(format!("{r} is no longer a quorum voter (quorum {quorum})"));
+            }
+            for h in healthy.iter().filter(|h| !recorded.contains(h)) {
+                log(format!("{h} is a quorum voter"));
+            }
+        }
+        let names = self.quorum_names_for(&healthy);
+        let current = match self.sync_names.clone() {
+            Some(n) => n,
+            None => self.pg.sync_names()?,
+        };
+        let settled = current == names;
+        if !settled {
+            self.pg.set_sync_names(&names)?;
+        }
+        self.sync_names = Some(names);
+        let k = self.quorum_k(healthy.len()).min(healthy.len());
+        if settled && quorum < k {
+            let caught_up = self.pg.quorum_caught_up(&healthy)?.min(k);
+            if caught_up > quorum {
+                quorum = caught_up;
+                self.store
+                    .write_sync(&SyncState::quorum(me, healthy, quorum))
+                    .map_err(|e| format!("cannot write the sync record: {e}"))?;
+                log(format!(
+                    "quorum commit: any {quorum} of the voters hold every commit"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// On a voter of a quorum record while no leader is alive: this loop's positions of the
+    /// voters, this node's own included, each observed after the round began (see
+    /// `quorum`). Empty outside a round. A round loops fast: each answer may bring the
+    /// takeover.
+    pub(super) fn quorum_heard(
+        &mut self,
+        obs: &Observed,
+        view: Option<&View>,
+        leader_alive: bool,
+        now: Millis,
+    ) -> Vec<Heard> {
+        let me = self.cfg.name.clone();
+        let voters = view
+            .filter(|_| self.cfg.replication.synchronous_mode == SyncMode::Quorum)
+            .and_then(|v| v.sync.as_ref())
+            .and_then(SyncState::voting)
+            .filter(|(voters, q)| *q > 0 && voters.contains(&me))
+            .map(|(voters, _)| voters.to_vec());
+        let (Some(voters), Some(v)) = (voters, view) else {
+            self.node.quorum_round = None;
+            return vec![];
+        };
+        if leader_alive || !obs.running || !obs.in_recovery || self.node.down {
+            self.node.quorum_round = None;
+            return vec![];
+        }
+        let observed_at = self.node.observed_at;
+        let round = self
+            .node
+            .quorum_round
+            .get_or_insert_with(|| quorum::Round::new(now));
+        round.local(
+            &Position {
+                name: me.clone(),
+                running: obs.running,
+                in_recovery: obs.in_recovery,
+                timeline: obs.timeline,
+                lsn: obs.lsn,
+                observed_at,
+                now,
+            },
+            observed_at,
+        );
+        let others: Vec<(String, String)> = voters
+            .iter()
+            .filter(|n| **n != me)
+            .filter_map(|n| v.member(n).map(|m| (n.clone(), m.api.clone())))
+            .collect();
+        let timeout = Duration::from_millis((self.cfg.timing().loop_wait / 2).clamp(100, 500));
+        for p in quorum::ask(&self.peers, &others, timeout) {
+            round.answer(&p);
+        }
+        self.node.urgent = true;
+        round.heard()
     }
 }

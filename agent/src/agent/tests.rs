@@ -14,7 +14,7 @@ use super::ports::{Fence, Phase, Postgres, RejoinJob, Store};
 use super::{Agent, Ports};
 use crate::api::{Shared, Snapshot};
 use crate::cluster_config::ClusterConfig;
-use crate::config::{Config, RebuildMethod};
+use crate::config::{Config, RebuildMethod, SyncMode};
 use crate::dcs::{HistoryEntry, MemberRecord, View};
 use crate::decide::{Action, Leader};
 use crate::etcd;
@@ -186,6 +186,8 @@ struct Server {
     calls: Vec<String>,
     standby_signal: bool,
     sync_names: String,
+    /// How many voters flushed everything (None: all of them).
+    quorum_caught_up: Option<usize>,
     /// The rejoin job's end, sent by the test (None: it finishes at once, rewound).
     rejoin: Option<JobEnd>,
     /// When set, every start fails in recovery with this FATAL.
@@ -289,6 +291,10 @@ impl Postgres for FakePg {
     }
     fn is_sync_and_caught_up(&mut self, _: &str) -> Result<bool, LocalPgError> {
         Ok(true)
+    }
+    fn quorum_caught_up(&mut self, voters: &[String]) -> Result<usize, LocalPgError> {
+        let s = self.0.lock().unwrap();
+        Ok(s.quorum_caught_up.unwrap_or(voters.len()))
     }
     fn create_slots(&mut self, slots: &[String]) -> Result<Vec<String>, LocalPgError> {
         let mut s = self.0.lock().unwrap();
@@ -1174,7 +1180,7 @@ fn end_a_request_that_is_done() {
 #[test]
 fn synchronous_mode_names_the_streaming_standby() {
     let mut b = Bench::new("db1", primary(), "");
-    b.agent.cfg.replication.synchronous_mode = true;
+    b.agent.cfg.replication.synchronous_mode = SyncMode::First;
     assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
     b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
     b.advance(500);
@@ -1193,7 +1199,7 @@ fn synchronous_mode_names_the_streaming_standby() {
 #[test]
 fn a_standby_tagged_nosync_is_never_synchronous() {
     let mut b = Bench::new("db1", primary(), "");
-    b.agent.cfg.replication.synchronous_mode = true;
+    b.agent.cfg.replication.synchronous_mode = SyncMode::First;
     assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
     // db2 is further ahead (the usual choice) but tagged nosync.
     b.member("db2", Role::Replica, NodeState::Streaming, Some("db1"));
@@ -1222,7 +1228,7 @@ fn a_standby_tagged_nosync_is_never_synchronous() {
 #[test]
 fn synchronous_node_count_keeps_k_standbys_synchronous() {
     let mut b = Bench::new("db1", primary(), "");
-    b.agent.cfg.replication.synchronous_mode = true;
+    b.agent.cfg.replication.synchronous_mode = SyncMode::First;
     b.agent.cfg.replication.synchronous_node_count = 2;
     assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
     for m in ["db2", "db3", "db4"] {
@@ -1273,6 +1279,82 @@ fn synchronous_node_count_keeps_k_standbys_synchronous() {
             .any(|w| w.contains("1 of 2 standbys synchronous, so commits wait")),
         "{w:?}"
     );
+}
+
+#[test]
+fn quorum_commit_records_only_what_is_proven() {
+    let mut b = Bench::new("db1", primary(), "");
+    b.agent.cfg.replication.synchronous_mode = SyncMode::Quorum;
+    b.agent.cfg.replication.synchronous_node_count = 2;
+    assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
+    for m in ["db2", "db3", "db4"] {
+        b.member(m, Role::Replica, NodeState::Streaming, Some("db1"));
+    }
+    let record = |b: &Bench| {
+        b.etcd(|e| e.sync.clone())
+            .and_then(|s| s.voting().map(|(v, q)| (v.to_vec(), q)))
+            .expect("a quorum record")
+    };
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Every healthy standby votes; nothing proven yet, so the quorum is 0 (a failover
+    // would wait for this leader) until PostgreSQL waited for any 2 for a loop.
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(
+        b.server(|s| s.sync_names.clone()),
+        "ANY 2 (\"db2\", \"db3\", \"db4\")"
+    );
+    assert_eq!(record(&b), (names(&["db2", "db3", "db4"]), 0));
+    // Two voters flushed everything: proven for 2.
+    b.server(|s| s.quorum_caught_up = Some(2));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(record(&b), (names(&["db2", "db3", "db4"]), 2));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(
+        b.snapshot().quorum,
+        Some((names(&["db2", "db3", "db4"]), 2))
+    );
+
+    // db3 goes: the record drops it and lowers the quorum by one (a commit it held is on
+    // one voter fewer) before PostgreSQL stops waiting for it.
+    b.etcd(|e| e.members.remove("db3"));
+    b.server(|s| s.quorum_caught_up = Some(0));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(record(&b), (names(&["db2", "db4"]), 1));
+    assert_eq!(
+        b.server(|s| s.sync_names.clone()),
+        "ANY 2 (\"db2\", \"db4\")"
+    );
+    // Nobody caught up: the quorum stays where it is proven.
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(record(&b), (names(&["db2", "db4"]), 1));
+    b.server(|s| s.quorum_caught_up = None);
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(record(&b), (names(&["db2", "db4"]), 2));
+
+    // Not strict, db4 goes too: one voter, any 1 of it.
+    b.etcd(|e| e.members.remove("db4"));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(record(&b), (names(&["db2"]), 1));
+    assert_eq!(b.server(|s| s.sync_names.clone()), "ANY 1 (\"db2\")");
+    // Strict: PostgreSQL waits for 2 of the one there is, so commits block.
+    b.agent.cfg.replication.synchronous_mode_strict = true;
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(b.server(|s| s.sync_names.clone()), "ANY 2 (\"db2\")");
+    assert_eq!(record(&b), (names(&["db2"]), 1));
+    // And nobody at all: any 2 of any standby.
+    b.etcd(|e| e.members.remove("db2"));
+    b.advance(500);
+    b.agent.cycle();
+    assert_eq!(record(&b), (vec![], 0));
+    assert_eq!(b.server(|s| s.sync_names.clone()), "ANY 2 (*)");
 }
 
 // ---- long operations on the worker ----------------------------------------------------------

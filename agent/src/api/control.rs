@@ -78,7 +78,7 @@ impl Control {
             me: cfg.name.clone(),
             token_file: cfg.api.token_file.clone(),
             client_ca: cfg.api.tls_client_ca.is_some(),
-            sync: cfg.replication.synchronous_mode.then_some((
+            sync: cfg.replication.synchronous_mode.enabled().then_some((
                 cfg.replication.synchronous_node_count,
                 cfg.replication.synchronous_mode_strict,
             )),
@@ -440,7 +440,7 @@ fn running_member<'a>(v: &'a View, node: &str, what: &str) -> Result<&'a MemberR
 fn blocks_writes(v: &View, node: &str, k: usize) -> Option<String> {
     let leader = v.leader.as_ref()?.name.as_str();
     let sync = v.sync.as_ref().filter(|s| s.leader == leader)?;
-    if !sync.names().contains(&node) {
+    if !sync.names().contains(&node) && !sync.voters.iter().any(|n| n == node) {
         return None;
     }
     let others = v

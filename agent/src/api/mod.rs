@@ -1,5 +1,5 @@
 //! The HTTP API for load balancers and people: `/primary`, `/replica[?lag=bytes]`,
-//! `/health`, `/status`, `/cluster`, `/metrics` (GET or HEAD). It serves the agent's latest
+//! `/health`, `/status`, `/cluster`, `/metrics`, `/position` (GET or HEAD). It serves the agent's latest
 //! snapshot and never talks to PostgreSQL or etcd for them, so a slow database cannot stall
 //! a health check; `/primary` re-checks the leadership deadline at request time, so a hung
 //! agent stops being "primary" to HAProxy when its leadership runs out, not when it wakes up.
@@ -30,6 +30,8 @@ pub use server::{Handle, MAX_HEAD};
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub me: Option<MemberRecord>,
+    /// When the agent observed PostgreSQL for `me` (monotonic ms; see `quorum`).
+    pub observed_at: u64,
     pub leader: Option<String>,
     pub members: Vec<MemberRecord>,
     /// Monotonic ms until which this node may act as primary (last write + retry_timeout).
@@ -43,6 +45,8 @@ pub struct Snapshot {
     pub leader_alive: bool,
     /// The synchronous standbys the sync record names (the first is `sync_standby`).
     pub sync_standbys: Vec<String>,
+    /// Quorum commit: the leader's voters and how many of them hold every commit.
+    pub quorum: Option<(Vec<String>, usize)>,
     pub request: Option<Request>,
     pub counters: Counters,
     /// Failsafe mode is active: on the leader, every member confirmed it without etcd; on a
@@ -133,6 +137,7 @@ pub fn route(method: &str, target: &str, snap: &Snapshot, now: u64) -> (u16, Val
         "/health" => (ok(me.is_some_and(|m| m.role != "stopped")), status_body()),
         "/status" | "/" => (200, status_body()),
         "/cluster" => (200, cluster_json(snap)),
+        crate::quorum::PATH => (200, crate::quorum::answer(snap, now)),
         _ => (404, json!({"error": format!("no such endpoint: {path}")})),
     }
 }
@@ -144,6 +149,8 @@ pub fn cluster_json(snap: &Snapshot) -> Value {
         "paused": snap.paused,
         "sync_standby": snap.sync_standbys.first(),
         "sync_standbys": snap.sync_standbys,
+        "quorum": snap.quorum.as_ref().map(|(_, q)| q),
+        "quorum_voters": snap.quorum.as_ref().map(|(v, _)| v),
         "request": snap.request,
         "failsafe": snap.failsafe,
     })

@@ -610,6 +610,20 @@ impl LocalPg {
         })
     }
 
+    /// How many of `voters` PostgreSQL counts for its `ANY k` quorum and have flushed every
+    /// WAL record written so far (so every commit acknowledged until now).
+    pub fn quorum_caught_up(&mut self, voters: &[String]) -> Result<usize> {
+        self.with(|c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_replication
+                  WHERE application_name = ANY($1) AND sync_state = 'quorum'
+                    AND flush_lsn >= pg_current_wal_lsn()",
+                &[&voters],
+            )
+            .map(|r| r.get::<_, i64>(0) as usize)
+        })
+    }
+
     /// Creates the physical slots among `slots` that do not exist (yet, or any more); the
     /// ones it created. One statement, whatever the count. Each reserves WAL at once: on a
     /// standby that is what lets it be advanced (`advance_slots`), on a primary it keeps

@@ -1,0 +1,87 @@
+//! The other agents' APIs as this agent calls them, with the API's own TLS identity and
+//! token: the leader's failsafe rounds (`failsafe`), a voter's quorum rounds (`quorum`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Config;
+
+pub struct Peers {
+    client: crate::http::Client,
+    tls: bool,
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl Peers {
+    pub fn new(cfg: &Config) -> Result<Peers, String> {
+        let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
+            (Some(cert), Some(ca)) => Some(crate::tls::client(
+                ca,
+                cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
+            )?),
+            _ => None,
+        };
+        Ok(Peers {
+            client: crate::http::Client::new(tls.as_ref(), 64 << 10),
+            tls: tls.is_some(),
+            token_file: cfg.api.token_file.clone(),
+        })
+    }
+
+    /// `path` on the API `name` published (`host:port`).
+    fn url(&self, name: &str, api: &str, path: &str) -> Result<String, String> {
+        let (host, port) = api
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("{name} published no usable API address ({api:?})"))?;
+        Ok(format!(
+            "{}{path}",
+            crate::http::base_url(self.tls, host, port)
+        ))
+    }
+
+    /// POSTs `body` with the token; (status, the answer's JSON or null).
+    pub fn post(
+        &self,
+        (name, api): (&str, &str),
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, Value), String> {
+        let token = match &self.token_file {
+            Some(p) => Some(crate::api::control::read_token(p)?),
+            None => None,
+        };
+        let r = self
+            .client
+            .post_json(
+                &self.url(name, api, path)?,
+                token.as_deref(),
+                body.to_string().as_bytes(),
+                timeout,
+            )
+            .map_err(|e| format!("{name} does not answer: {e}"))?;
+        Ok((
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// GETs `path`; (status, the answer's JSON or null).
+    pub fn get(
+        &self,
+        (name, api): (&str, &str),
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Value), String> {
+        let r = self
+            .client
+            .get(&self.url(name, api, path)?, false, timeout)
+            .map_err(|e| format!("{name} does not answer: {e}"))?;
+        Ok((
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        ))
+    }
+}
