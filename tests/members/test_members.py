@@ -20,7 +20,7 @@ import time
 import pytest
 
 from labkit import (
-    AGENT_PID, IPS3, ROOT, Probe, build_cluster, cluster_status, fault_and_failover, haproxy_states,
+    AGENT_LOG, AGENT_PID, IPS3, ROOT, Probe, build_cluster, cluster_status, fault_and_failover, haproxy_states,
     http_status, lab, lead, log_mark, log_since, member, needs, on, out, settled, sql, streaming_from, teardown_cluster,
     wait_for,
 )
@@ -132,6 +132,46 @@ def configure(hosts, check=True, **settings):
             on(h, cmd, timeout=15)
 
 
+def any_standby_takes_over(cluster, name, old, others, inject, recover):
+    """Probe on all three hosts; `inject` a fault on `old`; the first standby to acknowledge a
+    write is the new leader: it holds every write `old` acknowledged, `old` acknowledged
+    none after it, the other standby follows it within 10 s without a rebuild, and after
+    `recover` so does `old`. Records the numbers under `name`; returns the new leader."""
+    rebuilds = {h: member(cluster_status(old), h)["rebuilds"] for h in others}
+    probe = Probe(cluster["passfile"], hosts=cluster["hosts"])
+    probe.start()
+    try:
+        wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
+        t_fault = time.monotonic()
+        inject()
+        first = wait_for("a new primary acknowledging writes", lambda: min(
+            ((t, h) for h in others for t, _ in probe.acks[h] if t > t_fault), default=None), 30, 0.05)
+        time.sleep(1)
+    finally:
+        probe.stop()
+    first_new, new = first
+    other = next(h for h in others if h != new)
+    late = [n for t, n in probe.acks[old] if t >= first_new]
+    assert not late, late
+    lost = probe.lost_on(new)
+    result = {"failover_seconds": round(first_new - t_fault, 2), "new": new, "lost": len(lost),
+              "acked_before_fault": len([t for t, _ in probe.acks[old] if t < t_fault])}
+    cluster["results"].setdefault(name, []).append(result)
+    assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    assert not probe.check(new)
+    started = time.monotonic()
+    wait_for(f"{other} streaming from {new}", lambda: third_streams(new, other), 10, 0.2)
+    result["third_follows_seconds"] = round(time.monotonic() - started, 2)
+    assert first_new - t_fault < 10, result
+    recover()
+    wait_for(f"{old} streaming from {new}", streaming_from(old, new), 120, 0.5)
+    doc = cluster_status(new)
+    assert {h: member(doc, h)["rebuilds"] for h in others} == rebuilds
+    timelines = {m["name"]: m["timeline"] for m in doc["members"]}
+    assert len(set(timelines.values())) == 1, timelines
+    return new
+
+
 def test_two_synchronous_standbys_and_a_crash_of_the_primary(cluster):
     """synchronous_node_count = 2 (FIRST 2): both standbys confirm every commit and either
     may be promoted; after a crash of the primary one takes over with every acknowledged
@@ -144,37 +184,155 @@ def test_two_synchronous_standbys_and_a_crash_of_the_primary(cluster):
         assert sql(old, "SHOW synchronous_standby_names").startswith("FIRST 2 (")
         # The leader's own record catches up with its sync record a loop later (its warning
         # "1 of 2 standbys synchronous" is from the view it read before adding the second).
-        table = wait_for("the status table with two synchronous standbys and no warning",
-                         lambda: (lambda t: t if t.count("synchronous") == 2 else None)(out(old, "pgshift status")),
-                         10, 0.2)
-        rebuilds = {h: member(cluster_status(old), h)["rebuilds"] for h in others}
-        probe = Probe(cluster["passfile"], hosts=cluster["hosts"])
-        probe.start()
-        try:
-            wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
-            t_fault = time.monotonic()
-            lab("crash", old)
-            first = wait_for("a new primary acknowledging writes", lambda: min(
-                ((t, h) for h in others for t, _ in probe.acks[h] if t > t_fault), default=None), 30, 0.05)
-            time.sleep(1)
-        finally:
-            probe.stop()
-        first_new, new = first
-        other = next(h for h in others if h != new)
-        late = [n for t, n in probe.acks[old] if t >= first_new]
-        assert not late, late
-        assert not probe.lost_on(new)
-        assert not probe.check(new)
-        wait_for(f"{other} streaming from {new}", lambda: third_streams(new, other), 10, 0.2)
-        cluster["results"].setdefault("first_2_crash", []).append(
-            {"failover_seconds": round(first_new - t_fault, 2), "new": new})
-        assert first_new - t_fault < 10
-        lab("boot", old)
-        settled(HOSTS)
-        doc = cluster_status(new)
-        assert {h: member(doc, h)["rebuilds"] for h in others} == rebuilds
+        wait_for("the status table with two synchronous standbys and no warning",
+                 lambda: (lambda t: t if t.count("synchronous") == 2 else None)(out(old, "pgshift status")),
+                 10, 0.2)
+        any_standby_takes_over(cluster, "first_2_crash", old, others,
+                               inject=lambda: lab("crash", old), recover=lambda: lab("boot", old))
     finally:
         configure(HOSTS, check=False, synchronous_node_count=1)
+    settled(HOSTS)
+
+
+def quorum(hosts, k, strict=False):
+    """Quorum commit, any k of the standbys, on every host."""
+    configure(hosts, check=False, synchronous_mode='"quorum"', synchronous_node_count=k,
+              synchronous_mode_strict=strict)
+
+
+def proven(leader, k, voters):
+    """Waits until `leader` records `voters` with any k of them holding every commit."""
+    def done():
+        doc = cluster_status(leader) or {}
+        return doc.get("quorum") == k and sorted(doc.get("quorum_voters") or []) == sorted(voters)
+    wait_for(f"quorum {k} of {voters} proven on {leader}", done, 30, 0.2)
+
+
+# Each fault of the primary: (inject, recover). A frozen host (every process stopped) thaws
+# after the new primary took over and must rejoin it.
+FAULTS = {
+    "crash": (lambda h: lab("crash", h), lambda h: lab("boot", h)),
+    "partition": (lambda h: lab("partition", h), lambda h: lab("heal", h)),
+    "kill9_agent": (lambda h: out(h, f"kill -9 $({AGENT_PID})"), lambda h: out(h, "systemctl start pgshift-agent")),
+    "freeze": (lambda h: lab("freeze", h), lambda h: lab("thaw", h)),
+}
+# synchronous_standby_names as each mode writes it with both standbys healthy.
+MODES = {"first_1": ("true", 1, None), "any_1": ('"quorum"', 1, "ANY 1 ("), "any_2": ('"quorum"', 2, "ANY 2 (")}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_fault_of_the_primary_in_each_synchronous_mode(cluster, mode, fault):
+    """FIRST 1, and quorum commit with any 1 and any 2 of both standbys: after each fault of
+    the primary one standby takes over with every acknowledged write (with quorum commit,
+    once it heard enough voters to know it is the most advanced), never alongside the old
+    primary, and the other follows it within 10 s without a rebuild."""
+    setting, k, names = MODES[mode]
+    old, others, _ = settled(HOSTS)
+    configure(HOSTS, check=False, synchronous_mode=setting, synchronous_node_count=k)
+    try:
+        if names:
+            proven(old, k, others)
+            assert sql(old, "SHOW synchronous_standby_names").startswith(names)
+        inject, recover = FAULTS[fault]
+        new = any_standby_takes_over(cluster, f"{mode}_{fault}", old, others,
+                                     inject=lambda: inject(old), recover=lambda: recover(old))
+        if names:
+            # The new leader's record: every other host a voter once it streams.
+            proven(new, k, [h for h in HOSTS if h != new])
+    finally:
+        configure(HOSTS, check=False, synchronous_mode="true", synchronous_node_count=1,
+                  synchronous_mode_strict="false")
+    settled(HOSTS)
+
+
+def test_quorum_a_voter_that_cannot_hear_enough_does_not_promote(cluster):
+    """Any 1 of two voters, and the one placed first (priority) lags: its walreceiver stopped,
+    so the commits are on the other voter alone. The primary crashes while the other voter's
+    agent is frozen: the lagging voter hears only itself, one of the two it needs, and must
+    not promote (a leader without those commits). Once the frozen agent resumes, the voter
+    with every commit takes over and nothing acknowledged is lost."""
+    old, others, _ = settled(HOSTS)
+    lagging, holder = sorted(others, key=lambda h: h != "db3")  # db3: no etcd member
+    configure([lagging], check=False, priority=9)
+    quorum(HOSTS, 1)
+    probe = Probe(cluster["passfile"], hosts=cluster["hosts"])
+    walreceiver = "pgrep -f '^postgres: .*walreceiver'"
+    try:
+        proven(old, 1, others)
+        probe.start()
+        wait_for(f"writes acknowledged by {old}", lambda: len(probe.acks[old]) >= 10, 20)
+        out(lagging, f"kill -STOP $({walreceiver})")
+        t_lag = time.monotonic()
+        wait_for("writes acknowledged while one voter lags",
+                 lambda: len([t for t, _ in probe.acks[old] if t > t_lag + 0.5]) >= 10, 20)
+        out(holder, f"kill -STOP $({AGENT_PID})")
+        t_fault = time.monotonic()
+        lab("crash", old)
+        time.sleep(8)
+        early = [(h, t) for h in others for t, _ in probe.acks[h] if t > t_fault]
+        assert not early, f"a voter that heard too few took writes: {early[:3]}"
+        log = out(lagging, f"grep 'quorum commit' {AGENT_LOG} | tail -n 3")
+        assert "heard 1 of the 2 voters needed" in log, log
+        out(holder, f"kill -CONT $({AGENT_PID})")
+        first = wait_for("a new primary acknowledging writes", lambda: min(
+            ((t, h) for h in others for t, _ in probe.acks[h] if t > t_fault), default=None), 30, 0.05)
+        time.sleep(1)
+    finally:
+        probe.stop()
+        on(holder, f"kill -CONT $({AGENT_PID})")
+        on(lagging, f"kill -CONT $({walreceiver})")
+        configure([lagging], check=False, priority=1)
+        configure(HOSTS, check=False, synchronous_mode="true", synchronous_node_count=1)
+    assert first[1] == holder, first
+    lost = probe.lost_on(holder)
+    assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
+    assert not probe.check(holder)
+    cluster["results"].setdefault("quorum_lagging_voter", []).append(
+        {"takeover_after_resume_seconds": round(first[0] - t_fault - 8, 2)})
+    lab("boot", old)
+    settled(HOSTS)
+
+
+def test_quorum_commit_and_a_crash_of_a_standby(cluster):
+    """No failover. Any 1 of 2: writes go on, the crashed voter leaves the record. Any 2 of 2,
+    strict: commits block until it is back."""
+    leader, others, _ = settled(HOSTS)
+    # db3 runs no etcd member: its crash tests quorum commit alone.
+    victim = "db3" if "db3" in others else others[0]
+    probe = Probe(cluster["passfile"], hosts={leader: IPS3[leader]})
+    try:
+        quorum(HOSTS, 1)
+        proven(leader, 1, others)
+        probe.start()
+        wait_for(f"writes acknowledged by {leader}", lambda: len(probe.acks[leader]) >= 10, 20)
+        t_fault = time.monotonic()
+        lab("crash", victim)
+        proven(leader, 1, [h for h in others if h != victim])
+        wait_for("a write acknowledged after the crash",
+                 lambda: next((t for t, _ in probe.acks[leader] if t > t_fault + 0.5), None), 30, 0.1)
+        gaps = [b - a for (a, _), (b, _) in zip(probe.acks[leader], probe.acks[leader][1:]) if b > t_fault]
+        cluster["results"].setdefault("quorum_standby_crash", []).append(
+            {"longest_write_gap_seconds": round(max(gaps, default=0), 2)})
+        lab("boot", victim)
+        wait_for(f"{victim} streaming from {leader}", streaming_from(victim, leader), 60, 0.5)
+
+        quorum(HOSTS, 2, strict=True)
+        proven(leader, 2, others)
+        lab("crash", victim)
+        t_fault = time.monotonic()
+        time.sleep(4)
+        during = [n for t, n in probe.acks[leader] if t > t_fault + 1]
+        assert not during, f"strict any 2 of 2 with one voter down acknowledged {len(during)} writes"
+        lab("boot", victim)
+        wait_for("writes acknowledged again once the voter is back",
+                 lambda: next((t for t, _ in probe.acks[leader] if t > t_fault + 4), None), 90, 0.2)
+        assert cluster_status(leader)["leader"] == leader
+    finally:
+        probe.stop()
+        configure(HOSTS, check=False, synchronous_mode="true", synchronous_node_count=1,
+                  synchronous_mode_strict="false")
+    assert not probe.lost_on(leader)
     settled(HOSTS)
 
 
