@@ -78,9 +78,13 @@ impl Round {
     }
 
     /// Another member's answer: the first sets its mark, later ones count once observed
-    /// after it.
+    /// after it. A clock behind the mark is a host that rebooted: its mark starts again.
     pub fn answer(&mut self, p: &Position) {
         match self.marks.get(&p.name) {
+            Some(mark) if p.now < *mark => {
+                self.marks.insert(p.name.clone(), p.now);
+                self.heard.remove(&p.name);
+            }
             None => {
                 self.marks.insert(p.name.clone(), p.now);
             }
@@ -175,6 +179,13 @@ mod tests {
             ..pos("db3", 120, 7_900, 7_910)
         });
         assert_eq!(r.heard().len(), 1);
+        // Its host rebooted (its clock starts again): a new mark, and only what it observes
+        // after that counts.
+        r.answer(&pos("db3", 130, 40, 50));
+        r.answer(&pos("db3", 130, 45, 60));
+        assert_eq!(r.heard().len(), 1);
+        r.answer(&pos("db3", 130, 70, 80));
+        assert_eq!(r.heard().len(), 2);
     }
 
     #[test]

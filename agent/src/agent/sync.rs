@@ -230,7 +230,8 @@ impl Agent {
             self.node.quorum_round = None;
             return vec![];
         };
-        if leader_alive || !obs.running || !obs.in_recovery || self.node.down {
+        // Paused, nobody is promoted automatically: no round (it loops fast).
+        if leader_alive || v.paused || !obs.running || !obs.in_recovery || self.node.down {
             self.node.quorum_round = None;
             return vec![];
         }
