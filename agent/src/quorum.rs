@@ -111,6 +111,24 @@ impl Round {
     pub fn heard(&self) -> Vec<Heard> {
         self.heard.values().cloned().collect()
     }
+
+    /// What a takeover decided on, for its history entry and log: "db2 at 0/7000100 on
+    /// timeline 3, db3 at ...".
+    pub fn describe(&self) -> String {
+        self.heard
+            .values()
+            .map(|h| {
+                format!(
+                    "{} at {:X}/{:X} on timeline {}",
+                    h.name,
+                    h.lsn >> 32,
+                    h.lsn & 0xffff_ffff,
+                    h.timeline
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Asks each of `voters` (name, API address) at once, each within `timeout`; the answers
@@ -186,6 +204,10 @@ mod tests {
         assert_eq!(r.heard().len(), 1);
         r.answer(&pos("db3", 130, 70, 80));
         assert_eq!(r.heard().len(), 2);
+        assert_eq!(
+            r.describe(),
+            "db2 at 0/3C on timeline 1, db3 at 0/82 on timeline 1"
+        );
     }
 
     #[test]

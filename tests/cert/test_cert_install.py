@@ -10,14 +10,8 @@ import re
 import stat
 import time
 
-import pytest
-
 from .cert_harness import (FINGERPRINT, HOSTNAME, ClientLoop, HeldSession, TestCA, deploy_hook_output,
                           sha256_of_pem)
-
-# One pebble (port 14000) per test session: with `pytest -n 2` (make ansible-test) these
-# tests share one worker.
-pytestmark = pytest.mark.xdist_group("pebble")
 
 MODULE = "pgshift.cluster.cert_install"
 HOOK_NAME = "pgshift-cert-install"

@@ -6,14 +6,8 @@ import os
 import shutil
 import time
 
-import pytest
-
 from .cert_harness import (HOSTNAME, ClientLoop, HeldSession, deploy_hook_output, give_to_postgres,
                           served_sha256, sha256_of_pem)
-
-# One pebble (port 14000) per test session: with `pytest -n 2` (make ansible-test) these
-# tests share one worker.
-pytestmark = pytest.mark.xdist_group("pebble")
 
 
 def _copy_lineage(lineage, cert, key):

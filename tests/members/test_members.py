@@ -288,6 +288,9 @@ def test_quorum_a_voter_that_cannot_hear_enough_does_not_promote(cluster):
         configure([lagging], check=False, priority=1)
         configure(HOSTS, check=False, synchronous_mode="true", synchronous_node_count=1)
     assert first[1] == holder, first
+    # What the takeover decided on: both voters' positions, in its log and history entry.
+    took = out(holder, f"grep 'took over by quorum commit' {AGENT_LOG} | tail -n 1")
+    assert f"{holder} at " in took and f"{lagging} at " in took, took
     lost = probe.lost_on(holder)
     assert not lost, f"{len(lost)} acknowledged writes lost: {lost[:10]}"
     assert not probe.check(holder)

@@ -418,18 +418,29 @@ impl Agent {
             .request
             .as_ref()
             .filter(|(r, _)| r.promotes(unix_now()) == Some(self.cfg.name.as_str()));
-        let reason = match requested {
-            Some((r, _)) if r.handed_over.is_some() => "switchover",
-            Some(_) => "failover (requested)",
-            None if promote => "failover",
-            None if v.history.is_empty() => "bootstrap",
-            None => "leader key reclaimed",
+        let heard = self
+            .node
+            .quorum_round
+            .as_ref()
+            .map(|r| r.describe())
+            .filter(|d| !d.is_empty());
+        let reason = match (requested, heard) {
+            (Some((r, _)), _) if r.handed_over.is_some() => "switchover".to_string(),
+            (Some(_), _) => "failover (requested)".into(),
+            // What a quorum commit failover decided on, as the history shows it.
+            (None, Some(heard)) if promote => {
+                log(format!("took over by quorum commit, having heard {heard}"));
+                format!("failover (quorum commit; heard {heard})")
+            }
+            (None, _) if promote => "failover".into(),
+            (None, _) if v.history.is_empty() => "bootstrap".into(),
+            (None, _) => "leader key reclaimed".into(),
         };
         let entry = HistoryEntry {
             leader: self.cfg.name.clone(),
             timeline: obs.timeline,
             at: unix_now(),
-            reason: reason.into(),
+            reason,
         };
         let _ = self.store.record_history(v, entry);
     }
