@@ -410,7 +410,8 @@ def build_cluster(tmp, extra_vars=None, with_hosts=()):
 
 
 def collect_logs(hosts=tuple(IPS)):
-    """The agents' and PostgreSQL's logs into target/agent-logs, for a failure's post-mortem."""
+    """The agents', PostgreSQL's and etcd's logs into target/agent-logs, for a failure's
+    post-mortem."""
     logs = ROOT / "target" / "agent-logs"
     logs.mkdir(parents=True, exist_ok=True)
     for h in hosts:
@@ -421,6 +422,10 @@ def collect_logs(hosts=tuple(IPS)):
             res = on(h, "grep -v -e 'probe@' -e '^\\s' /var/log/postgresql/postgresql-15-main.log | tail -n 300",
                      timeout=10)
             (logs / f"{h}-postgresql.log").write_text(res.stdout + res.stderr)
+            # etcd's member on the hosts that run one: an election explains many a fence.
+            res = on(h, "tail -n 300 /etc/pgshift-lab/log/etcd.log 2>/dev/null || true", timeout=10)
+            if res.stdout:
+                (logs / f"{h}-etcd.log").write_text(res.stdout)
         except subprocess.TimeoutExpired as e:
             (logs / f"{h}.log").write_text(f"not collected: {e}\n")
 

@@ -300,12 +300,14 @@ def test_quorum_a_voter_that_cannot_hear_enough_does_not_promote(cluster):
     settled(HOSTS)
 
 
-def test_quorum_commit_and_a_crash_of_a_standby(cluster):
-    """No failover. Any 1 of 2: writes go on, the crashed voter leaves the record. Any 2 of 2,
-    strict: commits block until it is back."""
+@pytest.mark.parametrize("fault", ["crash", "partition"])
+def test_quorum_commit_and_a_fault_of_a_standby(cluster, fault):
+    """No failover. Any 1 of 2: writes go on, the voter that crashed or was cut off leaves
+    the record. Any 2 of 2, strict: commits block until it is back."""
     leader, others, _ = settled(HOSTS)
-    # db3 runs no etcd member: its crash tests quorum commit alone.
+    # db3 runs no etcd member: its fault tests quorum commit alone.
     victim = "db3" if "db3" in others else others[0]
+    inject, recover = FAULTS[fault]
     probe = Probe(cluster["passfile"], hosts={leader: IPS3[leader]})
     try:
         quorum(HOSTS, 1)
@@ -313,24 +315,24 @@ def test_quorum_commit_and_a_crash_of_a_standby(cluster):
         probe.start()
         wait_for(f"writes acknowledged by {leader}", lambda: len(probe.acks[leader]) >= 10, 20)
         t_fault = time.monotonic()
-        lab("crash", victim)
+        inject(victim)
         proven(leader, 1, [h for h in others if h != victim])
-        wait_for("a write acknowledged after the crash",
+        wait_for(f"a write acknowledged after the {fault}",
                  lambda: next((t for t, _ in probe.acks[leader] if t > t_fault + 0.5), None), 30, 0.1)
         gaps = [b - a for (a, _), (b, _) in zip(probe.acks[leader], probe.acks[leader][1:]) if b > t_fault]
-        cluster["results"].setdefault("quorum_standby_crash", []).append(
+        cluster["results"].setdefault(f"quorum_standby_{fault}", []).append(
             {"longest_write_gap_seconds": round(max(gaps, default=0), 2)})
-        lab("boot", victim)
+        recover(victim)
         wait_for(f"{victim} streaming from {leader}", streaming_from(victim, leader), 60, 0.5)
 
         quorum(HOSTS, 2, strict=True)
         proven(leader, 2, others)
-        lab("crash", victim)
+        inject(victim)
         t_fault = time.monotonic()
         time.sleep(4)
         during = [n for t, n in probe.acks[leader] if t > t_fault + 1]
         assert not during, f"strict any 2 of 2 with one voter down acknowledged {len(during)} writes"
-        lab("boot", victim)
+        recover(victim)
         wait_for("writes acknowledged again once the voter is back",
                  lambda: next((t for t, _ in probe.acks[leader] if t > t_fault + 4), None), 90, 0.2)
         assert cluster_status(leader)["leader"] == leader
