@@ -637,6 +637,19 @@ impl Config {
         crate::etcd::Client::new(&e.endpoints, timeout, tls)
     }
 
+    /// TLS for a client of an agent's API (the CLI, the other agents): `api.tls_ca` to
+    /// verify the server, this node's API certificate and key as its identity. None: plain
+    /// HTTP (no `api.tls_cert` or no `api.tls_ca`).
+    pub fn api_client_tls(&self) -> Result<Option<crate::http::ClientTls>, String> {
+        match (&self.api.tls_cert, &self.api.tls_ca) {
+            (Some(cert), Some(ca)) => {
+                crate::tls::client(ca, self.api.tls_key.as_deref().map(|k| (cert.as_path(), k)))
+                    .map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The API address others use: connect_address, or the listen address.
     pub fn api_address(&self) -> String {
         self.api

@@ -23,16 +23,10 @@ pub struct Ctl<'a> {
 /// A POST to the local agent's API; the JSON answer, or why it failed.
 fn post(cfg: &Config, path: &str, body: Value) -> Result<Value, String> {
     let (host, port) = local_api(cfg)?;
-    let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
-        (Some(cert), Some(ca)) => Some(crate::tls::client(
-            ca,
-            cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
-        )?),
-        (Some(_), None) => {
-            return Err("the API serves TLS: set api.tls_ca so the CLI can verify it".into())
-        }
-        _ => None,
-    };
+    if cfg.api.tls_cert.is_some() && cfg.api.tls_ca.is_none() {
+        return Err("the API serves TLS: set api.tls_ca so the CLI can verify it".into());
+    }
+    let tls = cfg.api_client_tls()?;
     let token = match &cfg.api.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,
@@ -61,13 +55,7 @@ fn post(cfg: &Config, path: &str, body: Value) -> Result<Value, String> {
 /// A GET from the local agent's API (its last view of the cluster while etcd is away).
 pub fn get_local(cfg: &Config, path: &str) -> Result<Value, String> {
     let (host, port) = local_api(cfg)?;
-    let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
-        (Some(cert), Some(ca)) => Some(crate::tls::client(
-            ca,
-            cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
-        )?),
-        _ => None,
-    };
+    let tls = cfg.api_client_tls()?;
     let client = crate::http::Client::new(tls.as_ref(), 1 << 20);
     let url = format!(
         "{}{path}",

@@ -15,13 +15,7 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(cfg: &Config) -> Result<Peers, String> {
-        let tls = match (&cfg.api.tls_cert, &cfg.api.tls_ca) {
-            (Some(cert), Some(ca)) => Some(crate::tls::client(
-                ca,
-                cfg.api.tls_key.as_deref().map(|k| (cert.as_path(), k)),
-            )?),
-            _ => None,
-        };
+        let tls = cfg.api_client_tls()?;
         Ok(Peers {
             client: crate::http::Client::new(tls.as_ref(), 64 << 10),
             tls: tls.is_some(),
