@@ -49,6 +49,27 @@ impl Agent {
         }
     }
 
+    fn write_sync_record(&self, record: &SyncState) -> Result<(), ActError> {
+        self.store
+            .write_sync(record)
+            .map_err(|e| format!("cannot write the sync record: {e}").into())
+    }
+
+    /// Sets synchronous_standby_names to `names` unless it already is (as last set, or as
+    /// PostgreSQL says when not known); whether it already was.
+    fn apply_sync_names(&mut self, names: String) -> Result<bool, ActError> {
+        let current = match self.sync_names.clone() {
+            Some(n) => n,
+            None => self.pg.sync_names()?,
+        };
+        let already = current == names;
+        if !already {
+            self.pg.set_sync_names(&names)?;
+        }
+        self.sync_names = Some(names);
+        Ok(already)
+    }
+
     /// The leader keeps `synchronous_node_count` healthy standbys synchronous and the sync
     /// record naming them. The order makes the record safe to promote from: a standby is
     /// recorded only once it is synchronous and caught up, and the record drops it before
@@ -84,22 +105,12 @@ impl Agent {
             .cloned()
             .collect();
         if ours.is_none() || record.len() != recorded.len() {
-            self.store
-                .write_sync(&SyncState::new(me.clone(), record.clone()))
-                .map_err(|e| format!("cannot write the sync record: {e}"))?;
+            self.write_sync_record(&SyncState::new(me.clone(), record.clone()))?;
             for old in recorded.iter().filter(|r| !record.contains(r)) {
                 log(format!("{old} is no longer a synchronous standby"));
             }
         }
-        let names = self.sync_names_for(&desired);
-        let current = match self.sync_names.clone() {
-            Some(n) => n,
-            None => self.pg.sync_names()?,
-        };
-        if current != names {
-            self.pg.set_sync_names(&names)?;
-        }
-        self.sync_names = Some(names);
+        self.apply_sync_names(self.sync_names_for(&desired))?;
         let mut joined = Vec::new();
         for d in desired.iter().filter(|d| !record.contains(d)) {
             if self.pg.is_sync_and_caught_up(d)? {
@@ -108,9 +119,7 @@ impl Agent {
         }
         if !joined.is_empty() {
             record.extend(joined.iter().cloned());
-            self.store
-                .write_sync(&SyncState::new(me, record))
-                .map_err(|e| format!("cannot write the sync record: {e}"))?;
+            self.write_sync_record(&SyncState::new(me, record))?;
             for d in joined {
                 log(format!("{d} is a synchronous standby"));
             }
@@ -172,9 +181,7 @@ impl Agent {
         let leaving = recorded.iter().filter(|r| !healthy.contains(r)).count();
         let mut quorum = q.saturating_sub(leaving);
         if ours.is_none() || recorded != healthy || quorum != q {
-            self.store
-                .write_sync(&SyncState::quorum(me.clone(), healthy.clone(), quorum))
-                .map_err(|e| format!("cannot write the sync record: {e}"))?;
+            self.write_sync_record(&SyncState::quorum(me.clone(), healthy.clone(), quorum))?;
             for r in recorded.iter().filter(|r| !healthy.contains(r)) {
                 log(format!("{r} is no longer a quorum voter (quorum {quorum})"));
             }
@@ -182,24 +189,13 @@ impl Agent {
                 log(format!("{h} is a quorum voter"));
             }
         }
-        let names = self.quorum_names_for(&healthy);
-        let current = match self.sync_names.clone() {
-            Some(n) => n,
-            None => self.pg.sync_names()?,
-        };
-        let settled = current == names;
-        if !settled {
-            self.pg.set_sync_names(&names)?;
-        }
-        self.sync_names = Some(names);
+        let settled = self.apply_sync_names(self.quorum_names_for(&healthy))?;
         let k = self.quorum_k(healthy.len()).min(healthy.len());
         if settled && quorum < k {
             let caught_up = self.pg.quorum_caught_up(&healthy)?.min(k);
             if caught_up > quorum {
                 quorum = caught_up;
-                self.store
-                    .write_sync(&SyncState::quorum(me, healthy, quorum))
-                    .map_err(|e| format!("cannot write the sync record: {e}"))?;
+                self.write_sync_record(&SyncState::quorum(me, healthy, quorum))?;
                 log(format!(
                     "quorum commit: any {quorum} of the voters hold every commit"
                 ));
