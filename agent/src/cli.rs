@@ -108,17 +108,9 @@ pub fn status_json(view: &View) -> Value {
             })
         })
         .collect();
-    let sync_standbys: Vec<&str> = view
-        .sync
-        .as_ref()
-        .filter(|s| leader.as_deref() == Some(s.leader.as_str()))
-        .map(|s| s.names())
-        .unwrap_or_default();
-    let voting = view
-        .sync
-        .as_ref()
-        .filter(|s| leader.as_deref() == Some(s.leader.as_str()))
-        .and_then(|s| s.voting());
+    let sync = view.leader_sync();
+    let sync_standbys: Vec<&str> = sync.map(|s| s.names()).unwrap_or_default();
+    let voting = sync.and_then(|s| s.voting());
     json!({
         "leader": leader,
         "members": members,

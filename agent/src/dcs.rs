@@ -167,6 +167,13 @@ impl View {
         self.members.iter().find(|m| m.name == name)
     }
 
+    /// The sync record, when the current leader wrote it (an earlier leader's names nobody
+    /// who confirms this one's commits).
+    pub fn leader_sync(&self) -> Option<&SyncState> {
+        let leader = self.leader.as_ref()?;
+        self.sync.as_ref().filter(|s| s.leader == leader.name)
+    }
+
     /// Whether `m` may be one of `leader`'s synchronous standbys: a replica streaming from
     /// it, not in maintenance, neither nofailover (a synchronous standby is one a failover
     /// may promote) nor nosync.

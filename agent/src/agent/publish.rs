@@ -73,8 +73,7 @@ impl Agent {
         if leading && obs.running && !obs.in_recovery && mode.enabled() {
             // With quorum commit, the voters proven to hold every commit.
             let synced = view
-                .and_then(|v| v.sync.as_ref())
-                .filter(|s| s.leader == self.cfg.name)
+                .and_then(View::leader_sync)
                 .map_or(0, |s| s.voting().map_or(s.names().len(), |(_, q)| q));
             let k = self.cfg.replication.synchronous_node_count;
             let strict = self.cfg.replication.synchronous_mode_strict;
@@ -151,15 +150,11 @@ impl Agent {
                 paused: v.paused,
                 leader_alive,
                 sync_standbys: v
-                    .sync
-                    .as_ref()
-                    .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
+                    .leader_sync()
                     .map(|s| s.names().into_iter().map(String::from).collect())
                     .unwrap_or_default(),
                 quorum: v
-                    .sync
-                    .as_ref()
-                    .filter(|s| v.leader.as_ref().is_some_and(|l| l.name == s.leader))
+                    .leader_sync()
                     .and_then(|s| s.voting())
                     .map(|(voters, q)| (voters.to_vec(), q)),
                 request: v.request.as_ref().map(|(r, _)| r.clone()),

@@ -439,7 +439,7 @@ fn running_member<'a>(v: &'a View, node: &str, what: &str) -> Result<&'a MemberR
 /// standbys: it is one of them and fewer than `k` other healthy standbys could stand in.
 fn blocks_writes(v: &View, node: &str, k: usize) -> Option<String> {
     let leader = v.leader.as_ref()?.name.as_str();
-    let sync = v.sync.as_ref().filter(|s| s.leader == leader)?;
+    let sync = v.leader_sync()?;
     if !sync.names().contains(&node) && !sync.voters.iter().any(|n| n == node) {
         return None;
     }
