@@ -71,8 +71,9 @@ pub fn round(
     timeout: Duration,
 ) -> Result<(), String> {
     let body = json!({"leader": me});
+    let token = peers.token()?;
     for (name, api) in members {
-        let (status, doc) = peers.post((name, api), PATH, &body, timeout)?;
+        let (status, doc) = peers.post((name, api), PATH, &body, token.as_deref(), timeout)?;
         if status != 200 || doc["ok"] != json!(true) {
             return Err(format!(
                 "{name} says no ({status}): {}",

@@ -35,23 +35,28 @@ impl Peers {
         ))
     }
 
-    /// POSTs `body` with the token; (status, the answer's JSON or null).
+    /// The bearer token POSTs carry (read again at each call: it may have been rotated).
+    pub fn token(&self) -> Result<Option<String>, String> {
+        self.token_file
+            .as_deref()
+            .map(crate::api::control::read_token)
+            .transpose()
+    }
+
+    /// POSTs `body` with `token`; (status, the answer's JSON or null).
     pub fn post(
         &self,
         (name, api): (&str, &str),
         path: &str,
         body: &Value,
+        token: Option<&str>,
         timeout: Duration,
     ) -> Result<(u16, Value), String> {
-        let token = match &self.token_file {
-            Some(p) => Some(crate::api::control::read_token(p)?),
-            None => None,
-        };
         let r = self
             .client
             .post_json(
                 &self.url(name, api, path)?,
-                token.as_deref(),
+                token,
                 body.to_string().as_bytes(),
                 timeout,
             )
