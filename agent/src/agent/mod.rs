@@ -341,11 +341,7 @@ impl Agent {
                 .request
                 .as_ref()
                 .is_some_and(|(r, _)| r.due() <= unix_now() && !r.expired(unix_now())),
-            // The leader's deadline is its last write plus retry_timeout, and a loop_wait
-            // between tries can spend most of it: an etcd whose raft leader crashed answers
-            // again once its members elect another (up to twice election-timeout), and the
-            // first loop after that must renew, not the one loop_wait later.
-            Err(_) => self.clock.writable_until(self.cfg.timing().retry_timeout) > now,
+            Err(_) => self.renewal_due(now),
         };
         let (action, outcome, changed) = match self.worker.poll() {
             Poll::Idle => {
@@ -393,6 +389,11 @@ impl Agent {
         };
         if let Err(e) = &outcome {
             warn(format!("{action:?} failed: {e}"));
+            // Under packet loss the read may get through and the renewal not (seen: 5 % loss
+            // on the primary's host fenced it, two tries a loop_wait apart both lost).
+            if action == Action::RenewLeader {
+                self.node.urgent = self.renewal_due(self.now());
+            }
         }
         let obs = if changed { self.pg.observe() } else { obs };
         self.hba_checks
@@ -409,6 +410,15 @@ impl Agent {
             self.update_snapshot(me, &View::default(), &action);
         }
         action
+    }
+
+    /// This leader has not renewed since its last write but may still: try again in 50 ms,
+    /// not a loop_wait later. Its deadline is its last write plus retry_timeout, and a
+    /// loop_wait between tries spends a third of it; an etcd whose raft leader crashed
+    /// answers again once its members elect another (up to twice election-timeout), and the
+    /// first loop after that must renew.
+    fn renewal_due(&self, now: Millis) -> bool {
+        self.clock.writable_until(self.cfg.timing().retry_timeout) > now
     }
 
     /// The history entry of a takeover, with the timeline the promotion gave (`obs` made

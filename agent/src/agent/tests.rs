@@ -44,6 +44,8 @@ struct Etcd {
     /// The next leader write finds an earlier one of the same writer applied first (its
     /// answer lost), so its compare fails.
     late_landing: bool,
+    /// Leader writes are lost (reads still answered): a lossy link to etcd.
+    writes_lost: bool,
 }
 
 #[derive(Clone)]
@@ -94,6 +96,11 @@ impl Store for FakeStore {
         _: i64,
         expected: Option<i64>,
     ) -> Result<Option<i64>, etcd::Error> {
+        if self.0.lock().unwrap().writes_lost {
+            return Err(etcd::Error::Unreachable(
+                "the fake etcd lost the write".into(),
+            ));
+        }
         self.with(|e| {
             if std::mem::take(&mut e.late_landing) {
                 e.revision += 1;
@@ -1017,6 +1024,21 @@ fn a_leader_that_cannot_renew_retries_every_50_ms_until_its_deadline() {
     b.advance(50);
     b.agent.cycle();
     assert_eq!(b.agent.period(), 500, "renewed");
+    // Reads answered, the renewal lost (a lossy link): the same hurry, the same deadline.
+    b.etcd(|e| e.writes_lost = true);
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.agent.period(), 50, "renewal lost, deadline ahead");
+    b.advance(950);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.agent.period(), 50, "50 ms before the deadline");
+    b.etcd(|e| e.writes_lost = false);
+    b.advance(100);
+    assert!(
+        matches!(b.agent.cycle(), Action::Fence { .. }),
+        "the deadline holds"
+    );
+    assert_eq!(b.agent.period(), 500);
     // A standby does not hurry when etcd is away: it has no deadline to keep.
     let mut s = Bench::new("db2", standby_of_db1(), "failsafe_mode = false");
     s.leader("db1");
