@@ -4,7 +4,7 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection install-collection test lint cargo-test ansible-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover bench-failover-3 clean
+.PHONY: help deps build collection install-collection test lint fmt clippy msrv doclinks cargo-test cargo-test-build ansible-test ansible-test-modules cert-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover bench-failover-3 clean
 
 help:
 	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
@@ -40,22 +40,38 @@ lab-down:
 	lab/lab down
 
 # clippy's incompatible_msrv lint holds our code to rust-version; msrv.py holds the rest to it.
-lint:
+lint: fmt clippy msrv doclinks
+
+fmt:
 	cargo fmt --all --check
+
+clippy:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+msrv:
 	scripts/msrv.py
+
+doclinks:
 	scripts/doclinks.py
 
 # cargo test --workspace with the test binaries run two at a time (scripts/cargo-test.py).
 cargo-test:
 	scripts/cargo-test.py
 
+cargo-test-build:
+	cargo test --workspace --locked --no-run
+
 # Two at a time (pytest-xdist): each test mostly waits on one ansible-playbook process.
 # tests/cert alone, after: its pebble and certbot listen on fixed ports.
 XDIST := -n 2
-ansible-test: collection
+ansible-test: ansible-test-modules cert-test
+
+ansible-test-modules: collection
 	cargo build --locked -p pgshift-testkit
 	$(VENV)/bin/pytest -q $(XDIST) tests/unit tests/ansible
+
+cert-test: collection
+	cargo build --locked -p pgshift-testkit
 	$(VENV)/bin/pytest -q tests/cert
 
 # With the oldest ansible-core meta/runtime.yml claims, the tests of what depends on its
@@ -126,10 +142,12 @@ stress: deps install-collection
 molecule-test: install-collection
 	NO_COLOR=1 ANSIBLE_NOCOLOR=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test
 
-# CI's target (.ci/run): under 20 minutes on 2 cores. test-full runs every lab test too.
+# CI's target (.ci/run): these checks and lab-test, arranged for two cores by scripts/test.sh
+# (the CPU-only work in the background while the lab's tests wait on the network).
+# test-full runs every lab test too, one step after the other.
 CHECKS := lint cargo-test ansible-test ansible-test-oldest sanity aarch64-test molecule-test
 test: deps
-	$(MAKE) $(CHECKS) lab-test
+	MAKE="$(MAKE)" scripts/test.sh
 
 test-full: deps
 	$(MAKE) $(subst ansible-test-oldest,ansible-test-oldest-full,$(CHECKS)) lab-test-full
