@@ -409,10 +409,12 @@ def build_cluster(tmp, extra_vars=None, with_hosts=()):
     return {"passfile": prepare_probe(tmp, hosts=hosts), "results": {"site_seconds": seconds}, "hosts": hosts}
 
 
-def collect_logs(hosts=tuple(IPS)):
-    """The agents', PostgreSQL's and etcd's logs into target/agent-logs, for a failure's
-    post-mortem."""
+def collect_logs(hosts=tuple(IPS), into=None):
+    """The agents', PostgreSQL's and etcd's logs into target/agent-logs (or its subdirectory
+    `into`, which a later suite's collection does not overwrite), for a failure's post-mortem."""
     logs = ROOT / "target" / "agent-logs"
+    if into:
+        logs /= into
     logs.mkdir(parents=True, exist_ok=True)
     for h in hosts:
         # A host a failed test left crashed or frozen has nothing to give.

@@ -39,8 +39,12 @@ MODULES = ["cert_install", "pg_basebackup_standby", "pg_hba_rule", "pg_logical_r
 pytestmark = needs()
 
 
-def results(doc):
-    return [t["hosts"][HOST] for t in doc["plays"][0]["tasks"]]
+def results(doc, count=None):
+    """Each task's result on HOST, in order; with `count`, that many (a play that stopped
+    early fails here, on the result it stopped at)."""
+    found = [t["hosts"][HOST] for t in doc["plays"][0]["tasks"]]
+    assert count is None or len(found) == count, f"the play stopped after {len(found)} of {count} tasks: {found[-1:]}"
+    return found
 
 
 class Playbooks:
@@ -164,7 +168,7 @@ def test_a_host_without_python_runs_every_module(cluster, install):
         {"name": "logical", "pgshift.cluster.pg_logical_replication": {}, "ignore_errors": True},
     ]
     p, doc = install.playbook(tasks, play_vars=nopy)
-    rule, role, cert, standby, backrest, logical = results(doc)
+    rule, role, cert, standby, backrest, logical = results(doc, len(tasks))
     assert rule["changed"] is True and rule["reloaded"] is True, rule
     assert role["changed"] is True and role["role"]["replication"] is True, role
     for result, missing in ((cert, "dest_dir"), (standby, "data_directory"), (backrest, "role"),

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import battery
-from labkit import ROOT, needs
+from labkit import ROOT, collect_logs, needs
 
 pytestmark = needs(etcd=True, haproxy=True)
 
@@ -31,6 +31,8 @@ def test_pressure_keeps_the_leader(cluster, name):
     with RESULTS.open("a") as f:
         f.write(json.dumps(r) + "\n")
     print(json.dumps(r))
+    if r["violations"] or r["failovers"] or r["self_fences"]:
+        collect_logs(into=f"stress-{name}")
     battery.assert_sound(r)
     assert r["failovers"] == 0 and r["self_fences"] == 0, r
     assert r["leader_after"] == r["leader_before"], r
