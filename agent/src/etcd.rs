@@ -214,6 +214,7 @@ impl Client {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut errors = Vec::new();
+        let mut asked = first;
         for i in 0..n {
             let idx = (first + i) % n;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -221,6 +222,7 @@ impl Client {
                 errors.push("no time left".to_string());
                 break;
             }
+            asked = idx;
             // Leave the other endpoints a share of the time when one hangs. A write gets at
             // least a TCP retransmission (200 ms at least on Linux) and a little: under packet
             // loss its raft commit often needs one, and a write given up on may still commit
@@ -258,6 +260,11 @@ impl Client {
             self.preferred.store(idx, Ordering::Relaxed);
             return Err(Error::Server(err));
         }
+        // The next call (a leader whose renewal failed retries within 50 ms) starts with the
+        // first member this one did not ask: the shares let two slow members spend the whole
+        // budget, and starting from the same one again would never ask the third (seen: a
+        // leader fenced under etcd leader churn, its last renewal having asked two members).
+        self.preferred.store((asked + 1) % n, Ordering::Relaxed);
         Err(Error::Unreachable(errors.join("; ")))
     }
 }

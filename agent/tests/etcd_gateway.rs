@@ -138,6 +138,41 @@ fn the_call_budget_holds_with_a_hanging_member() {
 }
 
 #[test]
+fn a_call_that_ran_out_of_time_is_followed_by_one_that_starts_with_the_members_not_asked() {
+    // Two members that hold a write up (an etcd leader moving) spend a write's whole budget
+    // between them; the third answers.
+    let (h1, _t1) = fake::black_hole();
+    let (h2, _t2) = fake::black_hole();
+    let good = fake::serve(|_| {
+        (
+            json(200, r#"{"header":{"revision":"12"},"succeeded":true}"#),
+            After::KeepAlive,
+        )
+    });
+    let c = client(
+        &[format!("http://{h1}"), format!("http://{h2}"), url(&good)],
+        Duration::from_millis(500),
+    );
+    let r = c.put_if("/pgshift/t/leader", "db1", 0, Some(11));
+    match r {
+        Err(Error::Unreachable(why)) => assert!(why.ends_with("no time left"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(good.requests(), 0);
+    let t = Instant::now();
+    assert_eq!(
+        c.put_if("/pgshift/t/leader", "db1", 0, Some(11)).unwrap(),
+        Some(12)
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(good.requests(), 1);
+}
+
+#[test]
 fn requests_are_what_the_gateway_expects() {
     let f = fake::serve(|seen: &Seen| {
         let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
