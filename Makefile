@@ -143,11 +143,12 @@ molecule-test: install-collection
 	NO_COLOR=1 ANSIBLE_NOCOLOR=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/molecule test
 
 # CI's target (.ci/run): these checks and lab-test, arranged for two cores by scripts/test.sh
-# (the CPU-only work in the background while the lab's tests wait on the network).
-# test-full runs every lab test too, one step after the other.
+# (the CPU-only work in the background while the lab's tests wait on the network; it names
+# each check's parts, so a new check goes there too). test-full runs every lab test too, one
+# step after the other.
 CHECKS := lint cargo-test ansible-test ansible-test-oldest sanity aarch64-test molecule-test
 test: deps
-	MAKE="$(MAKE)" scripts/test.sh
+	MAKE="$(MAKE)" CHECKS="$(CHECKS)" scripts/test.sh
 
 test-full: deps
 	$(MAKE) $(subst ansible-test-oldest,ansible-test-oldest-full,$(CHECKS)) lab-test-full
