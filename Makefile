@@ -4,7 +4,7 @@ VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
 
-.PHONY: help deps build collection install-collection test lint fmt clippy msrv doclinks cargo-test cargo-test-build ansible-test ansible-test-modules cert-test ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover bench-failover-3 clean
+.PHONY: help deps build collection install-collection test lint fmt clippy msrv doclinks cargo-test cargo-test-build ansible-test ansible-test-modules cert-test testkit ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover bench-failover-3 clean
 
 help:
 	@echo "make demo        build, bring up the three-host lab, deploy a cluster with playbooks/site.yml, show replication"
@@ -66,23 +66,23 @@ cargo-test-build:
 XDIST := -n 2
 ansible-test: ansible-test-modules cert-test
 
-ansible-test-modules: collection
+# The scratch PostgreSQL servers and helpers the Python suites start (testkit/).
+testkit:
 	cargo build --locked -p pgshift-testkit
+
+ansible-test-modules: collection testkit
 	$(VENV)/bin/pytest -q $(XDIST) tests/unit tests/ansible
 
-cert-test: collection
-	cargo build --locked -p pgshift-testkit
+cert-test: collection testkit
 	$(VENV)/bin/pytest -q tests/cert
 
 # With the oldest ansible-core meta/runtime.yml claims, the tests of what depends on its
 # version: the action plugin's delivery, check and diff modes, results and no_log.
 # ansible-test-oldest-full runs every Ansible-level test there.
-ansible-test-oldest: collection
-	cargo build --locked -p pgshift-testkit
+ansible-test-oldest: collection testkit
 	PGSHIFT_ANSIBLE_VENV=$(CURDIR)/.venv-oldest .venv-oldest/bin/pytest -q $(XDIST) tests/ansible/test_delivery.py tests/ansible/test_pg_hba_rule.py
 
-ansible-test-oldest-full: collection
-	cargo build --locked -p pgshift-testkit
+ansible-test-oldest-full: collection testkit
 	PGSHIFT_ANSIBLE_VENV=$(CURDIR)/.venv-oldest .venv-oldest/bin/pytest -q $(XDIST) tests/ansible
 	PGSHIFT_ANSIBLE_VENV=$(CURDIR)/.venv-oldest .venv-oldest/bin/pytest -q tests/cert
 

@@ -20,7 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MAKE=${MAKE:-make}
 LOGS=target/test-logs
-CGROUP=/sys/fs/cgroup/cpu/pgshift-test-background
+CPU_CONTROLLER=/sys/fs/cgroup/cpu
+CGROUP=$CPU_CONTROLLER/pgshift-test-background
 # Once the collection is built and installed, no step rebuilds it under the tests using it.
 BUILT=(-o build -o collection -o install-collection)
 
@@ -32,7 +33,7 @@ collection_ready=0
 say() { printf '\n== %s (%d s)\n' "$*" $((SECONDS - started)); }
 
 low_weight() {
-    [[ -w /sys/fs/cgroup/cpu/cgroup.procs ]] || return 1
+    [[ -w $CPU_CONTROLLER/cgroup.procs ]] || return 1
     mkdir -p "$CGROUP" && echo 2 >"$CGROUP/cpu.shares"
 }
 
