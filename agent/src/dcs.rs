@@ -16,6 +16,7 @@
 //!   its mod_revision.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -276,6 +277,18 @@ impl Dcs {
         expected: Option<i64>,
     ) -> Result<Option<i64>, etcd::Error> {
         self.etcd.put_if(&self.leader_key(), me, lease, expected)
+    }
+
+    /// `write_leader` given `budget` rather than the client's per-call timeout.
+    pub fn write_leader_within(
+        &self,
+        me: &str,
+        lease: i64,
+        expected: Option<i64>,
+        budget: Duration,
+    ) -> Result<Option<i64>, etcd::Error> {
+        self.etcd
+            .put_if_within(&self.leader_key(), me, lease, expected, budget)
     }
 
     /// Gives the key up (a fenced or demoted leader), only if it is still ours.

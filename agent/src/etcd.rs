@@ -157,6 +157,18 @@ impl Client {
         lease: i64,
         expected: Option<i64>,
     ) -> Result<Option<i64>, Error> {
+        self.put_if_within(key, value, lease, expected, self.timeout)
+    }
+
+    /// `put_if` with a budget of its own instead of the client's.
+    pub fn put_if_within(
+        &self,
+        key: &str,
+        value: &str,
+        lease: i64,
+        expected: Option<i64>,
+        budget: Duration,
+    ) -> Result<Option<i64>, Error> {
         let compare = match expected {
             Some(rev) => {
                 json!({"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string()})
@@ -165,9 +177,10 @@ impl Client {
                 json!({"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"})
             }
         };
-        let r: gateway::Txn = self.call(
+        let r: gateway::Txn = self.call_within(
             "/v3/kv/txn",
             &json!({"compare": [compare], "success": [{"request_put": put_body(key, value, lease)}]}),
+            budget,
         )?;
         Ok(r.succeeded.then_some(r.header.revision))
     }
@@ -207,9 +220,18 @@ impl Client {
         Ok(())
     }
 
-    /// Tries each endpoint, the last good one first, within one overall deadline.
     fn call<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, Error> {
-        let deadline = Instant::now() + self.timeout;
+        self.call_within(path, body, self.timeout)
+    }
+
+    /// Tries each endpoint, the last good one first, within one overall deadline.
+    fn call_within<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        budget: Duration,
+    ) -> Result<T, Error> {
+        let deadline = Instant::now() + budget;
         let body = body.to_string();
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;

@@ -67,6 +67,10 @@ impl Agent {
 
     fn renew(&mut self, view: Option<&View>, obs: &Observed) -> Acted {
         let current = view.and_then(|v| v.leader.as_ref()).map(|l| l.revision);
+        // Renewed ahead of this loop's read, and the read shows that revision: done.
+        if current.is_some() && current == self.node.renewed_first {
+            return self.leader_chores(view, obs);
+        }
         let sent = self.now();
         if let Some(rev) = self
             .store
@@ -107,6 +111,11 @@ impl Agent {
     fn renewed(&mut self, rev: i64, sent: Millis, view: Option<&View>, obs: &Observed) -> Acted {
         self.wrote_leader(rev, sent);
         self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
+        self.leader_chores(view, obs)
+    }
+
+    /// What a leader does each loop once its key is renewed: slots, synchronous standbys.
+    fn leader_chores(&mut self, view: Option<&View>, obs: &Observed) -> Acted {
         self.node.state = NodeState::Running;
         if obs.running && !obs.in_recovery {
             self.ensure_slots(view, obs);

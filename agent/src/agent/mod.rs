@@ -76,6 +76,11 @@ struct NodeStatus {
     handed_over: bool,
     /// Loop fast (see `period`): a request is under way, or this leader could not renew.
     urgent: bool,
+    /// The last decision made on a view read from etcd was to renew the leader key: the
+    /// next loop renews ahead of its read (see `renew_first`).
+    renewing: bool,
+    /// The revision this loop's renewal ahead of its read wrote.
+    renewed_first: Option<i64>,
     /// Since when a running standby has not been streaming. Time, not a count of loops:
     /// loops run faster while a request is under way.
     not_streaming_since: Option<Millis>,
@@ -311,6 +316,7 @@ impl Agent {
             obs.in_recovery,
             obs.timeline,
         ));
+        self.node.renewed_first = self.renew_first(&obs);
         let view = self.read_cluster().or_else(|e| self.without_etcd(&obs, e));
         let now = self.now();
         if let Ok(v) = &view {
@@ -354,6 +360,9 @@ impl Agent {
                 let obs = fresh.as_ref().unwrap_or(&obs);
                 let facts = self.facts(obs, view.as_ref().ok(), now);
                 let action = decide::decide(&facts);
+                if view.is_ok() {
+                    self.node.renewing = action == Action::RenewLeader;
+                }
                 if !matches!(action, Action::Wait { .. } | Action::RenewLeader) {
                     log(format!("{action:?}"));
                 }
@@ -419,6 +428,47 @@ impl Agent {
     /// first loop after that must renew.
     fn renewal_due(&self, now: Millis) -> bool {
         self.clock.writable_until(self.cfg.timing().retry_timeout) > now
+    }
+
+    /// A leader that decided to renew last loop renews again first thing, on its own
+    /// revision, and reads after: the read (and the lease's keepalive before it) took up to
+    /// an etcd timeout each, so renewals behind them came up to a second apart, and one
+    /// failed renewal then spent the rest of retry_timeout (seen: a primary fenced under etcd
+    /// leader churn with a single renewal failed). Ahead of the read, renewals come a
+    /// loop_wait apart and one may take what is left before the deadline. Only while the
+    /// local server still runs as a primary: a crashed one must not hold the key a loop
+    /// longer. What the read then brings (a request, maintenance) is decided on as usual;
+    /// the renewal only kept what the last decision kept. The new revision, if written.
+    fn renew_first(&mut self, obs: &Observed) -> Option<i64> {
+        let mine = self.clock.my_revision()?;
+        if !self.node.renewing || self.node.down || !obs.running || obs.in_recovery {
+            return None;
+        }
+        let sent = self.now();
+        let left = self
+            .clock
+            .writable_until(self.cfg.timing().retry_timeout)
+            .saturating_sub(sent);
+        if left < 50 {
+            return None;
+        }
+        let budget = Duration::from_millis(left - 10);
+        match self
+            .store
+            .renew_leader(&self.cfg.name, self.lease, mine, budget)
+        {
+            Ok(Some(rev)) => {
+                self.wrote_leader(rev, sent);
+                self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
+                Some(rev)
+            }
+            // The key moved: the read shows how (an answer of ours lost, or another leader).
+            Ok(None) => None,
+            Err(e) => {
+                warn(format!("renewal ahead of the read failed: {e}"));
+                None
+            }
+        }
     }
 
     /// The history entry of a takeover, with the timeline the promotion gave (`obs` made

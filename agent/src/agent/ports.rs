@@ -30,6 +30,17 @@ pub trait Store {
         lease: i64,
         expected: Option<i64>,
     ) -> Result<Option<i64>, etcd::Error>;
+    /// `write_leader` within `budget` (a leader renewing ahead of its read: up to the time
+    /// left before its deadline).
+    fn renew_leader(
+        &self,
+        me: &str,
+        lease: i64,
+        expected: i64,
+        _budget: Duration,
+    ) -> Result<Option<i64>, etcd::Error> {
+        self.write_leader(me, lease, Some(expected))
+    }
     fn release_leader(&self, revision: i64) -> Result<bool, etcd::Error>;
     fn file_request(&self, r: &Request) -> Result<bool, etcd::Error>;
     fn update_request(&self, r: &Request, revision: i64) -> Result<bool, etcd::Error>;
@@ -62,6 +73,15 @@ impl Store for Dcs {
         expected: Option<i64>,
     ) -> Result<Option<i64>, etcd::Error> {
         Dcs::write_leader(self, me, lease, expected)
+    }
+    fn renew_leader(
+        &self,
+        me: &str,
+        lease: i64,
+        expected: i64,
+        budget: Duration,
+    ) -> Result<Option<i64>, etcd::Error> {
+        self.write_leader_within(me, lease, Some(expected), budget)
     }
     fn release_leader(&self, revision: i64) -> Result<bool, etcd::Error> {
         Dcs::release_leader(self, revision)

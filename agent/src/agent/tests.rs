@@ -46,6 +46,10 @@ struct Etcd {
     late_landing: bool,
     /// Leader writes are lost (reads still answered): a lossy link to etcd.
     writes_lost: bool,
+    /// Reads of the cluster fail (writes still answered): reads held up in etcd.
+    reads_lost: bool,
+    /// Leader writes made, in order: (the revision compared against, the new one or None).
+    leader_writes: Vec<(Option<i64>, Option<i64>)>,
 }
 
 #[derive(Clone)]
@@ -63,6 +67,11 @@ impl FakeStore {
 
 impl Store for FakeStore {
     fn read(&self) -> Result<View, etcd::Error> {
+        if self.0.lock().unwrap().reads_lost {
+            return Err(etcd::Error::Unreachable(
+                "the fake etcd held the read up".into(),
+            ));
+        }
         self.with(|e| View {
             leader: e.leader.clone(),
             members: e.members.values().cloned().collect(),
@@ -110,6 +119,7 @@ impl Store for FakeStore {
                 });
             }
             if e.leader.as_ref().map(|l| l.revision) != expected {
+                e.leader_writes.push((expected, None));
                 return None;
             }
             e.revision += 1;
@@ -117,6 +127,7 @@ impl Store for FakeStore {
                 name: me.into(),
                 revision: e.revision,
             });
+            e.leader_writes.push((expected, Some(e.revision)));
             Some(e.revision)
         })
     }
@@ -1047,6 +1058,47 @@ fn a_leader_that_cannot_renew_retries_every_50_ms_until_its_deadline() {
     s.advance(500);
     s.agent.cycle();
     assert_eq!(s.agent.period(), 500);
+}
+
+#[test]
+fn a_leader_renews_ahead_of_its_read_once_it_has_decided_to() {
+    let mut b = Bench::new("db1", primary(), "failsafe_mode = false");
+    b.agent.cycle();
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    b.guard_calls();
+    let before = b.etcd(|e| std::mem::take(&mut e.leader_writes));
+    let rev = before.last().unwrap().1.unwrap();
+    // The next loop renews before it reads, on its own revision, and once: the read shows
+    // the renewal and the decision to renew again writes nothing more.
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(
+        b.etcd(|e| std::mem::take(&mut e.leader_writes)),
+        [(Some(rev), Some(rev + 1))]
+    );
+    assert_eq!(b.guard_calls(), [format!("P {}", START + 1000 + 1500)]);
+    // Reads held up in etcd (a raft election under way) do not hold the renewals up: each
+    // loop renews on time and the deadline moves with them.
+    b.etcd(|e| e.reads_lost = true);
+    for i in 1..=4 {
+        b.advance(500);
+        b.agent.cycle();
+        assert_eq!(
+            b.guard_calls(),
+            [format!("P {}", START + 1000 + 500 * i + 1500)]
+        );
+    }
+    // A primary that crashed is not renewed for: followers must see the key age.
+    b.etcd(|e| e.reads_lost = false);
+    b.server(|s| s.obs.running = false);
+    b.etcd(|e| e.leader_writes.clear());
+    b.advance(500);
+    b.agent.cycle();
+    assert!(
+        b.etcd(|e| e.leader_writes.is_empty()),
+        "no renewal ahead of the read for a stopped primary"
+    );
 }
 
 #[test]
