@@ -125,7 +125,7 @@ LAB_TESTS := tests/lab tests/members tests/agent/test_standby.py tests/agent/tes
 	tests/backup tests/multihome tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py \
 	tests/agent/test_day2.py tests/stress
 lab-test: install-collection
-	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q -m smoke $(LAB_TESTS)
+	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q --durations=15 -m smoke $(LAB_TESTS)
 
 lab-test-full: install-collection
 	PGSHIFT_REQUIRE_LAB=1 $(VENV)/bin/pytest -q $(LAB_TESTS)
