@@ -2,7 +2,12 @@
 SHELL := /bin/bash
 VENV := .venv
 VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
-TARBALL := dist/pgshift-cluster-$(VERSION).tar.gz
+# Where `make collection` puts the tarball; the tests read it from there too. (make test builds
+# the lab's collection for this machine alone first, every architecture's beside it later:
+# scripts/test.sh.)
+PGSHIFT_DIST ?= dist
+export PGSHIFT_DIST
+TARBALL := $(PGSHIFT_DIST)/pgshift-cluster-$(VERSION).tar.gz
 
 .PHONY: help deps build collection install-collection test lint fmt clippy msrv doclinks cargo-test cargo-test-build ansible-test ansible-test-modules cert-test testkit ansible-test-oldest ansible-test-oldest-full sanity aarch64-test delivery-test lab-test lab-test-full test-full stress molecule-test lab-up lab-down demo bench bench-failover bench-failover-3 clean
 
@@ -26,7 +31,7 @@ build:
 collection: build
 	@test -x $(VENV)/bin/ansible-galaxy || scripts/deps.sh all
 	rm -f $(TARBALL)
-	$(VENV)/bin/ansible-galaxy collection build --force --output-path dist .
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(PGSHIFT_DIST) .
 
 # The built collection where ansible-playbook (lab, Molecule, demo) finds it.
 install-collection: collection

@@ -40,13 +40,19 @@ for arch in "${ARCHS[@]}"; do
 done
 cargo build --release --locked "${targets[@]}" -p pgshift-modules -p pgshift-agent
 
+# A binary that did not change is left alone: make test builds every architecture's while the
+# lab's tests use this machine's (scripts/test.sh).
+stage() {
+    if ! cmp -s "$1" "$2" || [[ ! -x $2 ]]; then install -m 0755 "$1" "$2"; fi
+}
+
 mkdir -p bin binaries
 staged=()
 for arch in "${ARCHS[@]}"; do
     out="target/$arch-unknown-linux-musl/release"
     install -d binaries/"$arch"
-    install -m 0755 "$out/pgshift-module" "binaries/$arch/pgshift-module"
-    install -m 0755 "$out/pgshift" "binaries/$arch/pgshift"
+    stage "$out/pgshift-module" "binaries/$arch/pgshift-module"
+    stage "$out/pgshift" "binaries/$arch/pgshift"
     staged+=("binaries/$arch/pgshift-module" "binaries/$arch/pgshift")
 done
 # Shell completions and the man page, from the CLI's own clap tree (any architecture's).
@@ -56,7 +62,7 @@ for f in pgshift.bash _pgshift pgshift.fish pgshift.1; do
 done
 # The lab tests and the CLI on this machine use bin/pgshift (not part of the collection).
 if [[ -x binaries/$host_arch/pgshift ]]; then
-    install -m 0755 "binaries/$host_arch/pgshift" bin/pgshift
+    stage "binaries/$host_arch/pgshift" bin/pgshift
 fi
 # Binaries of an earlier layout (one copy per module name) must not end up in the collection.
 for m in "${MODULES[@]}"; do

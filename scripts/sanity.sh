@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-tarball=$(ls -t dist/pgshift-cluster-*.tar.gz | head -1)
+tarball=$(ls -t "${PGSHIFT_DIST:-dist}"/pgshift-cluster-*.tar.gz | head -1)
 work=$(mktemp -d /tmp/pgshift-sanity.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 # --force: a pgshift.cluster already in ~/.ansible/collections would make ansible-galaxy skip it.

@@ -36,6 +36,8 @@ LAB = ROOT / "lab" / "lab"
 STATE = ROOT / "lab" / "state"
 INVENTORY = ROOT / "lab" / "inventory.yml"
 VENV_BIN = ROOT / ".venv" / "bin"
+# Where `make collection` put the tarball (the Makefile's PGSHIFT_DIST).
+DIST = ROOT / os.environ.get("PGSHIFT_DIST", "dist")
 CALLBACKS = ROOT / "tests" / "ansible" / "callback_plugins"
 # The database hosts of the default lab and their addresses.
 IPS = {"db1": "10.77.0.11", "db2": "10.77.0.12"}
@@ -168,7 +170,7 @@ class CleanInstall:
         subprocess.run([self.venv / "bin" / "pip", "install", "-q", "--disable-pip-version-check",
                         pinned_ansible_core()], check=True)
         self.collections = self.base / "collections"
-        tarball = sorted((ROOT / "dist").glob("pgshift-cluster-*.tar.gz"))[-1]
+        tarball = sorted(DIST.glob("pgshift-cluster-*.tar.gz"))[-1]
         # --force: a pgshift.cluster in ~/.ansible/collections would otherwise make this a no-op.
         subprocess.run([self.venv / "bin" / "ansible-galaxy", "collection", "install", "--force", "-p",
                         self.collections, tarball], check=True, capture_output=True,

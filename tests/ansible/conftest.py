@@ -12,6 +12,8 @@ import tempfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Where `make collection` put the tarball (the Makefile's PGSHIFT_DIST).
+DIST = ROOT / os.environ.get("PGSHIFT_DIST", "dist")
 # The ansible-core under test: .venv (requirements.txt) unless PGSHIFT_ANSIBLE_VENV names another
 # (make ansible-test-oldest: .venv-oldest, the oldest release meta/runtime.yml claims).
 VENV_BIN = pathlib.Path(os.environ.get("PGSHIFT_ANSIBLE_VENV", ROOT / ".venv")) / "bin"
@@ -20,7 +22,7 @@ SCRATCH_PG = ROOT / "target" / "debug" / "pgshift-scratch-pg"
 
 @pytest.fixture(scope="session")
 def collections_path(tmp_path_factory):
-    tarballs = sorted(glob.glob(str(ROOT / "dist" / "pgshift-cluster-*.tar.gz")))
+    tarballs = sorted(glob.glob(str(DIST / "pgshift-cluster-*.tar.gz")))
     assert tarballs, "run `make collection` first"
     dest = tmp_path_factory.mktemp("collections")
     subprocess.run(

@@ -7,7 +7,7 @@ import json
 import subprocess
 import tarfile
 
-from conftest import ROOT
+from conftest import DIST, ROOT
 
 MiB = 1024 * 1024
 ARCHS = ["aarch64", "x86_64"]
@@ -16,7 +16,7 @@ MODULES = ["cert_install", "pg_basebackup_standby", "pg_hba_rule", "pg_logical_r
 
 
 def tarball():
-    return sorted(glob.glob(str(ROOT / "dist" / "pgshift-cluster-*.tar.gz")))[-1]
+    return sorted(glob.glob(str(DIST / "pgshift-cluster-*.tar.gz")))[-1]
 
 
 def test_tarball_holds_what_a_user_runs_and_nothing_else():
@@ -47,7 +47,7 @@ def test_tarball_holds_what_a_user_runs_and_nothing_else():
 
 
 def test_tarball_size_and_manifest():
-    size = (ROOT / "dist" / tarball().rsplit("/", 1)[1]).stat().st_size
+    size = (DIST / tarball().rsplit("/", 1)[1]).stat().st_size
     assert size < 20 * 1000 * 1000, size  # Galaxy refuses collections over 20 MB
     with tarfile.open(tarball()) as t:
         manifest = json.load(t.extractfile("binaries/manifest.json"))
