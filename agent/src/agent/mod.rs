@@ -316,8 +316,15 @@ impl Agent {
             obs.in_recovery,
             obs.timeline,
         ));
-        self.node.renewed_first = self.renew_first(&obs);
-        let view = self.read_cluster().or_else(|e| self.without_etcd(&obs, e));
+        let first = self.renew_first(&obs);
+        self.node.renewed_first = first.as_ref().ok().copied().flatten();
+        let view = match first {
+            // etcd did not take the renewal in time: the next try (in 50 ms) matters more
+            // than a keepalive and a read that would likely wait as long, and failsafe mode
+            // must ask the members while the deadline is still ahead.
+            Err(e @ etcd::Error::Unreachable(_)) => self.without_etcd(&obs, e),
+            _ => self.read_cluster().or_else(|e| self.without_etcd(&obs, e)),
+        };
         let now = self.now();
         if let Ok(v) = &view {
             self.follow_cluster_config(v);
@@ -435,14 +442,18 @@ impl Agent {
     /// an etcd timeout each, so renewals behind them came up to a second apart, and one
     /// failed renewal then spent the rest of retry_timeout (seen: a primary fenced under etcd
     /// leader churn with a single renewal failed). Ahead of the read, renewals come a
-    /// loop_wait apart and one may take what is left before the deadline. Only while the
-    /// local server still runs as a primary: a crashed one must not hold the key a loop
-    /// longer. What the read then brings (a request, maintenance) is decided on as usual;
-    /// the renewal only kept what the last decision kept. The new revision, if written.
-    fn renew_first(&mut self, obs: &Observed) -> Option<i64> {
-        let mine = self.clock.my_revision()?;
+    /// loop_wait apart, and a failed one is tried again 50 ms later without a read between
+    /// (see `cycle`). Only while the local server still runs as a primary: a crashed one must
+    /// not hold the key a loop longer. What the read then brings (a request, maintenance) is
+    /// decided on as usual; the renewal only kept what the last decision kept.
+    /// The new revision if written; `Ok(None)` when not tried or the key moved (the read
+    /// shows how).
+    fn renew_first(&mut self, obs: &Observed) -> Result<Option<i64>, etcd::Error> {
+        let Some(mine) = self.clock.my_revision() else {
+            return Ok(None);
+        };
         if !self.node.renewing || self.node.down || !obs.running || obs.in_recovery {
-            return None;
+            return Ok(None);
         }
         let sent = self.now();
         let left = self
@@ -450,9 +461,10 @@ impl Agent {
             .writable_until(self.cfg.timing().retry_timeout)
             .saturating_sub(sent);
         if left < 50 {
-            return None;
+            return Ok(None);
         }
-        let budget = Duration::from_millis(left - 10);
+        // One call's budget at most: a failsafe round after a failure needs time too.
+        let budget = etcd_timeout(&self.cfg).min(Duration::from_millis(left - 10));
         match self
             .store
             .renew_leader(&self.cfg.name, self.lease, mine, budget)
@@ -460,13 +472,12 @@ impl Agent {
             Ok(Some(rev)) => {
                 self.wrote_leader(rev, sent);
                 self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
-                Some(rev)
+                Ok(Some(rev))
             }
-            // The key moved: the read shows how (an answer of ours lost, or another leader).
-            Ok(None) => None,
+            Ok(None) => Ok(None),
             Err(e) => {
-                warn(format!("renewal ahead of the read failed: {e}"));
-                None
+                warn(format!("RenewLeader (ahead of the read) failed: {e}"));
+                Err(e)
             }
         }
     }

@@ -48,6 +48,10 @@ struct Etcd {
     writes_lost: bool,
     /// Reads of the cluster fail (writes still answered): reads held up in etcd.
     reads_lost: bool,
+    /// Reads of the cluster asked for.
+    reads: u32,
+    /// The budget of each renewal ahead of a read.
+    renew_budgets: Vec<std::time::Duration>,
     /// Leader writes made, in order: (the revision compared against, the new one or None).
     leader_writes: Vec<(Option<i64>, Option<i64>)>,
 }
@@ -67,6 +71,7 @@ impl FakeStore {
 
 impl Store for FakeStore {
     fn read(&self) -> Result<View, etcd::Error> {
+        self.0.lock().unwrap().reads += 1;
         if self.0.lock().unwrap().reads_lost {
             return Err(etcd::Error::Unreachable(
                 "the fake etcd held the read up".into(),
@@ -130,6 +135,16 @@ impl Store for FakeStore {
             e.leader_writes.push((expected, Some(e.revision)));
             Some(e.revision)
         })
+    }
+    fn renew_leader(
+        &self,
+        me: &str,
+        lease: i64,
+        expected: i64,
+        budget: std::time::Duration,
+    ) -> Result<Option<i64>, etcd::Error> {
+        self.0.lock().unwrap().renew_budgets.push(budget);
+        self.write_leader(me, lease, Some(expected))
     }
     fn release_leader(&self, revision: i64) -> Result<bool, etcd::Error> {
         self.with(|e| {
@@ -1025,8 +1040,19 @@ fn fence_when_leadership_runs_out_without_etcd() {
 #[test]
 fn a_leader_that_cannot_renew_retries_every_50_ms_until_its_deadline() {
     let mut b = Bench::new("db1", primary(), "failsafe_mode = false");
-    b.agent.cycle();
+    assert!(matches!(b.agent.cycle(), Action::TakeLeader { .. }));
     assert_eq!(b.agent.period(), 500);
+    // The first renewal after a takeover is decided on a read. Reads answered, the renewal
+    // lost (a lossy link): tried again in 50 ms, not a loop_wait later.
+    b.etcd(|e| e.writes_lost = true);
+    b.advance(500);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.agent.period(), 50, "renewal lost, deadline ahead");
+    b.etcd(|e| e.writes_lost = false);
+    b.advance(50);
+    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert_eq!(b.agent.period(), 500, "renewed");
+    // etcd away: the renewal ahead of the read fails, the same hurry.
     b.etcd(|e| e.up = false);
     b.advance(500);
     b.agent.cycle();
@@ -1035,14 +1061,27 @@ fn a_leader_that_cannot_renew_retries_every_50_ms_until_its_deadline() {
     b.advance(50);
     b.agent.cycle();
     assert_eq!(b.agent.period(), 500, "renewed");
-    // Reads answered, the renewal lost (a lossy link): the same hurry, the same deadline.
+    // Renewals lost again: no keepalive and no read behind a renewal that timed out (they
+    // would likely wait as long); the next try comes 50 ms later, until the deadline.
     b.etcd(|e| e.writes_lost = true);
+    let reads = b.etcd(|e| e.reads);
     b.advance(500);
-    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    assert!(matches!(b.agent.cycle(), Action::Wait { .. }));
+    assert_eq!(
+        b.etcd(|e| e.reads),
+        reads,
+        "no read behind the failed renewal"
+    );
     assert_eq!(b.agent.period(), 50, "renewal lost, deadline ahead");
     b.advance(950);
-    assert_eq!(b.agent.cycle(), Action::RenewLeader);
+    b.etcd(|e| e.renew_budgets.clear());
+    b.agent.cycle();
     assert_eq!(b.agent.period(), 50, "50 ms before the deadline");
+    assert_eq!(
+        b.etcd(|e| std::mem::take(&mut e.renew_budgets)),
+        [std::time::Duration::from_millis(40)],
+        "no more than what is left before the deadline"
+    );
     b.etcd(|e| e.writes_lost = false);
     b.advance(100);
     assert!(
@@ -1078,6 +1117,11 @@ fn a_leader_renews_ahead_of_its_read_once_it_has_decided_to() {
         [(Some(rev), Some(rev + 1))]
     );
     assert_eq!(b.guard_calls(), [format!("P {}", START + 1000 + 1500)]);
+    // One etcd call's budget (retry_timeout / 3), leaving a failsafe round time after it.
+    assert_eq!(
+        b.etcd(|e| std::mem::take(&mut e.renew_budgets)),
+        [std::time::Duration::from_millis(500)]
+    );
     // Reads held up in etcd (a raft election under way) do not hold the renewals up: each
     // loop renews on time and the deadline moves with them.
     b.etcd(|e| e.reads_lost = true);
