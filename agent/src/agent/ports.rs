@@ -30,8 +30,8 @@ pub trait Store {
         lease: i64,
         expected: Option<i64>,
     ) -> Result<Option<i64>, etcd::Error>;
-    /// `write_leader` within `budget` (a leader renewing ahead of its read: up to the time
-    /// left before its deadline).
+    /// `write_leader` on the leader's own revision within `budget` (a leader renewing ahead
+    /// of its read: one call's budget, at most what is left before its deadline).
     fn renew_leader(
         &self,
         me: &str,
