@@ -117,15 +117,15 @@ delivery-test: install-collection
 # tarball by a clean ansible-core: tests/labkit.py). Suites that need nothing but site.yml's
 # defaults share one cluster, built once and brought back to healthy between them; the order
 # below keeps them together, last, and the stress smoke subset last of all: in `make test` the
-# background's compiles (scripts/test.sh) are over by then. lab-test, in `make test`, runs the smoke set (tests marked
-# `smoke`: the lab itself; module delivery; on the shared cluster status, etcd's and the API's
-# authentication, switchovers, a crash and a partition of the primary, the stress battery's
-# smoke subset (tests/stress: pressures under write load); on one replicating over
-# verify-full TLS with client certificates and inventory names DB1 and db2.lab.example, slots
-# and TLS after switchovers both ways; on three database hosts (tests/members), quorum
-# commit's promotion rule through a crash of the primary); lab-test-full runs every one
-# (fault sequences, floods, backups, rebuilds, multi-home, every fault in each synchronous
-# mode on three database hosts).
+# background's compiles (scripts/test.sh) are over or ending by then. lab-test, in `make test`,
+# runs the smoke set (tests marked `smoke`: the lab itself; module delivery; on the shared
+# cluster status, etcd's and the API's authentication, switchovers, a crash and a partition of
+# the primary, the stress battery's smoke subset (tests/stress: pressures under write load); on
+# one replicating over verify-full TLS with client certificates and inventory names DB1 and
+# db2.lab.example, slots and TLS after switchovers both ways; on three database hosts
+# (tests/members), quorum commit's promotion rule through a crash of the primary); lab-test-full
+# runs every one (fault sequences, floods, backups, rebuilds, multi-home, every fault in each
+# synchronous mode on three database hosts).
 LAB_TESTS := tests/lab tests/members tests/agent/test_standby.py tests/agent/test_pgsql_check.py tests/agent/test_rejoin.py \
 	tests/backup tests/multihome tests/delivery tests/agent/test_failover.py tests/agent/test_haproxy.py \
 	tests/agent/test_day2.py tests/stress

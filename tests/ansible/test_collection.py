@@ -4,6 +4,7 @@ lab, test suites or build files), within Galaxy's limit and the binaries' budget
 import glob
 import hashlib
 import json
+import os
 import subprocess
 import tarfile
 
@@ -47,7 +48,7 @@ def test_tarball_holds_what_a_user_runs_and_nothing_else():
 
 
 def test_tarball_size_and_manifest():
-    size = (DIST / tarball().rsplit("/", 1)[1]).stat().st_size
+    size = os.path.getsize(tarball())
     assert size < 20 * 1000 * 1000, size  # Galaxy refuses collections over 20 MB
     with tarfile.open(tarball()) as t:
         manifest = json.load(t.extractfile("binaries/manifest.json"))

@@ -109,8 +109,7 @@ impl Agent {
     /// A renewal sent at `sent` wrote revision `rev`: the guard's deadline moves, and the
     /// leader's chores of the loop follow.
     fn renewed(&mut self, rev: i64, sent: Millis, view: Option<&View>, obs: &Observed) -> Acted {
-        self.wrote_leader(rev, sent);
-        self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
+        self.wrote_renewal(rev, sent);
         self.leader_chores(view, obs)
     }
 

@@ -434,7 +434,14 @@ impl Agent {
     /// answers again once its members elect another (up to twice election-timeout), and the
     /// first loop after that must renew.
     fn renewal_due(&self, now: Millis) -> bool {
-        self.clock.writable_until(self.cfg.timing().retry_timeout) > now
+        self.renewal_left(now) > 0
+    }
+
+    /// Milliseconds from `now` to this leader's deadline (0: passed, or not leading).
+    fn renewal_left(&self, now: Millis) -> Millis {
+        self.clock
+            .writable_until(self.cfg.timing().retry_timeout)
+            .saturating_sub(now)
     }
 
     /// A leader that decided to renew last loop renews again first thing, on its own
@@ -456,10 +463,7 @@ impl Agent {
             return Ok(None);
         }
         let sent = self.now();
-        let left = self
-            .clock
-            .writable_until(self.cfg.timing().retry_timeout)
-            .saturating_sub(sent);
+        let left = self.renewal_left(sent);
         if left < 50 {
             return Ok(None);
         }
@@ -470,8 +474,7 @@ impl Agent {
             .renew_leader(&self.cfg.name, self.lease, mine, budget)
         {
             Ok(Some(rev)) => {
-                self.wrote_leader(rev, sent);
-                self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
+                self.wrote_renewal(rev, sent);
                 Ok(Some(rev))
             }
             Ok(None) => Ok(None),
@@ -733,6 +736,13 @@ impl Agent {
         if let Err(e) = self.guard.primary_until(until) {
             warn(format!("cannot reach the fence guard: {e}"));
         }
+    }
+
+    /// A renewal sent at `sent` wrote revision `rev`: the guard's deadline, and how long
+    /// the write took (/metrics).
+    fn wrote_renewal(&mut self, rev: i64, sent: Millis) {
+        self.wrote_leader(rev, sent);
+        self.api.counters.renew_ms = Some(self.now().saturating_sub(sent));
     }
 
     fn lost_leadership(&mut self) {

@@ -71,11 +71,14 @@ impl FakeStore {
 
 impl Store for FakeStore {
     fn read(&self) -> Result<View, etcd::Error> {
-        self.0.lock().unwrap().reads += 1;
-        if self.0.lock().unwrap().reads_lost {
-            return Err(etcd::Error::Unreachable(
-                "the fake etcd held the read up".into(),
-            ));
+        {
+            let mut e = self.0.lock().unwrap();
+            e.reads += 1;
+            if e.reads_lost {
+                return Err(etcd::Error::Unreachable(
+                    "the fake etcd held the read up".into(),
+                ));
+            }
         }
         self.with(|e| View {
             leader: e.leader.clone(),
